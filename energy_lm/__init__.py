@@ -1,0 +1,21 @@
+"""energy_lm: contrastive and energy-based language modelling for fairseq.
+
+Importing this package registers its architectures, tasks and criterions with fairseq
+(fairseq's `--user-dir` imports it the same way). It also applies the small set of
+fixes fairseq 0.12 needs on a modern stack (`energy_lm.compat`).
+"""
+
+from energy_lm import compat
+
+compat.apply()
+
+from energy_lm import checkpoint_errors, optim_groups  # noqa: E402
+
+checkpoint_errors.install()
+optim_groups.install()
+
+# fairseq's --user-dir auto-imports models/ and tasks/ but not criterions/, so the
+# package imports every component itself.
+from energy_lm import models, tasks  # noqa: E402,F401
+
+__version__ = "0.1.0"

@@ -1,0 +1,47 @@
+"""Fixes for running fairseq 0.12 on a modern stack (Python 3.11, torch >= 2.6, numpy 2).
+
+Each fix names the upstream behaviour it works around, is applied once when energy_lm
+is imported, and has its own test in tests/test_compat.py. Nothing here edits fairseq's
+files; nothing here turns off torch's safe loading.
+"""
+
+import argparse
+import types
+
+import numpy as np
+import torch
+
+
+def _numpy_safe_globals():
+    """numpy objects that fairseq checkpoints hold in `extra_state` (e.g. the data
+    iterator's RNG state, meters), under their numpy-2 and numpy-1 qualified names."""
+    from numpy._core import multiarray
+
+    entries = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar,
+               (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+               (multiarray.scalar, "numpy.core.multiarray.scalar")]
+    # Each dtype class (numpy.dtypes.Float64DType, ...) is pickled by reference;
+    # torch's get_unsafe_globals_in_checkpoint does not report them, but loads need them.
+    entries += [cls for cls in vars(np.dtypes).values()
+                if isinstance(cls, type) and issubclass(cls, np.dtype)]
+    return entries
+
+
+def allow_fairseq_checkpoint_globals() -> None:
+    """torch >= 2.6 loads with `weights_only=True`; checkpoints written by
+    `fairseq-train` pickle an `argparse.Namespace` (the "args" entry) and numpy values,
+    which the safe unpickler refuses ("Unsupported global: GLOBAL argparse.Namespace").
+    Allow exactly those types. An omegaconf DictConfig is deliberately not allowed."""
+    torch.serialization.add_safe_globals([argparse.Namespace] + _numpy_safe_globals())
+
+
+def restore_numpy_compat() -> None:
+    """numpy 2 removed `np.compat`; fairseq's TokenBlockDataset (`--sample-break-mode
+    eos`) and LanguagePairDataset call `np.compat.long`, which was Python's int."""
+    if "compat" not in vars(np):
+        np.compat = types.SimpleNamespace(long=int)
+
+
+def apply() -> None:
+    allow_fairseq_checkpoint_globals()
+    restore_numpy_compat()

@@ -1,0 +1,249 @@
+"""`energy-lm-prepare`: text corpora to binarized fairseq data (`data-bin/`).
+
+    energy-lm-prepare embedded    --out DIR                      # the embedded corpus
+    energy-lm-prepare wikitext103 --out DIR --raw-dir RAW --gpt2-dir GPT2
+    energy-lm-prepare wikitext103 --out DIR --download            # fetch raw + GPT-2 BPE
+    energy-lm-prepare pile        --out DIR --train A.jsonl.zst --valid V.jsonl.zst \
+                                  --test T.jsonl.zst --gpt2-dir GPT2
+
+Each writes DIR/text/{split}.bpe (one document per line, BPE ids) and binarizes them
+with `fairseq-preprocess --only-source` into DIR/data-bin. One document per line
+keeps documents intact for `--sample-break-mode complete_doc` and for packed-document
+attention (`--task energy_language_modeling --document-attention`).
+"""
+
+import argparse
+import io
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional
+
+from energy_lm.data import bpe
+
+logger = logging.getLogger("energy_lm.prepare")
+
+SPLITS = ("train", "valid", "test")
+WIKITEXT103_URL = "https://s3.amazonaws.com/research.metamind.io/wikitext/wikitext-103-raw-v1.zip"
+GPT2_BPE_URLS = {
+    "encoder.json": "https://dl.fbaipublicfiles.com/fairseq/gpt2_bpe/encoder.json",
+    "vocab.bpe": "https://dl.fbaipublicfiles.com/fairseq/gpt2_bpe/vocab.bpe",
+}
+
+
+class PrepareError(RuntimeError):
+    pass
+
+
+def download(url: str, dest: Path) -> Path:
+    """Fetch url (http(s) or file://) to dest, unless dest exists already."""
+    if dest.exists():
+        logger.info("using %s (already downloaded)", dest)
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("downloading %s -> %s", url, dest)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    try:
+        with urllib.request.urlopen(url) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out)
+    except OSError as err:
+        raise PrepareError(f"download of {url} failed: {err}") from err
+    tmp.rename(dest)
+    return dest
+
+
+def binarize(bpe_files: Dict[str, Path], dest: Path, workers: int = 1,
+             srcdict: Optional[Path] = None) -> Path:
+    """Run the real `fairseq-preprocess --only-source` on {split}.bpe files."""
+    # with --only-source and no --source-lang, fairseq-preprocess reads each prefix as
+    # the exact file name
+    cmd = [sys.executable, "-m", "fairseq_cli.preprocess", "--only-source",
+           "--trainpref", str(bpe_files["train"]), "--destdir", str(dest),
+           "--workers", str(workers)]
+    for split, flag in (("valid", "--validpref"), ("test", "--testpref")):
+        if split in bpe_files:
+            cmd += [flag, str(bpe_files[split])]
+    if srcdict is not None:
+        cmd += ["--srcdict", str(srcdict)]
+    logger.info("binarizing: %s", " ".join(cmd))
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise PrepareError("fairseq-preprocess failed:\n" + result.stderr[-2000:])
+    return dest
+
+
+def _encode_splits(documents: Dict[str, Iterable[str]], encode, text_dir: Path) -> Dict[str, Path]:
+    text_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, docs in documents.items():
+        files[split] = text_dir / f"{split}.bpe"
+        count = bpe.write_bpe_lines(docs, encode, files[split])
+        logger.info("%s: %d documents", split, count)
+        if count == 0:
+            raise PrepareError(f"no documents in the {split} split")
+    return files
+
+
+# ---------------------------------------------------------------- embedded corpus
+def prepare_embedded(out: Path, vocab_size: int = 8000, max_documents: int = 0,
+                     workers: int = 1) -> Path:
+    from energy_lm.data import embedded_corpus
+
+    raw = embedded_corpus.write_splits(out / "raw", max_documents=max_documents)
+    bpe_dir = bpe.train_byte_level_bpe(raw["train"], out / "bpe", vocab_size=vocab_size)
+    encode = bpe.byte_level_encoder(bpe_dir)
+    docs = {split: path.read_text(encoding="utf-8").splitlines() for split, path in raw.items()}
+    files = _encode_splits(docs, encode, out / "text")
+    data_bin = binarize(files, out / "data-bin", workers=workers)
+    for name in (bpe.VOCAB_FILE, bpe.MERGES_FILE):  # data-bin travels with its BPE
+        shutil.copy(bpe_dir / name, data_bin / name)
+    return data_bin
+
+
+# ---------------------------------------------------------------- WikiText-103
+def wikitext_articles(lines: Iterable[str]) -> Iterator[str]:
+    """Split a wiki.*.raw file into articles: a top-level heading ` = Title = ` starts
+    one; section headings (` = = ... = = `) stay inside. Text is kept as it is."""
+    article: List[str] = []
+    for line in lines:
+        stripped = line.strip()
+        is_title = (stripped.startswith("= ") and stripped.endswith(" =")
+                    and not stripped.startswith("= ="))
+        if is_title and any(part.strip() for part in article):
+            yield "".join(article).strip("\n")
+            article = []
+        article.append(line)
+    if any(part.strip() for part in article):
+        yield "".join(article).strip("\n")
+
+
+def _wikitext_raw_files(raw_dir: Path) -> Dict[str, Path]:
+    files = {split: raw_dir / f"wiki.{split}.raw" for split in SPLITS}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise PrepareError(f"WikiText-103 raw files not found: {', '.join(missing)}")
+    return files
+
+
+def fetch_wikitext103(cache: Path, url: str = WIKITEXT103_URL) -> Path:
+    archive = download(url, cache / "wikitext-103-raw-v1.zip")
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(cache)
+    return cache / "wikitext-103-raw"
+
+
+def fetch_gpt2_bpe(cache: Path, urls: Dict[str, str] = GPT2_BPE_URLS) -> Path:
+    for name, url in urls.items():
+        download(url, cache / name)
+    return cache
+
+
+def prepare_wikitext103(out: Path, raw_dir: Path, gpt2_dir: Path, workers: int = 1,
+                        srcdict: Optional[Path] = None) -> Path:
+    raw = _wikitext_raw_files(raw_dir)
+    encode = bpe.gpt2_encoder(gpt2_dir)
+    docs = {split: wikitext_articles(io.open(path, encoding="utf-8")) for split, path in raw.items()}
+    return binarize(_encode_splits(docs, encode, out / "text"), out / "data-bin",
+                    workers=workers, srcdict=srcdict)
+
+
+# ---------------------------------------------------------------- the Pile
+def pile_documents(path: Path, max_documents: int = 0) -> Iterator[str]:
+    """Texts of a Pile shard (`.jsonl.zst`, or `.jsonl`): one JSON object a line with
+    a "text" field."""
+    if path.suffix == ".zst":
+        import zstandard
+
+        stream = io.TextIOWrapper(
+            zstandard.ZstdDecompressor().stream_reader(open(path, "rb")), encoding="utf-8")
+    else:
+        stream = open(path, encoding="utf-8")
+    with stream:
+        for count, line in enumerate(stream):
+            if max_documents and count >= max_documents:
+                break
+            if line.strip():
+                text = json.loads(line)["text"]
+                if text.strip():
+                    yield text
+
+
+def prepare_pile(out: Path, shards: Dict[str, List[Path]], gpt2_dir: Path, workers: int = 1,
+                 max_documents: int = 0, srcdict: Optional[Path] = None) -> Path:
+    encode = bpe.gpt2_encoder(gpt2_dir)
+    docs = {split: (doc for path in paths for doc in pile_documents(path, max_documents))
+            for split, paths in shards.items() if paths}
+    if "train" not in docs:
+        raise PrepareError("the Pile needs at least one --train shard")
+    return binarize(_encode_splits(docs, encode, out / "text"), out / "data-bin",
+                    workers=workers, srcdict=srcdict)
+
+
+# ---------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="energy-lm-prepare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="corpus", required=True)
+
+    def common(p):
+        p.add_argument("--out", type=Path, required=True, help="output directory")
+        p.add_argument("--workers", type=int, default=1, help="fairseq-preprocess workers")
+
+    p = sub.add_parser("embedded", help="the embedded default corpus (stdlib prose)")
+    common(p)
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--max-documents", type=int, default=0, help="0 = all")
+
+    for name in ("wikitext103", "pile"):
+        p = sub.add_parser(name, help=f"{name} with GPT-2 BPE")
+        common(p)
+        p.add_argument("--gpt2-dir", type=Path, help="folder with encoder.json and vocab.bpe")
+        p.add_argument("--download-gpt2", action="store_true",
+                       help="download GPT-2's encoder.json/vocab.bpe into OUT/gpt2")
+        p.add_argument("--srcdict", type=Path, help="existing fairseq dict.txt to reuse")
+        if name == "wikitext103":
+            p.add_argument("--raw-dir", type=Path, help="folder with wiki.{train,valid,test}.raw")
+            p.add_argument("--download", action="store_true", help="download WikiText-103 (raw)")
+            p.add_argument("--url", default=WIKITEXT103_URL, help="where --download fetches from")
+        else:
+            for split in SPLITS:
+                p.add_argument(f"--{split}", type=Path, nargs="+", default=[],
+                               help=f"{split} shard(s), .jsonl.zst or .jsonl")
+            p.add_argument("--max-documents", type=int, default=0,
+                           help="per shard, 0 = all")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> Path:
+    args = build_parser().parse_args(argv)
+    if args.corpus == "embedded":
+        return prepare_embedded(args.out, args.vocab_size, args.max_documents, args.workers)
+    gpt2_dir = fetch_gpt2_bpe(args.out / "gpt2") if args.download_gpt2 else args.gpt2_dir
+    if gpt2_dir is None:
+        raise PrepareError("give --gpt2-dir (with encoder.json, vocab.bpe) or --download-gpt2")
+    if args.corpus == "wikitext103":
+        raw_dir = fetch_wikitext103(args.out / "raw", args.url) if args.download else args.raw_dir
+        if raw_dir is None:
+            raise PrepareError("give --raw-dir or --download")
+        return prepare_wikitext103(args.out, raw_dir, gpt2_dir, args.workers, args.srcdict)
+    shards = {split: getattr(args, split) for split in SPLITS}
+    return prepare_pile(args.out, shards, gpt2_dir, args.workers, args.max_documents, args.srcdict)
+
+
+def cli_main() -> None:
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+                        level=logging.INFO, stream=sys.stdout)
+    try:
+        data_bin = main()
+    except PrepareError as err:
+        sys.exit(f"energy-lm-prepare: error: {err}")
+    print(f"binarized data in {data_bin}")
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,150 @@
+"""RoBERTa with a CLAP head and/or ALiBi (METHODS.md sections 1-2).
+
+Registered as model `roberta_energy`, with presets for each size (tiny/base/large):
+  roberta_clap_*       learned positions + CLAP head
+  roberta_alibi_*      ALiBi (no position embeddings) + RoBERTa's usual LM head
+  roberta_zero_clap_*  ALiBi + CLAP head ("zero" position embeddings)
+Everything else (hub interface, classification heads, `--task sentence_prediction`)
+is fairseq's RoBERTa.
+"""
+
+from fairseq.models import register_model, register_model_architecture
+from fairseq.models.roberta.model import (
+    RobertaEncoder,
+    RobertaModel,
+    base_architecture as roberta_base_architecture,
+)
+from fairseq.models.transformer import TransformerConfig, TransformerEncoder
+from fairseq.modules.transformer_sentence_encoder import init_bert_params
+from fairseq.utils import safe_getattr, safe_hasattr
+
+from energy_lm.models.energy_options import add_energy_args, check_energy_args
+from energy_lm.modules.alibi import ENCODER_ALIBI_CHOICES
+from energy_lm.modules.attention import AttentionPattern
+from energy_lm.modules.clap import ClapEmbedding, ClapHead
+from energy_lm.modules.layers import EncoderLayer, wrap_layer
+
+
+class EnergyTransformerEncoder(TransformerEncoder):
+    """fairseq's TransformerEncoder with SDPA self-attention and optional ALiBi."""
+
+    def build_encoder_layer(self, args):
+        cfg = TransformerConfig.from_namespace(args)
+        if "attention_pattern" not in self._modules:  # first layer: one pattern for all
+            self.attention_pattern = AttentionPattern(
+                cfg.encoder.attention_heads, causal=False, alibi=args.alibi)
+        return wrap_layer(EncoderLayer(cfg, return_fc=self.return_fc), cfg,
+                          self.attention_pattern)
+
+
+class RobertaEnergyEncoder(RobertaEncoder):
+    def build_embedding(self, vocab_size, embedding_dim, padding_idx):
+        args = self.args
+        zero_index = self.dictionary.index("<mask>") if args.mask_embedding == "zero" else None
+        if args.embed_norm == "none" and zero_index is None:
+            return super().build_embedding(vocab_size, embedding_dim, padding_idx)
+        return ClapEmbedding(vocab_size, embedding_dim, padding_idx,
+                             l2_normalize=args.embed_norm == "l2", zero_index=zero_index)
+
+    def build_encoder(self, args, dictionary, embed_tokens):
+        encoder = EnergyTransformerEncoder(args, dictionary, embed_tokens)
+        encoder.apply(init_bert_params)
+        return encoder
+
+    def build_lm_head(self, embed_dim, output_dim, activation_fn, weight):
+        if not self.args.clap_head:
+            return super().build_lm_head(embed_dim, output_dim, activation_fn, weight)
+        return ClapHead(weight, self.args.initial_beta)
+
+
+@register_model("roberta_energy")
+class RobertaEnergyModel(RobertaModel):
+    """RoBERTa + CLAP head / ALiBi; see the module docstring for the presets."""
+
+    @classmethod
+    def hub_models(cls):
+        return {}
+
+    @staticmethod
+    def add_args(parser):
+        RobertaModel.add_args(parser)
+        add_energy_args(parser, ENCODER_ALIBI_CHOICES,
+                        "ALiBi mode: symmetric -m|i-j|, or shifted (looking ahead costs "
+                        "half a slope less); replaces position embeddings")
+        parser.add_argument("--mask-embedding", choices=["learned", "zero"],
+                            help="embedding of <mask>: its learned row, or the zero vector")
+        parser.add_argument("--scale-embedding", action="store_true",
+                            help="multiply input embeddings by sqrt(d) (RoBERTa default: no)")
+
+    @classmethod
+    def build_model(cls, args, task):
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(args):
+            OmegaConf.set_struct(args, False)
+        roberta_energy_architecture(args)
+        if not safe_hasattr(args, "max_positions"):
+            if not safe_hasattr(args, "tokens_per_sample"):
+                args.tokens_per_sample = task.max_positions()
+            args.max_positions = args.tokens_per_sample
+        encoder = RobertaEnergyEncoder(args, task.source_dictionary)
+        if OmegaConf.is_config(args):
+            OmegaConf.set_struct(args, True)
+        return cls(args, encoder)
+
+
+@register_model_architecture("roberta_energy", "roberta_energy")
+def roberta_energy_architecture(args):
+    """Fill every energy_lm field, then RoBERTa's own defaults."""
+    args.alibi = safe_getattr(args, "alibi", "none")
+    args.clap_head = safe_getattr(args, "clap_head", False)
+    args.initial_beta = safe_getattr(args, "initial_beta", 1.0)
+    args.embed_norm = safe_getattr(args, "embed_norm", "l2" if args.clap_head else "none")
+    args.mask_embedding = safe_getattr(args, "mask_embedding", "learned")
+    args.scale_embedding = safe_getattr(args, "scale_embedding", False)
+    args.no_scale_embedding = not args.scale_embedding
+    if args.alibi != "none":  # ALiBi replaces position embeddings
+        args.no_token_positional_embeddings = True
+    check_energy_args(args, causal=False)
+    roberta_base_architecture(args)
+
+
+def _tiny(args):
+    args.encoder_layers = safe_getattr(args, "encoder_layers", 4)
+    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 256)
+    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 1024)
+    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 4)
+
+
+def _base(args):
+    pass  # RoBERTa base: 12 x 768, 12 heads (fairseq's defaults)
+
+
+def _large(args):
+    args.encoder_layers = safe_getattr(args, "encoder_layers", 24)
+    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 1024)
+    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 4096)
+    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 16)
+
+
+_VARIANTS = {
+    "clap": dict(clap_head=True, alibi="none"),
+    "alibi": dict(clap_head=False, alibi="symmetric"),
+    "zero_clap": dict(clap_head=True, alibi="symmetric"),
+}
+_SIZES = {"tiny": _tiny, "base": _base, "large": _large}
+
+
+def _register_presets():
+    for variant, fields in _VARIANTS.items():
+        for size, set_size in _SIZES.items():
+            def preset(args, fields=fields, set_size=set_size):
+                for name, value in fields.items():
+                    setattr(args, name, safe_getattr(args, name, value))
+                set_size(args)
+                roberta_energy_architecture(args)
+
+            register_model_architecture("roberta_energy", f"roberta_{variant}_{size}")(preset)
+
+
+_register_presets()

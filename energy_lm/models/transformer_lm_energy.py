@@ -1,0 +1,193 @@
+"""Causal transformer LM with a CLAP head and/or causal ALiBi, on fairseq's `transformer_lm`.
+
+Registered as model `transformer_lm_energy`, with presets for each size (tiny/base/large):
+  transformer_lm_clap_*       learned positions + CLAP head
+  transformer_lm_alibi_*      causal ALiBi (no position embeddings) + tied softmax head
+  transformer_lm_zero_clap_*  causal ALiBi + CLAP head
+The decoder accepts `segment_ids` (B, T) so that packed documents attend only within
+themselves (`--task energy_language_modeling --document-attention`).
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from fairseq.dataclass import ChoiceEnum
+from fairseq.models import register_model, register_model_architecture
+from fairseq.models.transformer import TransformerConfig, TransformerDecoder
+from fairseq.models.transformer_lm import (
+    DEFAULT_MAX_TARGET_POSITIONS,
+    TransformerLanguageModel,
+    TransformerLanguageModelConfig,
+    base_lm_architecture,
+)
+from fairseq.utils import safe_getattr
+from torch import Tensor, nn
+
+from energy_lm.models.energy_options import check_energy_args
+from energy_lm.modules.alibi import DECODER_ALIBI_CHOICES
+from energy_lm.modules.attention import AttentionPattern
+from energy_lm.modules.clap import ClapEmbedding, ClapHead
+from energy_lm.modules.layers import DecoderLayer, wrap_layer
+
+
+@dataclass
+class TransformerLMEnergyConfig(TransformerLanguageModelConfig):
+    alibi: ChoiceEnum(DECODER_ALIBI_CHOICES) = field(
+        default="none", metadata={"help": "causal ALiBi bias -m(i-j); replaces position embeddings"})
+    clap_head: bool = field(
+        default=False, metadata={"help": "CLAP output head: beta * h @ normalize(E).T (weight-tied)"})
+    initial_beta: float = field(
+        default=1.0, metadata={"help": "initial inverse temperature of the CLAP head"})
+    embed_norm: ChoiceEnum(["none", "l2"]) = field(
+        default="none", metadata={"help": "L2-normalise input embedding rows (presets with a "
+                                          "CLAP head default to l2)"})
+
+
+class EnergyTransformerDecoder(TransformerDecoder):
+    """fairseq's TransformerDecoder with SDPA self-attention, causal ALiBi, CLAP head and
+    packed-document masks."""
+
+    def build_decoder_layer(self, args, no_encoder_attn=False):
+        cfg = TransformerConfig.from_namespace(args)
+        if "attention_pattern" not in self._modules:  # first layer: one pattern for all
+            self.attention_pattern = AttentionPattern(
+                cfg.decoder.attention_heads, causal=True, alibi=str(args.alibi))
+        return wrap_layer(DecoderLayer(cfg, no_encoder_attn), cfg, self.attention_pattern)
+
+    def build_output_projection(self, args, dictionary, embed_tokens):
+        super().build_output_projection(args, dictionary, embed_tokens)
+        if args.clap_head:
+            self.output_projection = ClapHead(self.embed_tokens.weight, args.initial_beta)
+
+    def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None,
+                features_only: bool = False, full_context_alignment: bool = False,
+                alignment_layer: Optional[int] = None, alignment_heads: Optional[int] = None,
+                src_lengths=None, return_all_hiddens: bool = False,
+                segment_ids: Optional[Tensor] = None):
+        """As fairseq's, plus `segment_ids` (B, T): keys of another segment are hidden."""
+        # The document mask is built once here and reaches every layer as its
+        # `self_attn_mask` argument (through `buffered_future_mask`), so activation
+        # checkpointing recomputes with the same mask.
+        self._document_mask = None
+        if segment_ids is not None and incremental_state is None:
+            t = prev_output_tokens.size(1)
+            self._document_mask, _ = self.attention_pattern.mask(
+                t, t, prev_output_tokens.device, segment_ids=segment_ids)
+        try:
+            return super().forward(
+                prev_output_tokens, encoder_out=encoder_out, incremental_state=incremental_state,
+                features_only=features_only, full_context_alignment=full_context_alignment,
+                alignment_layer=alignment_layer, alignment_heads=alignment_heads,
+                src_lengths=src_lengths, return_all_hiddens=return_all_hiddens)
+        finally:
+            self._document_mask = None
+
+    def buffered_future_mask(self, tensor):
+        # None lets SelfAttention build the causal (+ALiBi) mask from the shared pattern
+        return getattr(self, "_document_mask", None)
+
+
+@register_model("transformer_lm_energy", dataclass=TransformerLMEnergyConfig)
+class TransformerLMEnergyModel(TransformerLanguageModel):
+    """Causal LM + CLAP head / causal ALiBi; see the module docstring for the presets."""
+
+    @classmethod
+    def hub_models(cls):
+        return {}
+
+    @classmethod
+    def build_model(cls, args, task):
+        transformer_lm_energy_architecture(args)
+        if args.decoder_layers_to_keep:
+            args.decoder_layers = len(args.decoder_layers_to_keep.split(","))
+        if safe_getattr(args, "max_target_positions", None) is None:
+            args.max_target_positions = safe_getattr(
+                args, "tokens_per_sample", DEFAULT_MAX_TARGET_POSITIONS)
+        if args.character_embeddings or args.adaptive_input or args.adaptive_softmax_cutoff:
+            raise ValueError("transformer_lm_energy does not support character embeddings, "
+                             "adaptive input or adaptive softmax")
+        embed_tokens = cls.build_embedding(args, task.source_dictionary, args.decoder_input_dim)
+        decoder = EnergyTransformerDecoder(
+            args, task.target_dictionary, embed_tokens, no_encoder_attn=True)
+        return cls(decoder)
+
+    @classmethod
+    def build_embedding(cls, args, dictionary, embed_dim, path=None):
+        if args.embed_norm == "none":
+            return super().build_embedding(args, dictionary, embed_dim, path)
+        embedding = ClapEmbedding(len(dictionary), embed_dim, dictionary.pad(),
+                                  l2_normalize=args.embed_norm == "l2")
+        nn.init.normal_(embedding.weight, mean=0.0, std=embed_dim ** -0.5)  # as fairseq's
+        with torch.no_grad():
+            embedding.weight[dictionary.pad()].zero_()
+        return embedding
+
+
+def transformer_lm_energy_architecture(args):
+    """Fill every energy_lm field, then fairseq's transformer_lm defaults."""
+    args.alibi = str(safe_getattr(args, "alibi", "none"))
+    args.clap_head = safe_getattr(args, "clap_head", False)
+    args.initial_beta = safe_getattr(args, "initial_beta", 1.0)
+    args.embed_norm = str(safe_getattr(args, "embed_norm", "l2" if args.clap_head else "none"))
+    if args.clap_head:
+        args.share_decoder_input_output_embed = safe_getattr(
+            args, "share_decoder_input_output_embed", True)
+    if args.alibi != "none":  # ALiBi replaces position embeddings
+        args.no_token_positional_embeddings = True
+    check_energy_args(args, causal=True)
+    base_lm_architecture(args)
+
+
+def _tiny(args):
+    args.decoder_layers = safe_getattr(args, "decoder_layers", 4)
+    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 256)
+    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", 1024)
+    args.decoder_attention_heads = safe_getattr(args, "decoder_attention_heads", 4)
+
+
+def _base(args):  # GPT-2 small / the seeds' 12 x 768
+    args.decoder_layers = safe_getattr(args, "decoder_layers", 12)
+    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 768)
+    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", 3072)
+    args.decoder_attention_heads = safe_getattr(args, "decoder_attention_heads", 12)
+
+
+def _large(args):  # the seeds' 24 x 1024
+    args.decoder_layers = safe_getattr(args, "decoder_layers", 24)
+    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 1024)
+    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", 4096)
+    args.decoder_attention_heads = safe_getattr(args, "decoder_attention_heads", 16)
+
+
+_VARIANTS = {
+    "clap": dict(clap_head=True, alibi="none"),
+    "alibi": dict(clap_head=False, alibi="causal"),
+    "zero_clap": dict(clap_head=True, alibi="causal"),
+}
+_SIZES = {"tiny": _tiny, "base": _base, "large": _large}
+
+
+def _common_lm_defaults(args):
+    # pre-norm, GELU, tied embeddings: the usual GPT-style settings
+    args.decoder_normalize_before = safe_getattr(args, "decoder_normalize_before", True)
+    args.activation_fn = safe_getattr(args, "activation_fn", "gelu")
+    args.share_decoder_input_output_embed = safe_getattr(
+        args, "share_decoder_input_output_embed", True)
+
+
+def _register_presets():
+    for variant, fields in _VARIANTS.items():
+        for size, set_size in _SIZES.items():
+            def preset(args, fields=fields, set_size=set_size):
+                for name, value in fields.items():
+                    setattr(args, name, safe_getattr(args, name, value))
+                set_size(args)
+                _common_lm_defaults(args)
+                transformer_lm_energy_architecture(args)
+
+            register_model_architecture(
+                "transformer_lm_energy", f"transformer_lm_{variant}_{size}")(preset)
+
+
+_register_presets()

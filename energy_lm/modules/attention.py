@@ -1,0 +1,202 @@
+"""Self-attention through `scaled_dot_product_attention`, with ALiBi, causal, padding
+and packed-document masks.
+
+`AttentionPattern` says which keys a query may see and with what bias; one instance is
+shared by every layer of a model, so the fp32 ALiBi bias is built once per length and
+reused. `SelfAttention` is a drop-in replacement for fairseq's `MultiheadAttention`
+(same parameter names, same incremental-decoding buffers) whose forward calls SDPA.
+"""
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from fairseq.modules import MultiheadAttention
+from torch import Tensor, nn
+
+from energy_lm.modules.alibi import alibi_bias, alibi_slopes, check_alibi_mode
+
+_MAX_CACHED_MASKS = 8
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class AttentionPattern(nn.Module):
+    """Visibility and bias of query i on key j, for one model.
+
+    Queries are the last `tq` of `tk` positions (tq == tk for a full pass, tq == 1 for
+    one incremental decoding step). `mask()` returns:
+      - None: no mask (`is_causal` tells SDPA to apply its own causal mask);
+      - a bool tensor (True = may attend) when there is no bias;
+      - an fp32 additive tensor (-inf = may not attend) when ALiBi is on.
+    Shapes broadcast to (B, H, tq, tk): the bias is (1, H, tq, tk), never repeated over B.
+    """
+
+    def __init__(self, num_heads: int, causal: bool, alibi: str = "none"):
+        super().__init__()
+        check_alibi_mode(alibi, causal)
+        self.num_heads = num_heads
+        self.causal = causal
+        self.alibi = alibi
+        self.register_buffer(
+            "slopes", alibi_slopes(num_heads) if alibi != "none" else None, persistent=False
+        )
+        self._static_cache: Dict[Tuple[int, int, torch.device], Optional[Tensor]] = {}
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, causal={self.causal}, alibi={self.alibi}"
+
+    def _static_mask(self, tq: int, tk: int, device: torch.device) -> Optional[Tensor]:
+        """The batch-independent part (causal + ALiBi), cached per (tq, tk, device)."""
+        key = (tq, tk, device)
+        if key in self._static_cache:
+            return self._static_cache[key]
+        k_pos = torch.arange(tk, device=device)
+        q_pos = k_pos[tk - tq :]
+        visible = (k_pos[None, :] <= q_pos[:, None]) if self.causal else None  # (tq, tk)
+        if self.alibi != "none":
+            mask = alibi_bias(self.slopes, q_pos, k_pos, self.alibi)[None]  # (1, H, tq, tk)
+            if visible is not None:
+                mask = mask.masked_fill(~visible, float("-inf"))
+        elif visible is not None and not visible.all():
+            mask = visible[None, None]  # (1, 1, tq, tk) bool
+        else:
+            mask = None
+        if len(self._static_cache) >= _MAX_CACHED_MASKS:
+            self._static_cache.clear()
+        self._static_cache[key] = mask
+        return mask
+
+    def mask(
+        self,
+        tq: int,
+        tk: int,
+        device: torch.device,
+        segment_ids: Optional[Tensor] = None,
+        key_padding_mask: Optional[Tensor] = None,
+    ) -> Tuple[Optional[Tensor], bool]:
+        """Return (mask, is_causal) for SDPA; see the class docstring.
+
+        segment_ids: (B, tk) int, packed documents (attention stays inside a document).
+        key_padding_mask: (B, tk) bool, True = padding.
+        """
+        static = self._static_mask(tq, tk, device)
+        if segment_ids is None and key_padding_mask is None:
+            if static is not None and static.dtype == torch.bool and tq == tk:
+                return None, True  # plain causal: let SDPA pick its fastest kernel
+            return static, False
+        hidden = torch.zeros(1, 1, 1, tk, dtype=torch.bool, device=device)
+        if key_padding_mask is not None:
+            hidden = hidden | key_padding_mask.bool()[:, None, None, :]  # (B, 1, 1, tk)
+        if segment_ids is not None:
+            seg_k = segment_ids[:, None, None, :]  # (B, 1, 1, tk)
+            seg_q = segment_ids[:, None, tk - tq :, None]  # (B, 1, tq, 1)
+            hidden = hidden | (seg_q != seg_k)  # (B, 1, tq, tk)
+        if static is None:
+            return ~hidden, False
+        if static.dtype == torch.bool:
+            return static & ~hidden, False
+        return static.masked_fill(hidden, float("-inf")), False
+
+
+def attention_math(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_causal: bool,
+                   dropout_p: float = 0.0) -> Tensor:
+    """Explicit attention with an fp32 softmax; (B, H, Tq, D) x (B, H, Tk, D) -> (B, H, Tq, D).
+
+    Used for half-precision inputs with ALiBi, where adding the bias in bf16/fp16 would
+    lose the half-slope shift at long range (METHODS.md section 2).
+    """
+    tq, tk = q.size(-2), k.size(-2)
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * (q.size(-1) ** -0.5)
+    if is_causal:
+        visible = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
+        scores = scores.masked_fill(~visible, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    probs = torch.softmax(scores, dim=-1)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, p=dropout_p)
+    return torch.matmul(probs.to(v.dtype), v)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_causal: bool,
+              dropout_p: float = 0.0) -> Tensor:
+    """SDPA where it is exact; the fp32-softmax path for half inputs with a float bias."""
+    if mask is not None and mask.dtype != torch.bool and q.dtype in _HALF_DTYPES:
+        return attention_math(q, k, v, mask, is_causal, dropout_p)
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                          is_causal=is_causal)
+
+
+class SelfAttention(MultiheadAttention):
+    """fairseq `MultiheadAttention` (self-attention only) computed with SDPA.
+
+    Keeps the parent's parameters (q_proj, k_proj, v_proj, out_proj) and its incremental
+    state format (prev_key/prev_value of shape (B, H, S, D)), so checkpoints, beam search
+    and `reorder_incremental_state` work unchanged. `pattern` must be set by the model.
+
+    `attn_mask`, when given, is a complete mask from `AttentionPattern.mask` (the
+    decoder passes one for packed documents); otherwise the pattern builds it.
+    Attention weights are never materialised, so `need_weights` returns None.
+    """
+
+    pattern: AttentionPattern
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Optional[Tensor],
+        value: Optional[Tensor],
+        key_padding_mask: Optional[Tensor] = None,
+        incremental_state: Optional[Dict[str, Dict[str, Optional[Tensor]]]] = None,
+        need_weights: bool = True,
+        static_kv: bool = False,
+        attn_mask: Optional[Tensor] = None,
+        before_softmax: bool = False,
+        need_head_weights: bool = False,
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        if need_head_weights or before_softmax or static_kv:
+            raise NotImplementedError(
+                "energy_lm SelfAttention does not return attention weights or scores"
+            )
+        tq, bsz, embed_dim = query.size()  # (T, B, C)
+        heads, head_dim = self.num_heads, self.head_dim
+
+        def split_heads(x: Tensor) -> Tensor:  # (T, B, C) -> (B, H, T, D)
+            return x.view(x.size(0), bsz, heads, head_dim).permute(1, 2, 0, 3)
+
+        q = split_heads(self.q_proj(query))
+        k = split_heads(self.k_proj(query))
+        v = split_heads(self.v_proj(query))
+
+        if incremental_state is not None:
+            saved = self._get_input_buffer(incremental_state)
+            if "prev_key" in saved:
+                k = torch.cat([saved["prev_key"], k], dim=2)  # (B, H, S, D)
+                v = torch.cat([saved["prev_value"], v], dim=2)
+                prev_pad = saved.get("prev_key_padding_mask")
+                if prev_pad is not None or key_padding_mask is not None:
+                    prev_pad = prev_pad if prev_pad is not None else query.new_zeros(
+                        bsz, k.size(2) - tq, dtype=torch.bool)
+                    now_pad = key_padding_mask if key_padding_mask is not None else query.new_zeros(
+                        bsz, tq, dtype=torch.bool)
+                    key_padding_mask = torch.cat([prev_pad.bool(), now_pad.bool()], dim=1)
+            saved["prev_key"], saved["prev_value"] = k, v
+            saved["prev_key_padding_mask"] = key_padding_mask
+            self._set_input_buffer(incremental_state, saved)
+
+        tk = k.size(2)
+        if attn_mask is not None:
+            mask, is_causal = attn_mask, False
+            if key_padding_mask is not None:
+                pad = key_padding_mask.bool()[:, None, None, :]
+                mask = mask & ~pad if mask.dtype == torch.bool else mask.masked_fill(pad, float("-inf"))
+        else:
+            mask, is_causal = self.pattern.mask(tq, tk, q.device, key_padding_mask=key_padding_mask)
+
+        dropout_p = self.dropout_module.p if (
+            self.training or self.dropout_module.apply_during_inference) else 0.0
+        out = attention(q, k, v, mask, is_causal, dropout_p)  # (B, H, T, D)
+        out = out.permute(2, 0, 1, 3).reshape(tq, bsz, embed_dim)  # (T, B, C)
+        return self.out_proj(out), None

@@ -1,0 +1,63 @@
+"""CLAP: an L2-normalised, weight-tied output head with a learned inverse temperature
+(METHODS.md section 1), and the matching input embedding.
+
+    logits = beta * h @ normalize(E, dim=-1).T
+
+The final hidden state h is not normalised; only the embedding rows are.
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from energy_lm.optim_groups import exclude_from_weight_decay
+
+
+class ClapEmbedding(nn.Embedding):
+    """Token embedding whose looked-up rows are L2-normalised (when `l2_normalize`).
+
+    `zero_index` (the dictionary's `<mask>`) embeds as the zero vector ("zero masking")
+    instead of its learned row. The padding row is zero-initialised and stays zero (it
+    gets no gradient), so it normalises to zero; padding itself is tracked from the
+    dictionary's pad index by the encoder/decoder, never from the embedding values.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int, *,
+                 l2_normalize: bool = True, zero_index: Optional[int] = None):
+        super().__init__(num_embeddings, embedding_dim, padding_idx=padding_idx)
+        self.l2_normalize = l2_normalize
+        self.zero_index = zero_index
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        x = super().forward(tokens)  # (..., d)
+        if self.l2_normalize:
+            x = F.normalize(x, dim=-1)  # a zero row stays zero (eps in the denominator)
+        if self.zero_index is not None:
+            x = x.masked_fill(tokens.eq(self.zero_index).unsqueeze(-1), 0.0)
+        return x
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", l2_normalize={self.l2_normalize}, zero_index={self.zero_index}"
+
+
+class ClapHead(nn.Module):
+    """Weight-tied head: beta * h @ normalize(weight).T, no bias, no dense layer.
+
+    `weight` is the input embedding's parameter (shared, not copied). `beta` is a
+    trainable scalar excluded from weight decay. Called like fairseq's `RobertaLMHead`
+    (`features, masked_tokens`) and like a decoder's `output_projection` (`features`).
+    """
+
+    def __init__(self, weight: nn.Parameter, initial_beta: float = 1.0):
+        super().__init__()
+        self.weight = weight  # (V, d), tied
+        self.beta = nn.Parameter(torch.tensor(float(initial_beta)))
+        exclude_from_weight_decay(self.beta)
+
+    def forward(self, features: Tensor, masked_tokens: Optional[Tensor] = None, **unused) -> Tensor:
+        if masked_tokens is not None:
+            features = features[masked_tokens, :]  # only the masked positions: (M, d)
+        # beta scales the d-dim features rather than the V-dim logits: same value, cheaper
+        return F.linear(features * self.beta, F.normalize(self.weight, dim=-1))  # (..., V)

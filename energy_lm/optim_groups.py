@@ -1,0 +1,57 @@
+"""Keep chosen parameters (CLAP's beta) out of weight decay in fairseq's optimizers.
+
+fairseq's trainer hands its optimizer one flat parameter list, so `--weight-decay`
+applies to every parameter, and decay would pull the inverse temperature beta towards
+zero. A parameter marked with `exclude_from_weight_decay` is put in a second parameter
+group with weight_decay = 0 when fairseq builds its optimizer; everything else is
+unchanged. fairseq's optimizers wrap torch optimizers, which accept parameter groups.
+
+Coverage: fp32, `--amp` and `--memory-efficient-fp16/bf16` runs. fairseq's flattened
+`--fp16/--bf16` optimizer builds fp32 copies of the parameters (without the mark), so
+there beta is decayed like any other weight.
+"""
+
+from typing import Iterable, List, Union
+
+import torch
+
+_MARK = "_energy_lm_no_weight_decay"
+
+
+def exclude_from_weight_decay(param: torch.nn.Parameter) -> torch.nn.Parameter:
+    setattr(param, _MARK, True)
+    return param
+
+
+def is_excluded_from_weight_decay(param: torch.Tensor) -> bool:
+    return getattr(param, _MARK, False)
+
+
+def weight_decay_groups(params: Iterable[torch.Tensor]) -> Union[List[torch.Tensor], List[dict]]:
+    """The flat list itself when nothing is marked, else two torch parameter groups."""
+    params = list(params)
+    excluded = [p for p in params if is_excluded_from_weight_decay(p)]
+    if not excluded:
+        return params
+    decayed = [p for p in params if not is_excluded_from_weight_decay(p)]
+    return [{"params": decayed}, {"params": excluded, "weight_decay": 0.0}]
+
+
+def install() -> None:
+    """Wrap `fairseq.optim.build_optimizer` (idempotent)."""
+    import fairseq.optim as fairseq_optim
+
+    if getattr(fairseq_optim.build_optimizer, "_energy_lm_wrapped", False):
+        return
+    build_from_registry = fairseq_optim._build_optimizer
+
+    def build_optimizer(cfg, params, *extra_args, **extra_kwargs):
+        params = list(params)
+        if params and all(isinstance(p, dict) for p in params):  # fairseq flattens dicts too
+            params = [t for p in params for t in p.values()]
+        params = [p for p in params if p.requires_grad]
+        return build_from_registry(cfg, weight_decay_groups(params), *extra_args, **extra_kwargs)
+
+    build_optimizer._energy_lm_wrapped = True
+    build_optimizer.__doc__ = fairseq_optim.build_optimizer.__doc__
+    fairseq_optim.build_optimizer = build_optimizer
