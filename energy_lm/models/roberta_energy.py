@@ -28,11 +28,13 @@ from energy_lm.modules.layers import EncoderLayer, wrap_layer
 class EnergyTransformerEncoder(TransformerEncoder):
     """fairseq's TransformerEncoder with SDPA self-attention and optional ALiBi."""
 
-    def build_encoder_layer(self, args):
-        cfg = TransformerConfig.from_namespace(args)
+    # fairseq's base class calls this hook with its TransformerConfig, which does not
+    # carry our fields; the legacy wrapper keeps the namespace in self.args.
+    def build_encoder_layer(self, cfg):
+        cfg = TransformerConfig.from_namespace(cfg)
         if "attention_pattern" not in self._modules:  # first layer: one pattern for all
             self.attention_pattern = AttentionPattern(
-                cfg.encoder.attention_heads, causal=False, alibi=args.alibi)
+                cfg.encoder.attention_heads, causal=False, alibi=self.args.alibi)
         return wrap_layer(EncoderLayer(cfg, return_fc=self.return_fc), cfg,
                           self.attention_pattern)
 
@@ -54,7 +56,7 @@ class RobertaEnergyEncoder(RobertaEncoder):
     def build_lm_head(self, embed_dim, output_dim, activation_fn, weight):
         if not self.args.clap_head:
             return super().build_lm_head(embed_dim, output_dim, activation_fn, weight)
-        return ClapHead(weight, self.args.initial_beta)
+        return ClapHead(weight, self.args.initial_beta, padding_idx=self.dictionary.pad())
 
 
 @register_model("roberta_energy")

@@ -48,17 +48,20 @@ class EnergyTransformerDecoder(TransformerDecoder):
     """fairseq's TransformerDecoder with SDPA self-attention, causal ALiBi, CLAP head and
     packed-document masks."""
 
-    def build_decoder_layer(self, args, no_encoder_attn=False):
-        cfg = TransformerConfig.from_namespace(args)
+    # fairseq's base class calls the build_* hooks with its TransformerConfig, which
+    # does not carry our fields; the legacy wrapper keeps the namespace in self.args.
+    def build_decoder_layer(self, cfg, no_encoder_attn=False):
+        cfg = TransformerConfig.from_namespace(cfg)
         if "attention_pattern" not in self._modules:  # first layer: one pattern for all
             self.attention_pattern = AttentionPattern(
-                cfg.decoder.attention_heads, causal=True, alibi=str(args.alibi))
+                cfg.decoder.attention_heads, causal=True, alibi=str(self.args.alibi))
         return wrap_layer(DecoderLayer(cfg, no_encoder_attn), cfg, self.attention_pattern)
 
-    def build_output_projection(self, args, dictionary, embed_tokens):
-        super().build_output_projection(args, dictionary, embed_tokens)
-        if args.clap_head:
-            self.output_projection = ClapHead(self.embed_tokens.weight, args.initial_beta)
+    def build_output_projection(self, cfg, dictionary, embed_tokens):
+        super().build_output_projection(cfg, dictionary, embed_tokens)
+        if self.args.clap_head:
+            self.output_projection = ClapHead(self.embed_tokens.weight, self.args.initial_beta,
+                                             padding_idx=dictionary.pad())
 
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None,
                 features_only: bool = False, full_context_alignment: bool = False,

@@ -48,16 +48,27 @@ class ClapHead(nn.Module):
     `weight` is the input embedding's parameter (shared, not copied). `beta` is a
     trainable scalar excluded from weight decay. Called like fairseq's `RobertaLMHead`
     (`features, masked_tokens`) and like a decoder's `output_projection` (`features`).
+
+    The padding row is fairseq's zero row: normalising it gives zero (a constant pad
+    logit of 0), but the gradient of x / max(|x|, eps) at x = 0 is g / eps, ~1e12 times
+    the incoming gradient. The head therefore takes no gradient into that row.
     """
 
-    def __init__(self, weight: nn.Parameter, initial_beta: float = 1.0):
+    def __init__(self, weight: nn.Parameter, initial_beta: float = 1.0,
+                 padding_idx: Optional[int] = None):
         super().__init__()
         self.weight = weight  # (V, d), tied
+        self.padding_idx = padding_idx
         self.beta = nn.Parameter(torch.tensor(float(initial_beta)))
         exclude_from_weight_decay(self.beta)
 
     def forward(self, features: Tensor, masked_tokens: Optional[Tensor] = None, **unused) -> Tensor:
         if masked_tokens is not None:
             features = features[masked_tokens, :]  # only the masked positions: (M, d)
+        weight = self.weight
+        if self.padding_idx is not None:
+            is_pad = torch.zeros(weight.size(0), 1, dtype=torch.bool, device=weight.device)
+            is_pad[self.padding_idx] = True
+            weight = torch.where(is_pad, weight.detach(), weight)  # (V, d)
         # beta scales the d-dim features rather than the V-dim logits: same value, cheaper
-        return F.linear(features * self.beta, F.normalize(self.weight, dim=-1))  # (..., V)
+        return F.linear(features * self.beta, F.normalize(weight, dim=-1))  # (..., V)

@@ -1,0 +1,51 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Both install into a local virtual environment first (idempotent `make install`).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.energy-lm-installed
+FAIRSEQ_DIST ?= fairseq-fixed==0.12.3.1
+
+DEMO_DIR ?= demo
+DEMO_UPDATES ?= 600
+
+.PHONY: install demo test test-fast clean
+
+install: $(STAMP)
+
+# fairseq-fixed builds its C++ extensions against the installed torch: no build
+# isolation (an isolated build would fetch the newest CUDA torch), no dependencies
+# (they include torchaudio).
+$(STAMP): pyproject.toml requirements/stack.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -r requirements/stack.txt
+	$(BIN)/python -m pip install --no-deps --no-build-isolation $(FAIRSEQ_DIST)
+	$(BIN)/python -m pip install --no-deps -e .
+	touch $@
+
+$(DEMO_DIR)/corpus/data-bin/dict.txt: | $(STAMP)
+	$(BIN)/energy-lm-prepare embedded --out $(DEMO_DIR)/corpus --workers 2
+
+# Train a tiny CLAP-head RoBERTa with the stock fairseq-train, then fill masks.
+# Re-running resumes from checkpoint_last.pt (and stops at once when done).
+demo: $(STAMP) $(DEMO_DIR)/corpus/data-bin/dict.txt
+	$(BIN)/fairseq-train $(DEMO_DIR)/corpus/data-bin \
+	    --task masked_lm --criterion masked_lm --arch roberta_clap_tiny \
+	    --tokens-per-sample 128 --sample-break-mode none --batch-size 16 \
+	    --optimizer adam --adam-betas '(0.9,0.98)' --adam-eps 1e-6 --weight-decay 0.01 \
+	    --lr 1e-3 --lr-scheduler polynomial_decay --warmup-updates 60 \
+	    --total-num-update $(DEMO_UPDATES) --max-update $(DEMO_UPDATES) \
+	    --dropout 0.0 --attention-dropout 0.0 --clip-norm 1.0 \
+	    --save-dir $(DEMO_DIR)/checkpoints --no-epoch-checkpoints \
+	    --log-format simple --log-interval 50 --seed 1
+	$(BIN)/energy-lm-fill-mask $(DEMO_DIR)/checkpoints $(DEMO_DIR)/corpus/data-bin
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf $(DEMO_DIR)

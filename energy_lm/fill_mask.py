@@ -1,0 +1,60 @@
+"""`energy-lm-fill-mask`: load a RoBERTa-family checkpoint with fairseq's
+`RobertaModel.from_pretrained` and print the top-k fillings of `<mask>`.
+
+    energy-lm-fill-mask CHECKPOINT_DIR DATA_BIN ["A sentence with a <mask> ." ...]
+
+DATA_BIN holds dict.txt and, for the embedded corpus, the byte-level BPE files
+(vocab.json, merges.txt) that `energy-lm-prepare embedded` puts there; without them
+the GPT-2 BPE is used.
+"""
+
+import argparse
+from pathlib import Path
+from typing import List, Optional
+
+from energy_lm.data.bpe import MERGES_FILE, VOCAB_FILE
+
+DEFAULT_SENTENCES = [
+    "The <mask> statement is used to leave a loop.",
+    "Return a new <mask> containing the items of the iterable.",
+    "Raise a ValueError if the <mask> is not found.",
+    "If the optional argument is omitted, the <mask> value is used.",
+]
+
+
+def load_roberta(checkpoint_dir: Path, data_bin: Path, checkpoint_file: str = "checkpoint_best.pt"):
+    from fairseq.models.roberta import RobertaModel
+
+    bpe_kwargs = {"bpe": "gpt2"}
+    if (data_bin / VOCAB_FILE).exists() and (data_bin / MERGES_FILE).exists():
+        bpe_kwargs = {"bpe": "hf_byte_bpe", "bpe_vocab": str(data_bin / VOCAB_FILE),
+                      "bpe_merges": str(data_bin / MERGES_FILE)}
+    model = RobertaModel.from_pretrained(str(checkpoint_dir), checkpoint_file, str(data_bin),
+                                         **bpe_kwargs)
+    return model.eval()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="energy-lm-fill-mask", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint_dir", type=Path)
+    parser.add_argument("data_bin", type=Path)
+    parser.add_argument("sentences", nargs="*", default=DEFAULT_SENTENCES)
+    parser.add_argument("--checkpoint-file", default="checkpoint_best.pt")
+    parser.add_argument("--topk", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    roberta = load_roberta(args.checkpoint_dir, args.data_bin, args.checkpoint_file)
+    print(f"model: {type(roberta.model).__name__} ({args.checkpoint_dir / args.checkpoint_file})")
+    for sentence in args.sentences:
+        print(f"\n{sentence}")
+        for filled, prob, token in roberta.fill_mask(sentence, topk=args.topk):
+            print(f"  {prob:6.3f}  {token.strip()!r:16}  {filled}")
+
+
+def cli_main() -> None:
+    main()
+
+
+if __name__ == "__main__":
+    cli_main()

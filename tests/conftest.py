@@ -1,0 +1,51 @@
+"""Shared fixtures: a small binarized slice of the embedded corpus, and helpers that
+run the real fairseq command-line tools (the console scripts of this environment)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import energy_lm  # noqa: F401  (in-process tests do not rely on the autoload hook)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+BIN = Path(sys.executable).parent
+
+
+def run_cli(tool: str, *args, env=None, check=True, timeout=600) -> subprocess.CompletedProcess:
+    """Run `tool` (fairseq-train, fairseq-hydra-train, ...) as a user would."""
+    full_env = dict(os.environ, **(env or {}))
+    full_env.setdefault("OMP_NUM_THREADS", "2")
+    result = subprocess.run([str(BIN / tool), *map(str, args)], capture_output=True, text=True,
+                            env=full_env, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{tool} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-5000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """The first 800 documents of the embedded corpus, BPE-encoded and binarized."""
+    from energy_lm.data.prepare import prepare_embedded
+
+    out = tmp_path_factory.mktemp("embedded")
+    prepare_embedded(out, vocab_size=1500, max_documents=800)
+    return out
+
+
+@pytest.fixture(scope="session")
+def data_bin(corpus_dir) -> Path:
+    return corpus_dir / "data-bin"
+
+
+TRAIN_SMALL = ["--batch-size", "4", "--tokens-per-sample", "64", "--sample-break-mode", "none",
+               "--optimizer", "adam", "--lr", "1e-3", "--weight-decay", "0.01",
+               "--encoder-layers", "2", "--encoder-embed-dim", "32",
+               "--encoder-ffn-embed-dim", "64", "--encoder-attention-heads", "4",
+               "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "1",
+               "--num-workers", "0", "--cpu", "--seed", "3"]
+LM_SMALL = [a.replace("encoder", "decoder") for a in TRAIN_SMALL]

@@ -1,0 +1,135 @@
+"""The registered presets, built through fairseq's own parser and task, in-process."""
+
+import pytest
+import torch
+from fairseq import options, tasks
+from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+from fairseq.models import ARCH_MODEL_REGISTRY
+from fairseq.models.roberta.model import RobertaLMHead
+
+import energy_lm.modules.attention as attention_module
+from energy_lm.modules.attention import SelfAttention
+from energy_lm.modules.clap import ClapEmbedding, ClapHead
+
+ROBERTA = [f"roberta_{v}_{s}" for v in ("clap", "alibi", "zero_clap") for s in ("tiny", "base", "large")]
+LM = [f"transformer_lm_{v}_{s}" for v in ("clap", "alibi", "zero_clap") for s in ("tiny", "base", "large")]
+SMALL_ENC = ["--encoder-layers", "2", "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
+             "--encoder-attention-heads", "4"]
+SMALL_DEC = [a.replace("encoder", "decoder") for a in SMALL_ENC]
+
+
+def build(data_bin, arch, *extra, task="masked_lm"):
+    small = SMALL_ENC if arch.startswith("roberta") else SMALL_DEC
+    argv = [str(data_bin), "--task", task, "--arch", arch, "--tokens-per-sample", "64",
+            "--dropout", "0", "--attention-dropout", "0", *small, *extra]
+    args = options.parse_args_and_arch(options.get_training_parser(), argv)
+    cfg = convert_namespace_to_omegaconf(args)
+    task_obj = tasks.setup_task(cfg.task)
+    torch.manual_seed(0)
+    return task_obj.build_model(cfg.model).eval(), task_obj
+
+
+def test_every_preset_is_registered():
+    for arch in ROBERTA + LM:
+        assert arch in ARCH_MODEL_REGISTRY, arch
+
+
+@pytest.mark.parametrize("size,layers,dim,heads", [("base", 12, 768, 12), ("large", 24, 1024, 16)])
+def test_preset_sizes(data_bin, size, layers, dim, heads):
+    # sizes come from the preset when not overridden; build only the config
+    for arch in (f"roberta_clap_{size}", f"transformer_lm_clap_{size}"):
+        argv = [str(data_bin), "--task", "masked_lm", "--arch", arch]
+        args = options.parse_args_and_arch(options.get_training_parser(), argv)
+        ARCH_MODEL_REGISTRY[arch].build_model  # the model class exists
+        from fairseq.models import ARCH_CONFIG_REGISTRY
+
+        ARCH_CONFIG_REGISTRY[arch](args)
+        side = "encoder" if arch.startswith("roberta") else "decoder"
+        assert (getattr(args, f"{side}_layers"), getattr(args, f"{side}_embed_dim"),
+                getattr(args, f"{side}_attention_heads")) == (layers, dim, heads)
+
+
+@pytest.mark.parametrize("arch", [a for a in ROBERTA if a.endswith("tiny")])
+def test_roberta_preset_structure(data_bin, arch):
+    model, _ = build(data_bin, arch)
+    enc = model.encoder.sentence_encoder
+    clap, alibi = "clap" in arch, "alibi" in arch or "zero" in arch
+    assert isinstance(model.encoder.lm_head, ClapHead if clap else RobertaLMHead)
+    assert isinstance(enc.embed_tokens, ClapEmbedding) == clap
+    assert (enc.embed_positions is None) == alibi
+    assert enc.attention_pattern.alibi == ("symmetric" if alibi else "none")
+    attns = [layer.self_attn for layer in enc.layers]
+    assert all(isinstance(a, SelfAttention) and a.pattern is enc.attention_pattern for a in attns)
+
+
+@pytest.mark.parametrize("arch", [a for a in LM if a.endswith("tiny")])
+def test_lm_preset_structure(data_bin, arch):
+    model, _ = build(data_bin, arch, task="language_modeling")
+    dec = model.decoder
+    clap, alibi = "clap" in arch, "alibi" in arch or "zero" in arch
+    assert isinstance(dec.output_projection, ClapHead) == clap
+    assert (dec.embed_positions is None) == alibi
+    assert dec.attention_pattern.causal and dec.attention_pattern.alibi == ("causal" if alibi else "none")
+
+
+def test_flags_override_presets(data_bin):
+    model, task = build(data_bin, "roberta_clap_tiny", "--alibi", "shifted", "--initial-beta", "4",
+                        "--mask-embedding", "zero")
+    enc = model.encoder.sentence_encoder
+    assert enc.attention_pattern.alibi == "shifted" and enc.embed_positions is None
+    assert model.encoder.lm_head.beta.item() == 4.0
+    assert enc.embed_tokens.zero_index == task.source_dictionary.index("<mask>")
+
+
+@pytest.mark.parametrize("arch,task", [("roberta_zero_clap_tiny", "masked_lm"),
+                                       ("roberta_clap_tiny", "masked_lm"),
+                                       ("transformer_lm_zero_clap_tiny", "language_modeling"),
+                                       ("transformer_lm_clap_tiny", "language_modeling")])
+def test_same_logits_with_and_without_the_fast_attention_path(data_bin, arch, task, monkeypatch):
+    model, _ = build(data_bin, arch, task=task)
+    tokens = torch.randint(4, 200, (2, 17))
+    tokens[1, 12:] = 1  # padding
+    fast = model(tokens)[0]
+    monkeypatch.setattr(attention_module, "attention", attention_module.attention_math)
+    slow = model(tokens)[0]
+    torch.testing.assert_close(fast[0], slow[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast[1, :12], slow[1, :12], rtol=1e-5, atol=1e-5)
+
+
+def test_state_dict_names_match_stock_roberta(data_bin):
+    ours, _ = build(data_bin, "roberta_alibi_tiny")
+    stock, _ = build(data_bin, "roberta_base")
+    ours_keys = set(ours.state_dict())
+    stock_keys = {k for k in stock.state_dict() if "embed_positions" not in k}
+    assert ours_keys == stock_keys
+    # so stock weights load into the ALiBi model unchanged
+    state = {k: v for k, v in stock.state_dict().items() if "embed_positions" not in k}
+    ours.load_state_dict(state, strict=True)
+
+
+def test_lm_incremental_decoding_equals_full_pass(data_bin):
+    model, _ = build(data_bin, "transformer_lm_zero_clap_tiny", task="language_modeling")
+    tokens = torch.randint(4, 200, (2, 9))
+    full = model(tokens)[0]
+    state = {}
+    steps = [model.decoder(tokens[:, : i + 1], incremental_state=state)[0] for i in range(9)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_document_attention_isolates_packed_documents(data_bin):
+    from energy_lm.tasks.energy_language_modeling import document_segment_ids
+
+    model, task = build(data_bin, "transformer_lm_zero_clap_tiny", task="language_modeling")
+    eos = task.source_dictionary.eos()
+    doc_a = torch.randint(4, 200, (5,))
+    doc_b = torch.randint(4, 200, (6,))
+    # model input: doc B starts at the </s> that ends doc A
+    packed = torch.cat([torch.tensor([eos]), doc_a, torch.tensor([eos]), doc_b])[None]
+    alone = torch.cat([torch.tensor([eos]), doc_b])[None]
+    segments = document_segment_ids(packed, eos)
+    assert segments.tolist() == [[1] * 6 + [2] * 7]
+    got = model(packed, segment_ids=segments)[0][:, 6:]
+    expected = model(alone)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # and without document attention, doc B does see doc A
+    assert not torch.allclose(model(packed)[0][:, 6:], expected, atol=1e-4)
