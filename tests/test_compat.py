@@ -1,0 +1,81 @@
+"""One test per fix in energy_lm.compat, plus checkpoints of stock fairseq models."""
+
+import argparse
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TRAIN_SMALL, run_cli
+
+WRITE_FAIRSEQ_STYLE_CHECKPOINT = """
+import argparse, sys, numpy as np, torch
+state = {"args": argparse.Namespace(arch="roberta", lr=[0.1]),
+         "extra_state": {"rng": np.random.RandomState(0).get_state(),
+                         "scalar": np.float64(1.5), "ints": np.arange(3, dtype=np.int64)},
+         "model": {"w": torch.ones(2)}}
+torch.save(state, sys.argv[1])
+"""
+LOAD = "import sys, torch; torch.load(sys.argv[1]); print('loaded')"
+
+
+@pytest.fixture
+def fairseq_style_checkpoint(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    subprocess.run([sys.executable, "-c", WRITE_FAIRSEQ_STYLE_CHECKPOINT, str(path)], check=True)
+    return path
+
+
+def test_stock_torch_refuses_a_fairseq_checkpoint(fairseq_style_checkpoint):
+    # the problem the allow-list fixes (guards against a vacuous test below)
+    result = subprocess.run([sys.executable, "-c", LOAD, str(fairseq_style_checkpoint)],
+                            capture_output=True, text=True, env={"ENERGY_LM_NO_AUTOLOAD": "1"})
+    assert result.returncode != 0 and "argparse.Namespace" in result.stderr
+
+
+def test_allow_list_loads_it_with_weights_only(fairseq_style_checkpoint):
+    from energy_lm import compat
+
+    compat.allow_fairseq_checkpoint_globals()
+    state = torch.load(fairseq_style_checkpoint, weights_only=True)
+    assert isinstance(state["args"], argparse.Namespace) and state["args"].arch == "roberta"
+    assert state["extra_state"]["scalar"] == 1.5
+    assert state["extra_state"]["ints"].tolist() == [0, 1, 2]
+
+
+def test_allow_list_still_refuses_arbitrary_code(tmp_path):
+    from energy_lm import compat
+
+    compat.allow_fairseq_checkpoint_globals()
+    path = tmp_path / "evil.pt"
+    torch.save({"x": subprocess.Popen}, path)  # a class outside the allow-list
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(path)
+
+
+def test_numpy_compat_long_for_token_block_eos_mode():
+    from fairseq.data import TokenBlockDataset
+
+    from energy_lm import compat
+
+    compat.restore_numpy_compat()
+    assert np.compat.long is int
+    sizes = np.array([3, 2, 4])
+    data = [torch.arange(n) for n in sizes]
+    blocks = TokenBlockDataset(data, sizes, block_size=8, pad=1, eos=2, break_mode="eos")
+    assert len(blocks) == 3
+
+
+@pytest.mark.slow
+def test_stock_roberta_checkpoint_from_fairseq_train_loads(data_bin, tmp_path):
+    from fairseq.models.roberta import RobertaModel
+
+    run_cli("fairseq-train", data_bin, "--task", "masked_lm", "--criterion", "masked_lm",
+            "--arch", "roberta", *TRAIN_SMALL, "--max-update", "1", "--save-dir", tmp_path)
+    hub = RobertaModel.from_pretrained(str(tmp_path), "checkpoint_last.pt", str(data_bin),
+                                       bpe="hf_byte_bpe", bpe_vocab=str(data_bin / "vocab.json"),
+                                       bpe_merges=str(data_bin / "merges.txt"))
+    assert type(hub.model).__name__ == "RobertaModel"
+    assert len(hub.fill_mask("The <mask> of it.", topk=2)) == 2
