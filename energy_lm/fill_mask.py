@@ -42,7 +42,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("sentences", nargs="*", default=DEFAULT_SENTENCES)
     parser.add_argument("--checkpoint-file", default="checkpoint_best.pt")
     parser.add_argument("--topk", type=int, default=3)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     roberta = load_roberta(args.checkpoint_dir, args.data_bin, args.checkpoint_file)
     print(f"model: {type(roberta.model).__name__} ({args.checkpoint_dir / args.checkpoint_file})")
