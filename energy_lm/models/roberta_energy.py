@@ -8,7 +8,6 @@ Everything else (hub interface, classification heads, `--task sentence_predictio
 is fairseq's RoBERTa.
 """
 
-import torch
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.roberta.model import (
     RobertaEncoder,
@@ -93,23 +92,7 @@ class RobertaEnergyModel(RobertaModel):
         encoder = RobertaEnergyEncoder(args, task.source_dictionary)
         if OmegaConf.is_config(args):
             OmegaConf.set_struct(args, True)
-        model = cls(args, encoder)  # RobertaModel.__init__ re-initialises (init_bert_params)
-        match_position_scale_to_unit_rows(model.encoder.sentence_encoder, args)
-        return model
-
-
-def match_position_scale_to_unit_rows(encoder, args) -> None:
-    """With L2-normalised token rows (norm 1), BERT's N(0, 0.02) position embeddings
-    (norm 0.02 * sqrt(d), about 0.3 at d = 256) are a weak signal next to the tokens, and
-    the model stays position-blind for long (it copies context tokens). Initialise them
-    at N(0, 1/d) instead, so both have norm ~1 before `layernorm_embedding`."""
-    positions = encoder.embed_positions
-    if args.embed_norm != "l2" or positions is None or not hasattr(positions, "weight"):
-        return
-    with torch.no_grad():
-        positions.weight.normal_(0.0, args.encoder_embed_dim ** -0.5)
-        if positions.padding_idx is not None:
-            positions.weight[positions.padding_idx].zero_()
+        return cls(args, encoder)
 
 
 @register_model_architecture("roberta_energy", "roberta_energy")
