@@ -36,7 +36,7 @@ demo: $(STAMP) $(DEMO_DIR)/corpus/data-bin/dict.txt
 	    --optimizer adam --adam-betas '(0.9,0.98)' --adam-eps 1e-6 --weight-decay 0.01 \
 	    --lr 1e-3 --lr-scheduler polynomial_decay --warmup-updates 60 \
 	    --total-num-update $(DEMO_UPDATES) --max-update $(DEMO_UPDATES) \
-	    --dropout 0.0 --attention-dropout 0.0 --clip-norm 1.0 \
+	    --dropout 0.1 --attention-dropout 0.0 --clip-norm 1.0 \
 	    --save-dir $(DEMO_DIR)/checkpoints --no-epoch-checkpoints \
 	    --log-format simple --log-interval 50 --seed 1
 	$(BIN)/energy-lm-fill-mask $(DEMO_DIR)/checkpoints $(DEMO_DIR)/corpus/data-bin

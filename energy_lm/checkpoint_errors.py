@@ -1,8 +1,10 @@
 """One clear error for a checkpoint that cannot be read.
 
-fairseq passes torch.load's error through unchanged: for a truncated or foreign file
-that is "PytorchStreamReader failed reading zip archive: failed finding central
-directory" or "invalid load key", which names neither the file nor the cause.
+fairseq passes torch.load's error through unchanged. For a truncated or foreign file
+that is "[Errno 22] Invalid argument", "failed finding central directory" or, worse,
+"Weights only load failed ... Unsupported operand 0" with the advice to retry with
+`weights_only=False`, none of which names the file or the cause. A refused type
+("Unsupported global: ...") is a different problem and keeps torch's own message.
 """
 
 import functools
@@ -11,6 +13,16 @@ import pickle
 
 class CheckpointReadError(RuntimeError):
     pass
+
+
+_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _reason(err: Exception) -> str:
+    """The informative line of torch's message, without its weights_only boilerplate."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_TORCH_BOILERPLATE)]
+    return useful[0] if useful else (lines[0] if lines else type(err).__name__)
 
 
 def install() -> None:
@@ -27,13 +39,14 @@ def install() -> None:
     def load_checkpoint_to_cpu(path, *args, **kwargs):
         try:
             return load(path, *args, **kwargs)
-        except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as err:
-            if "Weights only load failed" in str(err):
-                raise  # torch's own message already explains an unsafe global
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        except FileNotFoundError:
+            raise
+        except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as err:
+            if "Unsupported global" in str(err):
+                raise  # a type outside the allow-list: torch's message says which
             raise CheckpointReadError(
                 f"cannot read checkpoint {path}: the file is truncated, corrupt or not a "
-                f"PyTorch checkpoint ({reason})") from err
+                f"PyTorch checkpoint ({_reason(err)})") from err
 
     load_checkpoint_to_cpu._energy_lm_wrapped = True
     checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu

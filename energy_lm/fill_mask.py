@@ -27,7 +27,7 @@ def load_roberta(checkpoint_dir: Path, data_bin: Path, checkpoint_file: str = "c
 
     bpe_kwargs = {"bpe": "gpt2"}
     if (data_bin / VOCAB_FILE).exists() and (data_bin / MERGES_FILE).exists():
-        bpe_kwargs = {"bpe": "hf_byte_bpe", "bpe_vocab": str(data_bin / VOCAB_FILE),
+        bpe_kwargs = {"bpe": "energy_byte_bpe", "bpe_vocab": str(data_bin / VOCAB_FILE),
                       "bpe_merges": str(data_bin / MERGES_FILE)}
     model = RobertaModel.from_pretrained(str(checkpoint_dir), checkpoint_file, str(data_bin),
                                          **bpe_kwargs)

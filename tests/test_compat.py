@@ -75,7 +75,7 @@ def test_stock_roberta_checkpoint_from_fairseq_train_loads(data_bin, tmp_path):
     run_cli("fairseq-train", data_bin, "--task", "masked_lm", "--criterion", "masked_lm",
             "--arch", "roberta", *TRAIN_SMALL, "--max-update", "1", "--save-dir", tmp_path)
     hub = RobertaModel.from_pretrained(str(tmp_path), "checkpoint_last.pt", str(data_bin),
-                                       bpe="hf_byte_bpe", bpe_vocab=str(data_bin / "vocab.json"),
+                                       bpe="energy_byte_bpe", bpe_vocab=str(data_bin / "vocab.json"),
                                        bpe_merges=str(data_bin / "merges.txt"))
     assert type(hub.model).__name__ == "RobertaModel"
     assert len(hub.fill_mask("The <mask> of it.", topk=2)) == 2

@@ -41,11 +41,19 @@ def test_corrupt_checkpoint_restore_and_hub(data_bin, tmp_path):
     from energy_lm.checkpoint_errors import CheckpointReadError
 
     bad = tmp_path / "checkpoint_last.pt"
-    bad.write_bytes(b"\x00not a checkpoint" * 100)
+    bad.write_bytes(b"\x00not a checkpoint" * 100)  # torch would suggest weights_only=False
     result = run_cli("fairseq-train", data_bin, "--task", "masked_lm", "--arch", "roberta_clap_tiny",
                      *TRAIN_SMALL, "--restore-file", bad, "--save-dir", tmp_path, "--max-update", "1",
                      check=False)
     assert result.returncode != 0
     assert f"cannot read checkpoint {bad}: the file is truncated, corrupt" in last_line(result)
+    assert "weights_only" not in last_line(result)
     with pytest.raises(CheckpointReadError, match="truncated, corrupt"):
         RobertaModel.from_pretrained(str(tmp_path), "checkpoint_last.pt", str(data_bin))
+    # a truncated real checkpoint
+    good = tmp_path / "good"
+    run_cli("fairseq-train", data_bin, "--task", "masked_lm", "--arch", "roberta_clap_tiny",
+            *TRAIN_SMALL, "--save-dir", good, "--max-update", "1")
+    (tmp_path / "cut.pt").write_bytes((good / "checkpoint_last.pt").read_bytes()[:5000])
+    with pytest.raises(CheckpointReadError, match="cut.pt"):
+        RobertaModel.from_pretrained(str(tmp_path), "cut.pt", str(data_bin))

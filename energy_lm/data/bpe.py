@@ -1,7 +1,7 @@
 """Byte-level BPE for the embedded corpus (trained here, offline, with `tokenizers`), and
 the GPT-2 BPE for WikiText / the Pile. Both write what fairseq-preprocess reads: one
 document per line, as space-separated BPE ids. fairseq decodes them again through its
-`hf_byte_bpe` (ours) or `gpt2` (GPT-2's) BPE, so `fill_mask` prints words.
+`energy_byte_bpe` (ours, `energy_lm.data.fairseq_bpe`) or `gpt2` BPE, so `fill_mask` prints words.
 """
 
 from pathlib import Path
@@ -10,7 +10,7 @@ from typing import Callable, Iterable, List
 VOCAB_FILE, MERGES_FILE = "vocab.json", "merges.txt"
 
 
-def train_byte_level_bpe(train_file: Path, out_dir: Path, vocab_size: int = 8000) -> Path:
+def train_byte_level_bpe(train_file: Path, out_dir: Path, vocab_size: int = 2000) -> Path:
     """Train a GPT-2 style byte-level BPE (no prefix space) on `train_file`; writes
     vocab.json and merges.txt into out_dir. Deterministic for the same input."""
     from tokenizers import ByteLevelBPETokenizer

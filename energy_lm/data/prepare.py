@@ -90,7 +90,7 @@ def _encode_splits(documents: Dict[str, Iterable[str]], encode, text_dir: Path) 
 
 
 # ---------------------------------------------------------------- embedded corpus
-def prepare_embedded(out: Path, vocab_size: int = 8000, max_documents: int = 0,
+def prepare_embedded(out: Path, vocab_size: int = 2000, max_documents: int = 0,
                      workers: int = 1) -> Path:
     from energy_lm.data import embedded_corpus
 
@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embedded", help="the embedded default corpus (stdlib prose)")
     common(p)
-    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--vocab-size", type=int, default=2000,
+                   help="BPE vocabulary (small: the corpus has ~0.4M words)")
     p.add_argument("--max-documents", type=int, default=0, help="0 = all")
 
     for name in ("wikitext103", "pile"):
