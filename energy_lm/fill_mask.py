@@ -9,6 +9,7 @@ the GPT-2 BPE is used.
 """
 
 import argparse
+import logging
 from pathlib import Path
 from typing import List, Optional
 
@@ -42,7 +43,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("sentences", nargs="*", default=DEFAULT_SENTENCES)
     parser.add_argument("--checkpoint-file", default="checkpoint_best.pt")
     parser.add_argument("--topk", type=int, default=3)
+    parser.add_argument("--verbose", action="store_true", help="keep fairseq's INFO logging")
     args = parser.parse_intermixed_args(argv)
+    if not args.verbose:  # the hub logs the whole training config at INFO
+        logging.getLogger("fairseq").setLevel(logging.WARNING)
 
     roberta = load_roberta(args.checkpoint_dir, args.data_bin, args.checkpoint_file)
     print(f"model: {type(roberta.model).__name__} ({args.checkpoint_dir / args.checkpoint_file})")
