@@ -13,13 +13,17 @@ pytestmark = pytest.mark.slow
 CONFIG_DIR = REPO / "examples" / "energy_lm" / "config" / "pretraining"
 
 
-def test_hydra_train_runs_tiny_yaml(data_bin, tmp_path):
-    run_cli("fairseq-hydra-train", "--config-dir", CONFIG_DIR, "--config-name", "roberta_clap_tiny",
+@pytest.mark.parametrize("config,beta_key", [
+    ("roberta_clap_tiny", "encoder.lm_head.beta"),
+    ("transformer_lm_zero_clap_tiny", "decoder.output_projection.beta"),
+])
+def test_hydra_train_runs_tiny_yaml(data_bin, tmp_path, config, beta_key):
+    run_cli("fairseq-hydra-train", "--config-dir", CONFIG_DIR, "--config-name", config,
             f"task.data={data_bin}", "optimization.max_update=2", f"checkpoint.save_dir={tmp_path}",
             "common.cpu=true", "dataset.num_workers=0", f"hydra.run.dir={tmp_path / 'hydra'}")
     state = torch.load(tmp_path / "checkpoint_last.pt")
-    assert state["cfg"]["model"]["_name"] == "roberta_clap_tiny"
-    assert "encoder.lm_head.beta" in state["model"]
+    assert state["cfg"]["model"]["_name"] == config
+    assert beta_key in state["model"]
 
 
 def write_classification_data(corpus_dir: Path, out: Path) -> Path:
