@@ -8,12 +8,12 @@ The decoder accepts `segment_ids` (B, T) so that packed documents attend only wi
 themselves (`--task energy_language_modeling --document-attention`).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from typing import Optional
 
 import torch
 from fairseq.dataclass import ChoiceEnum
-from fairseq.models import register_model, register_model_architecture
+from fairseq.models import register_model
 from fairseq.models.transformer import TransformerConfig, TransformerDecoder
 from fairseq.models.transformer_lm import (
     DEFAULT_MAX_TARGET_POSITIONS,
@@ -22,6 +22,7 @@ from fairseq.models.transformer_lm import (
     base_lm_architecture,
 )
 from fairseq.utils import safe_getattr
+from omegaconf import II
 from torch import Tensor, nn
 
 from energy_lm.models.energy_options import check_energy_args
@@ -142,55 +143,47 @@ def transformer_lm_energy_architecture(args):
     base_lm_architecture(args)
 
 
-def _tiny(args):
-    args.decoder_layers = safe_getattr(args, "decoder_layers", 4)
-    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 256)
-    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", 1024)
-    args.decoder_attention_heads = safe_getattr(args, "decoder_attention_heads", 4)
-
-
-def _base(args):  # GPT-2 small / the seeds' 12 x 768
-    args.decoder_layers = safe_getattr(args, "decoder_layers", 12)
-    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 768)
-    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", 3072)
-    args.decoder_attention_heads = safe_getattr(args, "decoder_attention_heads", 12)
-
-
-def _large(args):  # the seeds' 24 x 1024
-    args.decoder_layers = safe_getattr(args, "decoder_layers", 24)
-    args.decoder_embed_dim = safe_getattr(args, "decoder_embed_dim", 1024)
-    args.decoder_ffn_embed_dim = safe_getattr(args, "decoder_ffn_embed_dim", 4096)
-    args.decoder_attention_heads = safe_getattr(args, "decoder_attention_heads", 16)
-
-
-_VARIANTS = {
-    "clap": dict(clap_head=True, alibi="none"),
-    "alibi": dict(clap_head=False, alibi="causal"),
-    "zero_clap": dict(clap_head=True, alibi="causal"),
+# Presets. fairseq-hydra-train fills a dataclass model's config from its dataclass
+# defaults before any arch function could run, so for this (dataclass) family each
+# preset is a model name with its own dataclass whose defaults are the preset's values;
+# the command line reads the same defaults. (RoBERTa's presets are arch functions.)
+_SIZES = {  # layers, embed dim, ffn dim, heads
+    "tiny": (4, 256, 1024, 4),
+    "base": (12, 768, 3072, 12),  # GPT-2 small / the seeds' 163M trunk
+    "large": (24, 1024, 4096, 16),  # the seeds' 430M trunk
 }
-_SIZES = {"tiny": _tiny, "base": _base, "large": _large}
+_VARIANTS = {
+    "clap": dict(clap_head=True, alibi="none", embed_norm="l2"),
+    "alibi": dict(clap_head=False, alibi="causal", embed_norm="none",
+                  no_token_positional_embeddings=True),
+    "zero_clap": dict(clap_head=True, alibi="causal", embed_norm="l2",
+                      no_token_positional_embeddings=True),
+}
+_GPT_STYLE = dict(  # pre-norm, GELU, learned positions, tied embeddings
+    decoder_normalize_before=True, activation_fn="gelu", decoder_learned_pos=True,
+    share_decoder_input_output_embed=True,
+    decoder_input_dim=II("model.decoder_embed_dim"),
+    decoder_output_dim=II("model.decoder_embed_dim"),
+)
 
 
-def _common_lm_defaults(args):
-    # pre-norm, GELU, tied embeddings: the usual GPT-style settings
-    args.decoder_normalize_before = safe_getattr(args, "decoder_normalize_before", True)
-    args.activation_fn = safe_getattr(args, "activation_fn", "gelu")
-    args.share_decoder_input_output_embed = safe_getattr(
-        args, "share_decoder_input_output_embed", True)
+def _preset_config(class_name: str, values: dict) -> type:
+    inherited = TransformerLMEnergyConfig.__dataclass_fields__
+    fields = [(name, inherited[name].type, field(default=value, metadata=inherited[name].metadata))
+              for name, value in values.items()]
+    return make_dataclass(class_name, fields, bases=(TransformerLMEnergyConfig,))
 
 
 def _register_presets():
-    for variant, fields in _VARIANTS.items():
-        for size, set_size in _SIZES.items():
-            def preset(args, fields=fields, set_size=set_size):
-                for name, value in fields.items():
-                    setattr(args, name, safe_getattr(args, name, value))
-                set_size(args)
-                _common_lm_defaults(args)
-                transformer_lm_energy_architecture(args)
-
-            register_model_architecture(
-                "transformer_lm_energy", f"transformer_lm_{variant}_{size}")(preset)
+    for variant, variant_values in _VARIANTS.items():
+        for size, (layers, dim, ffn, heads) in _SIZES.items():
+            name = f"transformer_lm_{variant}_{size}"
+            stem = "TransformerLM" + "".join(p.title() for p in f"{variant}_{size}".split("_"))
+            values = dict(_GPT_STYLE, **variant_values, decoder_layers=layers, decoder_embed_dim=dim,
+                          decoder_ffn_embed_dim=ffn, decoder_attention_heads=heads)
+            # a subclass per preset: fairseq keeps a model's dataclass on its class
+            model_cls = type(stem, (TransformerLMEnergyModel,), {"__module__": __name__})
+            register_model(name, dataclass=_preset_config(stem + "Config", values))(model_cls)
 
 
 _register_presets()

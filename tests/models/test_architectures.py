@@ -34,19 +34,16 @@ def test_every_preset_is_registered():
         assert arch in ARCH_MODEL_REGISTRY, arch
 
 
-@pytest.mark.parametrize("size,layers,dim,heads", [("base", 12, 768, 12), ("large", 24, 1024, 16)])
-def test_preset_sizes(data_bin, size, layers, dim, heads):
-    # sizes come from the preset when not overridden; build only the config
-    for arch in (f"roberta_clap_{size}", f"transformer_lm_clap_{size}"):
-        argv = [str(data_bin), "--task", "masked_lm", "--arch", arch]
-        args = options.parse_args_and_arch(options.get_training_parser(), argv)
-        ARCH_MODEL_REGISTRY[arch].build_model  # the model class exists
-        from fairseq.models import ARCH_CONFIG_REGISTRY
-
-        ARCH_CONFIG_REGISTRY[arch](args)
+@pytest.mark.parametrize("size,layers,dim,heads", [("tiny", 4, 256, 4), ("base", 12, 768, 12),
+                                                   ("large", 24, 1024, 16)])
+def test_preset_sizes_reach_the_model_config(data_bin, size, layers, dim, heads):
+    # the config fairseq-train builds (no model is instantiated)
+    for arch, task in ((f"roberta_clap_{size}", "masked_lm"), (f"transformer_lm_clap_{size}", "language_modeling")):
+        argv = [str(data_bin), "--task", task, "--arch", arch]
+        cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
         side = "encoder" if arch.startswith("roberta") else "decoder"
-        assert (getattr(args, f"{side}_layers"), getattr(args, f"{side}_embed_dim"),
-                getattr(args, f"{side}_attention_heads")) == (layers, dim, heads)
+        assert (getattr(cfg.model, f"{side}_layers"), getattr(cfg.model, f"{side}_embed_dim"),
+                getattr(cfg.model, f"{side}_attention_heads")) == (layers, dim, heads)
 
 
 @pytest.mark.parametrize("arch", [a for a in ROBERTA if a.endswith("tiny")])
