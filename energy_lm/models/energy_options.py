@@ -20,8 +20,6 @@ def add_energy_args(parser, alibi_choices, alibi_help):
 
 def check_energy_args(args, causal: bool) -> None:
     check_alibi_mode(args.alibi, causal)
-    untied = safe_getattr(args, "untie_weights_roberta", False) or (
-        causal and not safe_getattr(args, "share_decoder_input_output_embed", True))
-    if args.clap_head and untied:
+    if args.clap_head and safe_getattr(args, "untie_weights_roberta", False):
         raise ValueError("--clap-head ties the output head to the input embeddings; "
-                         "drop --untie-weights-roberta / set share_decoder_input_output_embed")
+                         "drop --untie-weights-roberta")

@@ -40,9 +40,9 @@ class TransformerLMEnergyConfig(TransformerLanguageModelConfig):
         default=False, metadata={"help": "CLAP output head: beta * h @ normalize(E).T (weight-tied)"})
     initial_beta: float = field(
         default=1.0, metadata={"help": "initial inverse temperature of the CLAP head"})
-    embed_norm: ChoiceEnum(["none", "l2"]) = field(
-        default="none", metadata={"help": "L2-normalise input embedding rows (presets with a "
-                                          "CLAP head default to l2)"})
+    embed_norm: ChoiceEnum(["auto", "none", "l2"]) = field(
+        default="auto", metadata={"help": "L2-normalise input embedding rows; auto: l2 with "
+                                          "a CLAP head, else none"})
 
 
 class EnergyTransformerDecoder(TransformerDecoder):
@@ -133,10 +133,11 @@ def transformer_lm_energy_architecture(args):
     args.alibi = str(safe_getattr(args, "alibi", "none"))
     args.clap_head = safe_getattr(args, "clap_head", False)
     args.initial_beta = safe_getattr(args, "initial_beta", 1.0)
-    args.embed_norm = str(safe_getattr(args, "embed_norm", "l2" if args.clap_head else "none"))
-    if args.clap_head:
-        args.share_decoder_input_output_embed = safe_getattr(
-            args, "share_decoder_input_output_embed", True)
+    args.embed_norm = str(safe_getattr(args, "embed_norm", "auto"))
+    if args.embed_norm == "auto":
+        args.embed_norm = "l2" if args.clap_head else "none"
+    if args.clap_head:  # a CLAP head is the input embedding, whatever the tying flag said
+        args.share_decoder_input_output_embed = True
     if args.alibi != "none":  # ALiBi replaces position embeddings
         args.no_token_positional_embeddings = True
     check_energy_args(args, causal=True)

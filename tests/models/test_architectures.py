@@ -130,3 +130,15 @@ def test_document_attention_isolates_packed_documents(data_bin):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     # and without document attention, doc B does see doc A
     assert not torch.allclose(model(packed)[0][:, 6:], expected, atol=1e-4)
+
+
+def test_base_lm_model_with_clap_flag_normalises_and_ties(data_bin):
+    model, _ = build(data_bin, "transformer_lm_energy", "--clap-head", task="language_modeling")
+    dec = model.decoder
+    assert isinstance(dec.output_projection, ClapHead) and dec.embed_tokens.l2_normalize
+    assert dec.output_projection.weight is dec.embed_tokens.weight
+
+
+def test_clap_with_untied_roberta_weights_is_refused(data_bin):
+    with pytest.raises(ValueError, match="untie-weights-roberta"):
+        build(data_bin, "roberta_clap_tiny", "--untie-weights-roberta")
