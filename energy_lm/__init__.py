@@ -16,7 +16,7 @@ optim_groups.install()
 
 # fairseq's --user-dir auto-imports models/ and tasks/ but not criterions/, so the
 # package imports every component itself.
-from energy_lm import models, tasks  # noqa: E402,F401
+from energy_lm import criterions, models, tasks  # noqa: E402,F401
 from energy_lm.data import fairseq_bpe  # noqa: E402,F401  (registers --bpe energy_byte_bpe)
 
 __version__ = "0.1.0"

@@ -49,3 +49,25 @@ TRAIN_SMALL = ["--batch-size", "4", "--tokens-per-sample", "64", "--sample-break
                "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "1",
                "--num-workers", "0", "--cpu", "--seed", "3"]
 LM_SMALL = [a.replace("encoder", "decoder") for a in TRAIN_SMALL]
+
+
+SMALL_ENC = ["--encoder-layers", "2", "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
+             "--encoder-attention-heads", "4"]
+SMALL_DEC = [a.replace("encoder", "decoder") for a in SMALL_ENC]
+
+
+def build_model(data_bin, arch, *extra, task="masked_lm"):
+    """An in-process model built through fairseq's own parser and task (eval mode, no
+    dropout, seed 0); returns (model, task)."""
+    import torch
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    small = SMALL_ENC if arch.startswith("roberta") else SMALL_DEC
+    argv = [str(data_bin), "--task", task, "--arch", arch, "--tokens-per-sample", "64",
+            "--dropout", "0", "--attention-dropout", "0", *small, *extra]
+    args = options.parse_args_and_arch(options.get_training_parser(), argv)
+    cfg = convert_namespace_to_omegaconf(args)
+    task_obj = tasks.setup_task(cfg.task)
+    torch.manual_seed(0)
+    return task_obj.build_model(cfg.model).eval(), task_obj

@@ -3,6 +3,7 @@
 from fairseq.utils import safe_getattr
 
 from energy_lm.modules.alibi import check_alibi_mode
+from energy_lm.modules.energy_head import ENERGY_HEAD_CHOICES
 
 
 def add_energy_args(parser, alibi_choices, alibi_help):
@@ -16,6 +17,12 @@ def add_energy_args(parser, alibi_choices, alibi_help):
     parser.add_argument("--embed-norm", choices=["none", "l2"],
                         help="L2-normalise the input embedding rows (default: l2 with "
                              "--clap-head, else none)")
+    parser.add_argument("--untied-head", action="store_true",
+                        help="output head: an untied Linear(d, V, bias=False), replacing the "
+                             "preset's head (what energy-lm-add-head gives a headless CWT model)")
+    parser.add_argument("--energy-head", choices=ENERGY_HEAD_CHOICES,
+                        help="energy head of the residual EBM: linear (default; Linear(d, 1) "
+                             "on the final state) or rich (adds log q and a bilinear term)")
 
 
 def check_energy_args(args, causal: bool) -> None:

@@ -18,10 +18,12 @@ from fairseq.models.transformer import TransformerConfig, TransformerEncoder
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr, safe_hasattr
 
+from energy_lm.models.energy_model import EnergyModelMixin
 from energy_lm.models.energy_options import add_energy_args, check_energy_args
 from energy_lm.modules.alibi import ENCODER_ALIBI_CHOICES
 from energy_lm.modules.attention import AttentionPattern
-from energy_lm.modules.clap import ClapEmbedding, ClapHead
+from energy_lm.modules.clap import ClapEmbedding, ClapHead, LinearHead
+from energy_lm.modules.energy_head import EnergyHead
 from energy_lm.modules.layers import EncoderLayer, wrap_layer
 
 
@@ -37,6 +39,28 @@ class EnergyTransformerEncoder(TransformerEncoder):
                 cfg.encoder.attention_heads, causal=False, alibi=self.args.alibi)
         return wrap_layer(EncoderLayer(cfg, return_fc=self.return_fc), cfg,
                           self.attention_pattern)
+
+    def candidate_features(self, src_tokens, cand_tokens, cand_pos):
+        """Stage 2 of a paired forward (see energy_lm.models.energy_model): each candidate
+        token (B, M) enters at its data position cand_pos (B, M) and runs through every
+        layer; returns the final states (B, M, C)."""
+        x = self.embed_scale * self.embed_tokens(cand_tokens)  # (B, M, C)
+        if self.embed_positions is not None:
+            positions = self.embed_positions(src_tokens)  # (B, N, C)
+            x = x + positions.gather(1, cand_pos.unsqueeze(-1).expand(-1, -1, positions.size(-1)))
+        if self.layernorm_embedding is not None:
+            x = self.layernorm_embedding(x)
+        x = self.dropout_module(x)
+        if self.quant_noise is not None:
+            x = self.quant_noise(x)
+        x = x.transpose(0, 1)  # (M, B, C)
+        for layer in self.layers:
+            x = layer(x, encoder_padding_mask=None)
+            if isinstance(x, tuple):  # layers built with return_fc
+                x = x[0]
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        return x.transpose(0, 1)  # (B, M, C)
 
 
 class RobertaEnergyEncoder(RobertaEncoder):
@@ -54,14 +78,38 @@ class RobertaEnergyEncoder(RobertaEncoder):
         return encoder
 
     def build_lm_head(self, embed_dim, output_dim, activation_fn, weight):
-        if not self.args.clap_head:
-            return super().build_lm_head(embed_dim, output_dim, activation_fn, weight)
-        return ClapHead(weight, self.args.initial_beta, padding_idx=self.dictionary.pad())
+        if self.args.untied_head:
+            return LinearHead(embed_dim, output_dim)
+        if self.args.clap_head:
+            return ClapHead(weight, self.args.initial_beta, padding_idx=self.dictionary.pad())
+        return super().build_lm_head(embed_dim, output_dim, activation_fn, weight)
 
 
 @register_model("roberta_energy")
-class RobertaEnergyModel(RobertaModel):
-    """RoBERTa + CLAP head / ALiBi; see the module docstring for the presets."""
+class RobertaEnergyModel(EnergyModelMixin, RobertaModel):
+    """RoBERTa + CLAP head / ALiBi + energy head; see the module docstring for the presets."""
+
+    def __init__(self, args, encoder):
+        super().__init__(args, encoder)
+        self.energy_head = EnergyHead(args.encoder_embed_dim, args.energy_head)
+
+    def _trunk(self):
+        return self.encoder.sentence_encoder
+
+    def output_layer(self, features, masked_tokens=None, **unused):
+        """The MLM head on features (..., C) -> logits (..., V) (fairseq's RobertaModel
+        keeps it on the encoder only)."""
+        return self.encoder.output_layer(features, masked_tokens=masked_tokens)
+
+    def score_masked(self, src_tokens, targets, candidates=None, num_samples: int = 1,
+                     backend: str = "auto"):
+        """At every masked position (targets != pad): MLM logits, E(data token) and the
+        energies of candidates (B, K, S) or of num_samples draws from the MLM head.
+        Returns an `energy_lm.models.scoring.MaskedEnergyOutput`."""
+        from energy_lm.models.scoring import masked_energy_pass
+
+        return masked_energy_pass(self, src_tokens, targets, candidates,
+                                  num_samples=num_samples, backend=backend)
 
     @classmethod
     def hub_models(cls):
@@ -104,6 +152,10 @@ def roberta_energy_architecture(args):
     args.embed_norm = safe_getattr(args, "embed_norm", "l2" if args.clap_head else "none")
     args.mask_embedding = safe_getattr(args, "mask_embedding", "learned")
     args.scale_embedding = safe_getattr(args, "scale_embedding", False)
+    args.untied_head = safe_getattr(args, "untied_head", False)
+    if args.untied_head:  # replaces the preset's head; the trunk (embed_norm) is unchanged
+        args.clap_head = False
+    args.energy_head = safe_getattr(args, "energy_head", "linear")
     args.no_scale_embedding = not args.scale_embedding
     if args.alibi != "none":  # ALiBi replaces position embeddings
         args.no_token_positional_embeddings = True

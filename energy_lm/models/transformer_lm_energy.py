@@ -25,10 +25,12 @@ from fairseq.utils import safe_getattr
 from omegaconf import II
 from torch import Tensor, nn
 
+from energy_lm.models.energy_model import EnergyModelMixin
 from energy_lm.models.energy_options import check_energy_args
 from energy_lm.modules.alibi import DECODER_ALIBI_CHOICES
 from energy_lm.modules.attention import AttentionPattern
 from energy_lm.modules.clap import ClapEmbedding, ClapHead
+from energy_lm.modules.energy_head import ENERGY_HEAD_CHOICES, EnergyHead
 from energy_lm.modules.layers import DecoderLayer, wrap_layer
 
 
@@ -43,6 +45,14 @@ class TransformerLMEnergyConfig(TransformerLanguageModelConfig):
     embed_norm: ChoiceEnum(["auto", "none", "l2"]) = field(
         default="auto", metadata={"help": "L2-normalise input embedding rows; auto: l2 with "
                                           "a CLAP head, else none"})
+    untied_head: bool = field(
+        default=False, metadata={"help": "output head: an untied Linear(d, V, bias=False), "
+                                         "replacing the preset's head (what energy-lm-add-head "
+                                         "gives a headless CWT model)"})
+    energy_head: ChoiceEnum(ENERGY_HEAD_CHOICES) = field(
+        default="linear", metadata={"help": "energy head of the residual EBM: linear "
+                                            "(Linear(d, 1) on the final state) or rich (adds "
+                                            "log q and a bilinear term)"})
 
 
 class EnergyTransformerDecoder(TransformerDecoder):
@@ -91,14 +101,73 @@ class EnergyTransformerDecoder(TransformerDecoder):
         # None lets SelfAttention build the causal (+ALiBi) mask from the shared pattern
         return getattr(self, "_document_mask", None)
 
+    def candidate_features(self, prev_output_tokens, cand_tokens, cand_pos):
+        """Stage 2 of a paired forward (see energy_lm.models.energy_model): each candidate
+        token (B, M) enters at its data position cand_pos (B, M), in the order fairseq's
+        own forward embeds a token; returns the final states (B, M, C)."""
+        x = self.embed_scale * self.embed_tokens(cand_tokens)  # (B, M, C)
+        if self.quant_noise is not None:
+            x = self.quant_noise(x)
+        if self.project_in_dim is not None:
+            x = self.project_in_dim(x)
+        if self.embed_positions is not None:
+            positions = self.embed_positions(prev_output_tokens)  # (B, N, C)
+            x = x + positions.gather(1, cand_pos.unsqueeze(-1).expand(-1, -1, positions.size(-1)))
+        if self.layernorm_embedding is not None:
+            x = self.layernorm_embedding(x)
+        x = self.dropout_module(x).transpose(0, 1)  # (M, B, C)
+        for layer in self.layers:
+            x, _, _ = layer(x, None, None, None, self_attn_mask=None, self_attn_padding_mask=None)
+        if self.layer_norm is not None:
+            x = self.layer_norm(x)
+        x = x.transpose(0, 1)  # (B, M, C)
+        if self.project_out_dim is not None:
+            x = self.project_out_dim(x)
+        return x
+
 
 @register_model("transformer_lm_energy", dataclass=TransformerLMEnergyConfig)
-class TransformerLMEnergyModel(TransformerLanguageModel):
-    """Causal LM + CLAP head / causal ALiBi; see the module docstring for the presets."""
+class TransformerLMEnergyModel(EnergyModelMixin, TransformerLanguageModel):
+    """Causal LM + CLAP head / causal ALiBi + energy head; see the module docstring for
+    the presets."""
+
+    def __init__(self, decoder):
+        super().__init__(decoder)
+        self.energy_head = EnergyHead(decoder.output_embed_dim, str(decoder.args.energy_head))
+
+    def _trunk(self):
+        return self.decoder
+
+    def score_candidates(self, tokens: Tensor, candidates: Tensor,
+                         segment_ids: Optional[Tensor] = None, backend: str = "auto"):
+        """LM log-probs, data energies and candidate energies in one call.
+
+        tokens: (B, T); candidates: (B, K, T), candidates[:, k, t] an alternative to
+        tokens[:, t] given tokens[:, :t]. Returns (lprobs (B, T, V) with lprobs[:, t] =
+        log q(. | tokens[:, :t+1]), energy (B, T) = E(x_t | x_<t), cand_energy (B, K, T)).
+        See energy_lm.models.scoring for position 0 and the rich head.
+        """
+        from energy_lm.models.scoring import causal_energy_pass
+
+        out = causal_energy_pass(self, tokens, candidates, start=0, segment_ids=segment_ids,
+                                 backend=backend)
+        return torch.log_softmax(out.logits.float(), dim=-1), out.energy, out.cand_energy
 
     @classmethod
     def hub_models(cls):
         return {}
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt",
+                        data_name_or_path=".", **kwargs):
+        """fairseq's loader, returning `energy_lm.hub.EnergyLMHubInterface` (SIR sampling)."""
+        from fairseq import hub_utils
+
+        from energy_lm.hub import EnergyLMHubInterface
+
+        x = hub_utils.from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path,
+                                      archive_map=cls.hub_models(), **kwargs)
+        return EnergyLMHubInterface(x["args"], x["task"], x["models"])
 
     @classmethod
     def build_model(cls, args, task):
@@ -134,8 +203,13 @@ def transformer_lm_energy_architecture(args):
     args.clap_head = safe_getattr(args, "clap_head", False)
     args.initial_beta = safe_getattr(args, "initial_beta", 1.0)
     args.embed_norm = str(safe_getattr(args, "embed_norm", "auto"))
+    args.energy_head = str(safe_getattr(args, "energy_head", "linear"))
+    args.untied_head = safe_getattr(args, "untied_head", False)
     if args.embed_norm == "auto":
         args.embed_norm = "l2" if args.clap_head else "none"
+    if args.untied_head:  # replaces the preset's head; the trunk (embed_norm) is unchanged
+        args.clap_head = False
+        args.share_decoder_input_output_embed = False
     if args.clap_head:  # a CLAP head is the input embedding, whatever the tying flag said
         args.share_decoder_input_output_embed = True
     if args.alibi != "none":  # ALiBi replaces position embeddings

@@ -15,6 +15,7 @@ from fairseq.modules import MultiheadAttention
 from torch import Tensor, nn
 
 from energy_lm.modules.alibi import alibi_bias, alibi_slopes, check_alibi_mode
+from energy_lm.modules.paired_stream import CANDIDATES, PairedStream
 
 _MAX_CACHED_MASKS = 8
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -41,6 +42,8 @@ class AttentionPattern(nn.Module):
             "slopes", alibi_slopes(num_heads) if alibi != "none" else None, persistent=False
         )
         self._static_cache: Dict[Tuple[int, int, torch.device], Optional[Tensor]] = {}
+        # set by a model during a paired (data + candidates) forward, else None
+        self.stream: Optional[PairedStream] = None
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, causal={self.causal}, alibi={self.alibi}"
@@ -139,6 +142,10 @@ class SelfAttention(MultiheadAttention):
     `attn_mask`, when given, is a complete mask from `AttentionPattern.mask` (the
     decoder passes one for packed documents); otherwise the pattern builds it.
     Attention weights are never materialised, so `need_weights` returns None.
+
+    During a paired forward (`pattern.stream` set) the layer records its data
+    queries/keys/values, then serves the candidate stream from them
+    (`energy_lm.modules.paired_stream`).
     """
 
     pattern: AttentionPattern
@@ -170,6 +177,14 @@ class SelfAttention(MultiheadAttention):
         k = split_heads(self.k_proj(query))
         v = split_heads(self.v_proj(query))
 
+        stream = self.pattern.stream
+        if stream is not None and incremental_state is None:
+            if stream.mode == CANDIDATES:  # query is the candidate stream (M, B, C)
+                out_c = self._candidate_attention(q, k, v, stream)  # (B, H, M, D)
+                out_c = out_c.permute(2, 0, 1, 3).reshape(tq, bsz, embed_dim)  # (M, B, C)
+                return self.out_proj(out_c), None
+            stream.record(self, q, k, v)
+
         if incremental_state is not None:
             saved = self._get_input_buffer(incremental_state)
             if "prev_key" in saved:
@@ -195,8 +210,25 @@ class SelfAttention(MultiheadAttention):
         else:
             mask, is_causal = self.pattern.mask(tq, tk, q.device, key_padding_mask=key_padding_mask)
 
-        dropout_p = self.dropout_module.p if (
-            self.training or self.dropout_module.apply_during_inference) else 0.0
+        dropout_p = self._dropout_p()
         out = attention(q, k, v, mask, is_causal, dropout_p)  # (B, H, T, D)
         out = out.permute(2, 0, 1, 3).reshape(tq, bsz, embed_dim)  # (T, B, C)
         return self.out_proj(out), None
+
+    def _dropout_p(self) -> float:
+        return self.dropout_module.p if (
+            self.training or self.dropout_module.apply_during_inference) else 0.0
+
+    def _candidate_attention(self, q_c: Tensor, k_c: Tensor, v_c: Tensor,
+                             stream: PairedStream) -> Tensor:
+        from energy_lm.kernels import paired_attention  # the kernels import this module
+
+        q, k, v = stream.data_qkv(self)
+        pattern = self.pattern
+        _, out_c = paired_attention(
+            q, k, v, q_c, k_c, v_c, stream.cand_pos, causal=pattern.causal,
+            alibi_slopes=pattern.slopes if pattern.alibi != "none" else None,
+            alibi_mode=pattern.alibi if pattern.alibi != "none" else "causal",
+            segment_ids=stream.segment_ids, key_padding_mask=stream.key_padding_mask,
+            backend=stream.backend, dropout_p=self._dropout_p())
+        return out_c

@@ -72,3 +72,21 @@ class ClapHead(nn.Module):
             weight = torch.where(is_pad, weight.detach(), weight)  # (V, d)
         # beta scales the d-dim features rather than the V-dim logits: same value, cheaper
         return F.linear(features * self.beta, F.normalize(weight, dim=-1))  # (..., V)
+
+
+class LinearHead(nn.Module):
+    """An untied `Linear(d, V, bias=False)` MLM head, called like `RobertaLMHead`.
+
+    What a headless (CWT) encoder gets when it is given an MLM head: initialised as a
+    copy of the input embeddings (energy-lm-add-head), then fine-tuned with plain CE.
+    """
+
+    def __init__(self, embed_dim: int, output_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(output_dim, embed_dim))  # (V, d)
+        nn.init.normal_(self.weight, mean=0.0, std=embed_dim ** -0.5)
+
+    def forward(self, features: Tensor, masked_tokens: Optional[Tensor] = None, **unused) -> Tensor:
+        if masked_tokens is not None:
+            features = features[masked_tokens, :]  # (M, d)
+        return F.linear(features, self.weight)  # (..., V)

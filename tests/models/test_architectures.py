@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from fairseq import options, tasks
+from fairseq import options
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq.models import ARCH_MODEL_REGISTRY
 from fairseq.models.roberta.model import RobertaLMHead
@@ -11,22 +11,14 @@ import energy_lm.modules.attention as attention_module
 from energy_lm.modules.attention import SelfAttention
 from energy_lm.modules.clap import ClapEmbedding, ClapHead
 
+from conftest import build_model
+
 ROBERTA = [f"roberta_{v}_{s}" for v in ("clap", "alibi", "zero_clap") for s in ("tiny", "base", "large")]
 LM = [f"transformer_lm_{v}_{s}" for v in ("clap", "alibi", "zero_clap") for s in ("tiny", "base", "large")]
-SMALL_ENC = ["--encoder-layers", "2", "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
-             "--encoder-attention-heads", "4"]
-SMALL_DEC = [a.replace("encoder", "decoder") for a in SMALL_ENC]
 
 
 def build(data_bin, arch, *extra, task="masked_lm"):
-    small = SMALL_ENC if arch.startswith("roberta") else SMALL_DEC
-    argv = [str(data_bin), "--task", task, "--arch", arch, "--tokens-per-sample", "64",
-            "--dropout", "0", "--attention-dropout", "0", *small, *extra]
-    args = options.parse_args_and_arch(options.get_training_parser(), argv)
-    cfg = convert_namespace_to_omegaconf(args)
-    task_obj = tasks.setup_task(cfg.task)
-    torch.manual_seed(0)
-    return task_obj.build_model(cfg.model).eval(), task_obj
+    return build_model(data_bin, arch, *extra, task=task)
 
 
 def test_every_preset_is_registered():
@@ -96,12 +88,14 @@ def test_same_logits_with_and_without_the_fast_attention_path(data_bin, arch, ta
 def test_state_dict_names_match_stock_roberta(data_bin):
     ours, _ = build(data_bin, "roberta_alibi_tiny")
     stock, _ = build(data_bin, "roberta_base")
-    ours_keys = set(ours.state_dict())
+    ours_keys = {k for k in ours.state_dict() if not k.startswith("energy_head.")}
     stock_keys = {k for k in stock.state_dict() if "embed_positions" not in k}
     assert ours_keys == stock_keys
-    # so stock weights load into the ALiBi model unchanged
+    # so stock weights load into the ALiBi model unchanged, with a zero energy head (E = 0)
+    ours.energy_head.proj.weight.data.fill_(1.0)
     state = {k: v for k, v in stock.state_dict().items() if "embed_positions" not in k}
     ours.load_state_dict(state, strict=True)
+    assert not ours.energy_head.proj.weight.any()
 
 
 def test_lm_incremental_decoding_equals_full_pass(data_bin):

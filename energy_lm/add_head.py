@@ -1,0 +1,105 @@
+"""`energy-lm-add-head`: give a headless (CWT-trained) checkpoint an LM/MLM head.
+
+    energy-lm-add-head checkpoints/checkpoint_last.pt headed.pt
+    fairseq-train DATA --arch SAME_ARCH --untied-head --restore-file headed.pt \
+        --reset-optimizer --reset-dataloader --reset-meters --reset-lr-scheduler \
+        --criterion cross_entropy ...                                       # the CE fine-tune
+
+The new head is an untied `Linear(d, V, bias=False)` initialised as a copy of the input
+embedding rows exactly as the trunk saw them (L2-normalised when the model normalises
+its embeddings), as METHODS.md section 3 describes: causal models get fairseq's untied
+`output_projection`, RoBERTa-family models a bias-free `lm_head`; the checkpoint's config
+gets `--untied-head`, so fine-tune with the same arch plus `--untied-head`. The optimizer
+state is dropped (the parameter set changed).
+"""
+
+import argparse
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+
+
+class AddHeadError(ValueError):
+    pass
+
+
+def _head_rows(weight: torch.Tensor, model_cfg: dict) -> torch.Tensor:
+    rows = weight.detach().clone().float()
+    if str(model_cfg.get("embed_norm", "none")) == "l2":
+        rows = F.normalize(rows, dim=-1)
+    return rows.to(weight.dtype)
+
+
+def add_head(state: dict) -> dict:
+    """A fairseq checkpoint dict (with a plain-container `cfg`) -> the same with a head."""
+    model_cfg = state["cfg"]["model"]
+    weights = state["model"]
+    if "encoder.sentence_encoder.embed_tokens.weight" in weights:  # RoBERTa family
+        if "untied_head" not in model_cfg:
+            raise AddHeadError("only energy_lm RoBERTa-family checkpoints (roberta_energy "
+                               "and its presets) can take a linear MLM head")
+        for key in [k for k in weights if k.startswith("encoder.lm_head.")]:
+            del weights[key]
+        weights["encoder.lm_head.weight"] = _head_rows(
+            weights["encoder.sentence_encoder.embed_tokens.weight"], model_cfg)
+        model_cfg.update(untied_head=True, clap_head=False)
+    elif "decoder.embed_tokens.weight" in weights:  # causal LM
+        if "untied_head" not in model_cfg:
+            raise AddHeadError("only energy_lm causal checkpoints (transformer_lm_energy and "
+                               "its presets) can take an untied head here")
+        weights.pop("decoder.output_projection.beta", None)  # a CLAP head's temperature
+        weights["decoder.output_projection.weight"] = _head_rows(
+            weights["decoder.embed_tokens.weight"], model_cfg)
+        model_cfg.update(untied_head=True, share_decoder_input_output_embed=False, clap_head=False)
+    else:
+        raise AddHeadError("not a RoBERTa or transformer LM checkpoint: no input embedding found")
+    state.pop("last_optimizer_state", None)
+    for entry in state.get("optimizer_history", []):
+        entry.pop("lr_scheduler_state", None)
+    return state
+
+
+def convert(src: Path, dest: Path) -> Path:
+    from fairseq import checkpoint_utils
+    from omegaconf import OmegaConf
+
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(src))
+    cfg = state.get("cfg")
+    if cfg is None:
+        raise AddHeadError(f"{src} has no config")
+    if OmegaConf.is_config(cfg):  # written as fairseq writes it: a plain container
+        state["cfg"] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    state["args"] = None
+    add_head(state)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(dest)  # never a half-written checkpoint
+    return dest
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="energy-lm-add-head", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("output", type=Path)
+    args = parser.parse_args(argv)
+    if not args.checkpoint.exists():
+        parser.error(f"checkpoint not found: {args.checkpoint}")
+    try:
+        out = convert(args.checkpoint, args.output)
+    except AddHeadError as err:
+        parser.error(str(err))
+    print(f"wrote {out}")
+
+
+def cli_main() -> None:
+    import energy_lm  # noqa: F401  (compat fixes and registrations for the load)
+
+    main()
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,166 @@
+"""`--criterion monarc` and `--criterion nce`: residual energy-based LMs trained on top
+of the LM's cross-entropy (METHODS.md sections 4-5), for causal and masked models.
+
+    monarc: CE_q(x) + w * [E(x) + exp(-E(y)) - 1]        y ~ q, sampled without gradient
+    nce:    CE_q(x) + w * [softplus(E(x)) + softplus(-E(y))]
+
+With K candidates per position the y-terms are averaged over the K samples. The
+arithmetic is in `energy_lm.losses`; this module is the fairseq adapter: it runs the
+model's data and candidate streams (`energy_lm.models.scoring`), masks padding, and
+logs, in base 2 as fairseq does:
+  lm_loss    the LM's own cross-entropy
+  ebm_loss   the true value of the energy term (not a surrogate)
+  elm_loss   the ELM's NLL assuming Z = 1: CE + E(x) (E counted where it is defined:
+             every target of a masked model; all but the last target of each causal block)
+  z          mean exp(-E(y)), the one-sample estimate of Z (should stay near 1)
+  energy_acc share of positions with E(x) < E(y)
+  guarded    share of exp(-E(y)) values that needed the overflow guard
+Samples come from torch's RNG, which fairseq re-seeds with (seed + update number) before
+every step, so a resumed run draws the same samples as an uninterrupted one.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from fairseq import metrics
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+
+from energy_lm.losses import monarc_terms, nce_terms
+from energy_lm.models.scoring import causal_energy_pass, masked_energy_pass
+
+LN2 = math.log(2)
+
+
+@dataclass
+class ResidualEnergyConfig(FairseqDataclass):
+    energy_weight: float = field(
+        default=1.0, metadata={"help": "weight w of the energy term"})
+    num_candidates: int = field(
+        default=1, metadata={"help": "samples y ~ q per position (their terms are averaged)"})
+    energy_guard: float = field(
+        default=20.0, metadata={"help": "exp(-E) continues linearly beyond -E > this value "
+                                        "(overflow guard)"})
+    attention_backend: str = field(
+        default="auto", metadata={"help": "paired-attention backend of the candidate stream "
+                                          "(auto, reference, ...)"})
+
+
+def check_energy_model(model, criterion: str) -> None:
+    if not getattr(model, "supports_candidate_stream", False):
+        raise ValueError(
+            f"--criterion {criterion} needs a model with a candidate stream and an energy "
+            f"head (an energy_lm arch such as roberta_clap_tiny or transformer_lm_clap_tiny); "
+            f"got {type(model).__name__}")
+
+
+def is_masked_model(model) -> bool:
+    return hasattr(getattr(model, "encoder", None), "sentence_encoder")
+
+
+class ResidualEnergyCriterion(FairseqCriterion):
+    name = "residual_energy"
+
+    def __init__(self, cfg: ResidualEnergyConfig, task):
+        super().__init__(task)
+        if cfg.num_candidates < 1:
+            raise ValueError(f"--num-candidates must be >= 1, got {cfg.num_candidates}")
+        self.cfg = cfg
+        self._checked = False
+
+    def energy_terms(self, energy, cand_energy):
+        raise NotImplementedError
+
+    def forward(self, model, sample, reduce=True):
+        if not self._checked:
+            check_energy_model(model, self.name)
+            model.check_candidate_stream()
+            self._checked = True
+        if is_masked_model(model):
+            return self._forward_masked(model, sample)
+        return self._forward_causal(model, sample)
+
+    def _forward_causal(self, model, sample):
+        net_input, target = sample["net_input"], sample["target"]  # target (B, T)
+        out = causal_energy_pass(model, net_input["src_tokens"], num_samples=self.cfg.num_candidates,
+                                 start=1, segment_ids=net_input.get("segment_ids"),
+                                 backend=self.cfg.attention_backend)
+        ce = F.cross_entropy(out.logits.float().flatten(0, 1), target.flatten(),
+                             ignore_index=self.padding_idx, reduction="sum")
+        # the data token at position p is target[:, p - 1], proposed by logits[:, p - 1]
+        scored = target[:, :-1].ne(self.padding_idx)  # (B, T-1)
+        return self._finish(ce, out.energy, out.cand_energy, scored, sample["ntokens"], sample)
+
+    def _forward_masked(self, model, sample):
+        out = masked_energy_pass(model, sample["net_input"]["src_tokens"], sample["target"],
+                                 num_samples=self.cfg.num_candidates,
+                                 backend=self.cfg.attention_backend)
+        ce = F.cross_entropy(out.logits.float().flatten(0, 1), out.targets.flatten(),
+                             ignore_index=self.padding_idx, reduction="sum")
+        sample_size = sample["target"].ne(self.padding_idx).int().sum()
+        return self._finish(ce, out.energy, out.cand_energy, out.valid, sample_size, sample)
+
+    def _finish(self, ce, energy, cand_energy, scored, sample_size, sample):
+        """energy (B, P), cand_energy (B, K, P), scored (B, P) bool."""
+        terms = self.energy_terms(energy.unsqueeze(1), cand_energy)  # each (B, K, P)
+        weight = scored.unsqueeze(1).float() / cand_energy.size(1)  # averages over K
+        ebm = (terms["ebm"] * weight).sum()
+        loss = ce + self.cfg.energy_weight * ebm
+        n_scored = scored.sum()
+        logging_output = {
+            "loss": loss.data,
+            "lm_loss": ce.data,
+            "ebm_loss": ebm.data,
+            "energy_data": (energy * scored).sum().data,
+            "z": (terms["z"] * weight).sum().data,
+            "energy_acc": (terms["correct"] * weight).sum().data,
+            "guarded": (terms["guarded"].float() * weight).sum().data,
+            "n_scored": n_scored.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["nsentences"],
+            "sample_size": sample_size,
+        }
+        return loss, sample_size, logging_output
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        def total(key):
+            return sum(log.get(key, 0) for log in logging_outputs)
+
+        sample_size, n_scored = total("sample_size"), total("n_scored")
+        n_scored_safe = max(float(n_scored), 1.0)
+        metrics.log_scalar("loss", total("loss") / sample_size / LN2, sample_size, round=3)
+        metrics.log_scalar("lm_loss", total("lm_loss") / sample_size / LN2, sample_size, round=3)
+        metrics.log_derived("ppl", lambda meters: 2 ** meters["lm_loss"].avg)
+        metrics.log_scalar("ebm_loss", total("ebm_loss") / n_scored_safe / LN2, n_scored, round=4)
+        metrics.log_scalar("elm_loss", (total("lm_loss") + total("energy_data")) / sample_size / LN2,
+                           sample_size, round=3)
+        metrics.log_scalar("z", total("z") / n_scored_safe, n_scored, round=4)
+        metrics.log_scalar("energy_acc", total("energy_acc") / n_scored_safe, n_scored, round=4)
+        metrics.log_scalar("guarded", total("guarded") / n_scored_safe, n_scored, round=5)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True
+
+
+@register_criterion("monarc", dataclass=ResidualEnergyConfig)
+class MonArcCriterion(ResidualEnergyCriterion):
+    """CE + w * [E(x) + exp(-E(y)) - 1]: the Z - log Z - 1 penalty with a one-sample Z."""
+
+    name = "monarc"
+
+    def energy_terms(self, energy, cand_energy):
+        return monarc_terms(energy, cand_energy, max_log=self.cfg.energy_guard)
+
+
+@register_criterion("nce", dataclass=ResidualEnergyConfig)
+class NceCriterion(ResidualEnergyCriterion):
+    """CE + w * [softplus(E(x)) + softplus(-E(y))]: data vs LM samples, logit -E."""
+
+    name = "nce"
+
+    def energy_terms(self, energy, cand_energy):
+        return nce_terms(energy, cand_energy)

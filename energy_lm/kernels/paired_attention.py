@@ -1,0 +1,123 @@
+"""`paired_attention`: one attention call for a data stream and its candidates.
+
+The public function validates its inputs and dispatches to a backend. Backends share
+this signature and these semantics (METHODS.md section 6); `reference` is the exact
+PyTorch implementation in `energy_lm.kernels.reference`. Fused kernels slot into
+`_BACKENDS` and into `_auto_backend`.
+"""
+
+import logging
+from typing import Callable, Dict, Optional, Set, Tuple
+
+import torch
+from torch import Tensor
+
+from energy_lm.kernels.reference import paired_attention_reference
+from energy_lm.modules.alibi import ALIBI_MODES
+
+logger = logging.getLogger("energy_lm.kernels")
+
+_BACKENDS: Dict[str, Callable[..., Tuple[Tensor, Tensor]]] = {
+    "reference": paired_attention_reference,
+}
+_logged_choices: Set[Tuple[str, str]] = set()
+
+
+def _auto_backend(q: Tensor) -> str:
+    """The backend "auto" stands for on these inputs."""
+    return "reference"
+
+
+def _resolve_backend(backend: str, q: Tensor) -> str:
+    if backend != "auto" and backend not in _BACKENDS:
+        known = ", ".join(["auto", *_BACKENDS])
+        raise ValueError(f"paired_attention: unknown backend {backend!r}; choose one of {known}")
+    chosen = _auto_backend(q) if backend == "auto" else backend
+    if (backend, chosen) not in _logged_choices:
+        _logged_choices.add((backend, chosen))
+        logger.info("paired_attention: backend=%r runs %r", backend, chosen)
+    return chosen
+
+
+def _check_inputs(q, k, v, q_c, k_c, v_c, cand_pos, alibi_slopes, alibi_mode,
+                  segment_ids, key_padding_mask, dropout_p) -> None:
+    """One ValueError line per bad input (shapes, dtypes, modes, candidate positions)."""
+    def fail(msg: str) -> None:
+        raise ValueError(f"paired_attention: {msg}")
+
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        fail(f"q, k, v must share one (B, H, N, D) shape, got {tuple(q.shape)}, "
+             f"{tuple(k.shape)}, {tuple(v.shape)}")
+    b, h, n, d = q.shape
+    if q_c.dim() != 4 or k_c.shape != q_c.shape or v_c.shape != q_c.shape:
+        fail(f"q_c, k_c, v_c must share one (B, H, M, D) shape, got {tuple(q_c.shape)}, "
+             f"{tuple(k_c.shape)}, {tuple(v_c.shape)}")
+    if (q_c.size(0), q_c.size(1), q_c.size(3)) != (b, h, d):
+        fail(f"candidates {tuple(q_c.shape)} must match the data stream {tuple(q.shape)} "
+             f"in B, H and D")
+    m = q_c.size(2)
+    tensors = (k, v, q_c, k_c, v_c)
+    if any(t.dtype != q.dtype or t.device != q.device for t in tensors):
+        fail("q, k, v, q_c, k_c, v_c must share one dtype and device, got "
+             + ", ".join(f"{t.dtype}@{t.device}" for t in (q, *tensors)))
+    integer = not (cand_pos.dtype.is_floating_point or cand_pos.is_complex()
+                   or cand_pos.dtype == torch.bool)
+    if cand_pos.shape != (b, m) or not integer:
+        fail(f"cand_pos must be a (B, M) = {(b, m)} integer tensor, got "
+             f"{tuple(cand_pos.shape)} {cand_pos.dtype}")
+    if alibi_mode not in ALIBI_MODES:
+        fail(f"unknown alibi_mode {alibi_mode!r}; choose one of {', '.join(ALIBI_MODES)}")
+    if alibi_slopes is not None and alibi_slopes.shape != (h,):
+        fail(f"alibi_slopes must have shape (H,) = ({h},), got {tuple(alibi_slopes.shape)}")
+    if segment_ids is not None and segment_ids.shape != (b, n):
+        fail(f"segment_ids must have shape (B, N) = {(b, n)}, got {tuple(segment_ids.shape)}")
+    if key_padding_mask is not None and key_padding_mask.shape != (b, n):
+        fail(f"key_padding_mask must have shape (B, N) = {(b, n)}, "
+             f"got {tuple(key_padding_mask.shape)}")
+    if not 0.0 <= dropout_p < 1.0:
+        fail(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if m > 0:
+        lo, hi = int(cand_pos.min()), int(cand_pos.max())  # host sync, once per call
+        if lo < 0 or hi >= n:
+            fail(f"cand_pos must lie in [0, N) = [0, {n}), got values in [{lo}, {hi}]")
+
+
+def paired_attention(
+    q: Tensor, k: Tensor, v: Tensor,
+    q_c: Tensor, k_c: Tensor, v_c: Tensor,
+    cand_pos: Tensor,
+    *,
+    causal: bool,
+    alibi_slopes: Optional[Tensor] = None,
+    alibi_mode: str = "causal",
+    segment_ids: Optional[Tensor] = None,
+    key_padding_mask: Optional[Tensor] = None,
+    backend: str = "auto",
+    dropout_p: float = 0.0,
+) -> Tuple[Tensor, Tensor]:
+    """Attention of a data stream and of candidates standing at data positions.
+
+    q, k, v: (B, H, N, D) data stream; q_c, k_c, v_c: (B, H, M, D) candidates;
+    cand_pos: (B, M) int, the data position p of each candidate, 0 <= p < N.
+    Scores are q.k * D ** -0.5, plus `alibi_bias(alibi_slopes, i, j, alibi_mode)` when
+    alibi_slopes (H,) is given.
+
+    - data query i sees data keys j with j <= i (causal) or any j, in the same segment
+      (segment_ids (B, N)), not padding (key_padding_mask (B, N), True = pad); never a
+      candidate key;
+    - candidate m at p sees data keys j with j < p (causal) or j != p, in p's segment,
+      not padding, with the ALiBi bias of a data query at p; plus its own key
+      (k_c, v_c at m) at distance 0 (bias 0); never another candidate's key.
+    So a candidate that is a copy of data token p (at a real, non-pad position) gets
+    exactly data query p's output. A query that sees no key returns 0.
+
+    Returns (out, out_c): (B, H, N, D), (B, H, M, D).
+    backend: "auto" or one of `_BACKENDS` ("reference").
+    """
+    chosen = _resolve_backend(backend, q)
+    _check_inputs(q, k, v, q_c, k_c, v_c, cand_pos, alibi_slopes, alibi_mode,
+                  segment_ids, key_padding_mask, dropout_p)
+    return _BACKENDS[chosen](
+        q, k, v, q_c, k_c, v_c, cand_pos, causal=causal, alibi_slopes=alibi_slopes,
+        alibi_mode=alibi_mode, segment_ids=segment_ids, key_padding_mask=key_padding_mask,
+        dropout_p=dropout_p)

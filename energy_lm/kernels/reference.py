@@ -1,0 +1,118 @@
+"""Exact paired-token attention in plain PyTorch (METHODS.md section 6).
+
+Supports: causal and bidirectional data streams; any number M >= 0 of candidates per
+batch row, at any data positions (several candidates may share one position); ALiBi in
+the modes of `energy_lm.modules.alibi` (bias built in fp32); packed documents
+(`segment_ids`); key padding; attention dropout; fp32/fp64/bf16/fp16 inputs; autograd
+to all six of q, k, v, q_c, k_c, v_c. Runs on any device SDPA runs on.
+
+How: keys and values are concatenated as `[data; candidates]` and ONE explicit mask is
+built for the queries `[data; candidates]` (`paired_mask`), then the model's ordinary
+`energy_lm.modules.attention.attention` runs once over the (N + M) x (N + M) problem.
+
+Caveats:
+- memory is O(B * H * (N + M)^2) for the mask with ALiBi (O(B * (N + M)^2) without),
+  and most of the candidate-key block is masked: this is the readable reference, not
+  the fast path (the fused kernel reads each data K/V tile once for both streams).
+- a query row that sees no key at all (only possible for data queries, e.g. a padded
+  position whose visible keys are all padding) is opened to every key so the softmax
+  stays finite, and its output is then multiplied by 0: it returns 0 and its gradient
+  is 0, with no NaN.
+- with dropout, the candidate's own-key probability is dropped like any other.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from energy_lm.modules.alibi import alibi_bias
+from energy_lm.modules.attention import attention
+
+
+def paired_mask(
+    cand_pos: Tensor,
+    n: int,
+    *,
+    causal: bool,
+    alibi_slopes: Optional[Tensor] = None,
+    alibi_mode: str = "causal",
+    segment_ids: Optional[Tensor] = None,
+    key_padding_mask: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor]:
+    """The mask of queries `[data; candidates]` on keys `[data; candidates]`.
+
+    cand_pos: (B, M) int, the data position of each candidate; n: the data length N.
+    Returns (mask, live), with L = N + M:
+      - mask: (B, 1, L, L) bool (True = may attend) without ALiBi, or (B, H, L, L) fp32
+        additive (ALiBi bias, -inf = may not attend) with it;
+      - live: (B, L) bool, False for a query row that sees no key. Such rows are left
+        open to every key, so that their softmax stays finite; the caller must zero
+        their output.
+    """
+    b, m = cand_pos.shape
+    device = cand_pos.device
+    length = n + m
+    # every query row stands at a data position: data row i at i, candidate m at cand_pos
+    q_pos = torch.cat([torch.arange(n, device=device).expand(b, n), cand_pos.long()], 1)  # (B, L)
+    is_cand = (torch.arange(length, device=device) >= n)[None, :, None]  # (1, L, 1)
+    j = torch.arange(n, device=device)  # (N,) data key positions
+    p = q_pos[:, :, None]  # (B, L, 1)
+
+    # data keys: a data query at i sees j <= i (causal) or every j; a candidate at p
+    # sees j < p (causal) or every j != p (its own key replaces key p)
+    if causal:
+        see_data = (j < p) | ((j == p) & ~is_cand)  # (B, L, N)
+    else:
+        see_data = (j != p) | ~is_cand  # (B, L, N)
+    if segment_ids is not None:
+        seg_q = segment_ids.gather(1, q_pos)  # (B, L): the document of each query's position
+        see_data = see_data & (seg_q[:, :, None] == segment_ids[:, None, :])
+    if key_padding_mask is not None:
+        see_data = see_data & ~key_padding_mask.bool()[:, None, :]
+
+    # candidate keys: candidate m (query row N + m) sees key N + m only
+    rows = torch.arange(length, device=device)[:, None]  # (L, 1)
+    see_cand = (rows == torch.arange(n, length, device=device)[None, :]).expand(b, length, m)
+
+    visible = torch.cat([see_data, see_cand], dim=2)  # (B, L, L)
+    live = visible.any(dim=2)  # (B, L)
+    visible = visible | ~live[:, :, None]  # open the dead rows (outputs zeroed by the caller)
+
+    if alibi_slopes is None:
+        return visible[:, None], live  # (B, 1, L, L) bool
+    h = alibi_slopes.numel()
+    # bias of each query row on the data keys, exactly as a data query at its position
+    data_bias = alibi_bias(alibi_slopes, q_pos.reshape(-1), j, alibi_mode)  # (H, B*L, N)
+    data_bias = data_bias.view(h, b, length, n).transpose(0, 1)  # (B, H, L, N)
+    own_bias = data_bias.new_zeros(b, h, length, m)  # own key at distance 0
+    bias = torch.cat([data_bias, own_bias], dim=3)  # (B, H, L, L) fp32
+    return bias.masked_fill(~visible[:, None], float("-inf")), live
+
+
+def paired_attention_reference(
+    q: Tensor, k: Tensor, v: Tensor,
+    q_c: Tensor, k_c: Tensor, v_c: Tensor,
+    cand_pos: Tensor,
+    *,
+    causal: bool,
+    alibi_slopes: Optional[Tensor] = None,
+    alibi_mode: str = "causal",
+    segment_ids: Optional[Tensor] = None,
+    key_padding_mask: Optional[Tensor] = None,
+    dropout_p: float = 0.0,
+) -> Tuple[Tensor, Tensor]:
+    """(B, H, N, D) data and (B, H, M, D) candidates -> (out, out_c) of the same shapes.
+
+    Inputs are assumed validated by `energy_lm.kernels.paired_attention`.
+    """
+    n = q.size(2)
+    mask, live = paired_mask(cand_pos, n, causal=causal, alibi_slopes=alibi_slopes,
+                             alibi_mode=alibi_mode, segment_ids=segment_ids,
+                             key_padding_mask=key_padding_mask)
+    q_all = torch.cat([q, q_c], dim=2)  # (B, H, N+M, D)
+    k_all = torch.cat([k, k_c], dim=2)
+    v_all = torch.cat([v, v_c], dim=2)
+    out_all = attention(q_all, k_all, v_all, mask, False, dropout_p)  # (B, H, N+M, D)
+    out_all = out_all * live[:, None, :, None].to(out_all.dtype)  # zero rows with no key
+    return out_all[:, :, :n], out_all[:, :, n:]

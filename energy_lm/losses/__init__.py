@@ -1,0 +1,24 @@
+"""Training objectives as pure tensor functions (no fairseq): the criterions in
+`energy_lm.criterions` are thin adapters around them."""
+
+from energy_lm.losses.cwt import cwt_candidates, cwt_loss, cwt_loss_from_rows
+from energy_lm.losses.energy import (
+    exact_log_z,
+    guarded_exp_neg,
+    log_z_estimate,
+    monarc_terms,
+    nce_terms,
+    sample_tokens,
+)
+
+__all__ = [
+    "cwt_candidates",
+    "cwt_loss",
+    "cwt_loss_from_rows",
+    "exact_log_z",
+    "guarded_exp_neg",
+    "log_z_estimate",
+    "monarc_terms",
+    "nce_terms",
+    "sample_tokens",
+]

@@ -1,0 +1,70 @@
+"""What both model families share to act as residual energy-based LMs: the energy
+head and the two-stage paired forward (METHODS.md sections 4 and 6).
+
+    with model.paired_stream(src_tokens, segment_ids) as stream:
+        features, _ = model(src_tokens, features_only=True)      # stage 1: data stream
+        ...sample candidates from model.output_layer(features)...
+        cand_features = model.candidate_features(stream, src_tokens, cand_tokens, cand_pos)
+
+`candidate_features` returns the final (normed) state of each candidate token standing
+at its data position; `model.energy_head` turns states into energies.
+"""
+
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+from torch import Tensor
+
+from energy_lm.modules.energy_head import EnergyHead
+from energy_lm.modules.paired_stream import PairedStream
+
+
+class EnergyModelMixin:
+    """Mixed into a fairseq model class that has `self.energy_head` and implements
+    `_trunk()` (the encoder/decoder with `attention_pattern`, `candidate_features`)."""
+
+    energy_head: EnergyHead
+
+    def _trunk(self):
+        raise NotImplementedError
+
+    @property
+    def supports_candidate_stream(self) -> bool:
+        return True
+
+    def check_candidate_stream(self) -> None:
+        """One clear error for settings the candidate stream cannot serve."""
+        trunk = self._trunk()
+        if getattr(getattr(trunk, "args", None), "checkpoint_activations", False):
+            raise ValueError("the candidate stream (monarc/nce) does not work with "
+                             "--checkpoint-activations: checkpointed layers keep no graph for "
+                             "the recorded data keys/values")
+
+    @contextmanager
+    def paired_stream(self, src_tokens: Tensor, segment_ids: Optional[Tensor] = None,
+                      backend: str = "auto") -> Iterator[PairedStream]:
+        """Record the data stream of the forward passes run inside the block."""
+        self.check_candidate_stream()
+        trunk = self._trunk()
+        pad = src_tokens.eq(trunk.padding_idx)
+        stream = PairedStream(segment_ids=segment_ids, key_padding_mask=pad, backend=backend)
+        pattern = trunk.attention_pattern
+        pattern.stream = stream
+        try:
+            yield stream
+        finally:
+            pattern.stream = None
+            stream.cache.clear()
+
+    def candidate_features(self, stream: PairedStream, src_tokens: Tensor, cand_tokens: Tensor,
+                           cand_pos: Tensor) -> Tensor:
+        """cand_tokens, cand_pos: (B, M). Returns the candidates' final states (B, M, C)."""
+        stream.start_candidates(cand_pos)
+        return self._trunk().candidate_features(src_tokens, cand_tokens, cand_pos)
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        """Checkpoints written before the energy head existed load with E = 0."""
+        super().upgrade_state_dict_named(state_dict, name)
+        prefix = name + "." if name else ""
+        for key, value in self.energy_head.state_dict().items():
+            state_dict.setdefault(prefix + "energy_head." + key, value.detach().clone().zero_())

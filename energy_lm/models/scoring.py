@@ -1,0 +1,156 @@
+"""Model-level API of the residual energy-based LMs: LM logits, data energies and
+candidate energies in one call (a data pass and a candidate pass that reuses the data
+stream's keys/values; see energy_lm.models.energy_model).
+
+Causal models (METHODS.md section 4): for tokens x (B, T), position p's candidate y
+stands where x_p stands and sees x_<p (and itself); its energy is E(y, x_<p). The LM
+proposal for position p is logits[:, p - 1]. Position 0 has no proposal inside the
+block: its candidates see only themselves, and a rich energy head gets a zero context
+and log q = 0 there.
+
+Masked models: at each masked position i (target != pad), the data token and each
+candidate stand at i, see every other position of the masked input and themselves; the
+MLM head's distribution at i is the proposal.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from energy_lm.losses import sample_tokens
+
+
+@dataclass
+class CausalEnergyOutput:
+    logits: Tensor       # (B, T, V) LM logits; logits[:, t] proposes the token at t + 1
+    positions: Tensor    # (P,) the scored positions start..T-1
+    energy: Tensor       # (B, P) fp32: E(x_p | x_<p)
+    cand_tokens: Tensor  # (B, K, P)
+    cand_energy: Tensor  # (B, K, P) fp32: E(y_kp | x_<p)
+
+
+@dataclass
+class MaskedEnergyOutput:
+    positions: Tensor    # (B, S) int64: the masked positions of each row, left-aligned
+    valid: Tensor        # (B, S) bool: False for the padding slots of shorter rows
+    logits: Tensor       # (B, S, V) MLM logits at those positions
+    targets: Tensor      # (B, S) the data tokens there (pad where not valid)
+    energy: Tensor       # (B, S) fp32: E(x_i | masked context)
+    cand_tokens: Tensor  # (B, K, S)
+    cand_energy: Tensor  # (B, K, S) fp32
+
+
+def _token_log_q(lprobs: Tensor, tokens: Tensor) -> Tensor:
+    """lprobs (B, S, V), tokens (B, K, S) -> (B, K, S) detached log q(token)."""
+    k = tokens.size(1)
+    gathered = lprobs.detach().unsqueeze(1).expand(-1, k, -1, -1).gather(-1, tokens.unsqueeze(-1))
+    return gathered.squeeze(-1)
+
+
+def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] = None, *,
+                       num_samples: int = 1, start: int = 1,
+                       segment_ids: Optional[Tensor] = None,
+                       backend: str = "auto") -> CausalEnergyOutput:
+    """Score data tokens and candidates at positions start..T-1 of src_tokens (B, T).
+
+    candidates: (B, K, T - start), or None to draw num_samples per position from the LM's
+    detached fp32 softmax (exact ancestral sampling at temperature 1).
+    """
+    bsz, tgt_len = src_tokens.shape
+    if not 0 <= start < tgt_len:
+        raise ValueError(f"start must be in [0, {tgt_len}), got {start}")
+    positions = torch.arange(start, tgt_len, device=src_tokens.device)  # (P,)
+    num_pos = positions.numel()
+    with model.paired_stream(src_tokens, segment_ids, backend=backend) as stream:
+        extra = {} if segment_ids is None else {"segment_ids": segment_ids}
+        features, _ = model(src_tokens, features_only=True, **extra)  # (B, T, C)
+        logits = model.output_layer(features)  # (B, T, V)
+        # the proposal of position p is logits[:, p - 1]; position 0 has none
+        proposer = logits[:, positions - 1] if start > 0 else None  # (B, P, V)
+        if candidates is None:
+            if proposer is None:
+                raise ValueError("sampling candidates needs start >= 1 (position 0 has no "
+                                 "proposal)")
+            candidates = sample_tokens(proposer, num_samples).permute(0, 2, 1)  # (B, K, P)
+        if candidates.dim() != 3 or candidates.shape[0] != bsz or candidates.shape[2] != num_pos:
+            raise ValueError(f"candidates must be (B={bsz}, K, {num_pos}), got "
+                             f"{tuple(candidates.shape)}")
+        k = candidates.size(1)
+        cand_pos = positions.repeat(k).unsqueeze(0).expand(bsz, -1)  # (B, K*P)
+        cand_features = model.candidate_features(
+            stream, src_tokens, candidates.reshape(bsz, k * num_pos), cand_pos)
+        cand_features = cand_features.view(bsz, k, num_pos, -1)  # (B, K, P, C)
+
+    head = model.energy_head
+    state = features[:, positions]  # (B, P, C)
+    context = log_q = cand_log_q = None
+    if head.needs_context:
+        context = features.new_zeros(state.shape)
+        lprobs = features.new_zeros(bsz, num_pos, logits.size(-1), dtype=torch.float32)
+        if start > 0:
+            context = features[:, positions - 1]
+            lprobs = F.log_softmax(proposer.float(), dim=-1)
+        else:  # position 0: zero context and log q
+            context[:, 1:] = features[:, positions[1:] - 1]
+            lprobs[:, 1:] = F.log_softmax(logits[:, positions[1:] - 1].float(), dim=-1)
+        log_q = _token_log_q(lprobs, src_tokens[:, positions].unsqueeze(1)).squeeze(1)
+        cand_log_q = _token_log_q(lprobs, candidates)
+    energy = head(state, context, log_q)  # (B, P)
+    cand_energy = head(cand_features, None if context is None else context.unsqueeze(1),
+                       cand_log_q)  # (B, K, P)
+    return CausalEnergyOutput(logits, positions, energy, candidates, cand_energy)
+
+
+def masked_positions(targets: Tensor, pad: int):
+    """targets (B, T), pad where not masked -> positions (B, S), valid (B, S), S = the
+    largest count of masked positions in a row. Reading S costs one host sync (fairseq's
+    own MLM head syncs too, by boolean indexing)."""
+    masked = targets.ne(pad)  # (B, T)
+    counts = masked.sum(dim=1)  # (B,)
+    slots = max(int(counts.max()), 1)
+    # masked positions first, in order: a stable sort of the "not masked" flags
+    order = torch.sort((~masked).to(torch.int8), dim=1, stable=True).indices  # (B, T)
+    positions = order[:, :slots]
+    valid = torch.arange(slots, device=targets.device)[None, :] < counts[:, None]
+    return positions, valid
+
+
+def masked_energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates: Optional[Tensor] = None,
+                       *, num_samples: int = 1, backend: str = "auto") -> MaskedEnergyOutput:
+    """Score, at every masked position (targets != pad), the data token and candidates.
+
+    src_tokens: (B, T) the masked input; targets: (B, T) the data tokens at masked
+    positions, pad elsewhere. candidates: (B, K, S) in the layout of `masked_positions`,
+    or None to sample num_samples per position from the MLM head's detached fp32 softmax.
+    """
+    pad = model._trunk().padding_idx
+    positions, valid = masked_positions(targets, pad)  # (B, S)
+    bsz, slots = positions.shape
+    data_tokens = targets.gather(1, positions)  # (B, S), pad in invalid slots
+    with model.paired_stream(src_tokens, backend=backend) as stream:
+        features, _ = model(src_tokens, features_only=True)  # (B, T, C)
+        state = features.gather(1, positions.unsqueeze(-1).expand(-1, -1, features.size(-1)))
+        logits = model.output_layer(state)  # (B, S, V)
+        if candidates is None:
+            candidates = sample_tokens(logits, num_samples).permute(0, 2, 1)  # (B, K, S)
+        if candidates.dim() != 3 or candidates.shape[0] != bsz or candidates.shape[2] != slots:
+            raise ValueError(f"candidates must be (B={bsz}, K, {slots}), got "
+                             f"{tuple(candidates.shape)}")
+        k = candidates.size(1)
+        # invalid slots score the pad token at some position; their outputs are ignored
+        cand_tokens = torch.cat([data_tokens.unsqueeze(1), candidates], dim=1)  # (B, 1+K, S)
+        cand_pos = positions.repeat(1, k + 1)  # (B, (1+K)*S)
+        cand_features = model.candidate_features(
+            stream, src_tokens, cand_tokens.reshape(bsz, -1), cand_pos).view(bsz, k + 1, slots, -1)
+
+    head = model.energy_head
+    context = log_q = None
+    if head.needs_context:
+        context = state.unsqueeze(1)  # (B, 1, S, C): the state whose head proposed
+        log_q = _token_log_q(F.log_softmax(logits.float(), dim=-1), cand_tokens)
+    energies = head(cand_features, context, log_q)  # (B, 1+K, S)
+    return MaskedEnergyOutput(positions, valid, logits, data_tokens, energies[:, 0],
+                              candidates, energies[:, 1:])

@@ -1,0 +1,105 @@
+"""monarc, nce and cwt through the real `fairseq-train`, on both model families:
+training runs, resume equals an uninterrupted run (sampling included), wrong
+combinations fail at start-up with one clear line."""
+
+import re
+
+import pytest
+import torch
+
+from conftest import LM_SMALL, TRAIN_SMALL, run_cli
+
+pytestmark = pytest.mark.slow
+
+CRITERIONS = ["monarc", "nce", "cwt"]
+
+
+def train(data_bin, save_dir, family, criterion, *extra, updates=3, check=True):
+    if family == "masked":
+        base = ["--task", "masked_lm", "--arch", "roberta_zero_clap_tiny", *TRAIN_SMALL]
+    else:
+        base = ["--task", "energy_language_modeling", "--document-attention",
+                "--arch", "transformer_lm_alibi_tiny", *LM_SMALL]
+    return run_cli("fairseq-train", data_bin, *base, "--criterion", criterion,
+                   "--max-update", updates, "--save-dir", save_dir, *extra, check=check)
+
+
+def logged(result, key):
+    """Values of `key` in fairseq's per-update log lines (--log-interval 1)."""
+    text = result.stdout + result.stderr
+    return [float(v) for v in re.findall(rf"\| {key} ([-0-9.e+]+|nan|inf)", text)]
+
+
+@pytest.mark.parametrize("family", ["causal", "masked"])
+@pytest.mark.parametrize("criterion", CRITERIONS)
+def test_each_criterion_trains_each_family(data_bin, tmp_path, family, criterion):
+    result = train(data_bin, tmp_path, family, criterion)
+    losses = logged(result, "loss")
+    assert len(losses) >= 3 and all(map(lambda x: x == x and abs(x) < 1e3, losses))
+    if criterion == "cwt":
+        assert logged(result, "cwt_acc")
+    else:  # the energy metrics are logged, and Z = exp(-E(y)) starts at 1 (E = 0)
+        for key in ("lm_loss", "ebm_loss", "elm_loss", "z", "energy_acc"):
+            assert logged(result, key), key
+        assert abs(logged(result, "z")[0] - 1.0) < 1e-3
+    assert (tmp_path / "checkpoint_last.pt").exists()
+
+
+@pytest.mark.parametrize("family", ["causal", "masked"])
+def test_monarc_resume_reproduces_the_uninterrupted_run(data_bin, tmp_path, family):
+    straight = train(data_bin, tmp_path / "straight", family, "monarc", updates=4)
+    train(data_bin, tmp_path / "resumed", family, "monarc", updates=2)
+    resumed = train(data_bin, tmp_path / "resumed", family, "monarc", updates=4)
+    # the losses of updates 3 and 4 (samples drawn from the re-seeded RNG) are identical
+    assert logged(resumed, "ebm_loss")[-2:] == logged(straight, "ebm_loss")[-2:]
+    assert logged(resumed, "loss")[-2:] == logged(straight, "loss")[-2:]
+    a = torch.load(tmp_path / "straight" / "checkpoint_last.pt")["model"]
+    b = torch.load(tmp_path / "resumed" / "checkpoint_last.pt")["model"]
+    for name, value in a.items():
+        torch.testing.assert_close(b[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("criterion", ["monarc", "nce"])
+def test_energy_criterion_on_a_stock_model_fails_clearly(data_bin, tmp_path, criterion):
+    result = run_cli("fairseq-train", data_bin, "--task", "language_modeling", "--arch",
+                     "transformer_lm", *LM_SMALL, "--criterion", criterion, "--max-update", "1",
+                     "--save-dir", tmp_path, check=False)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"--criterion {criterion} needs a model with a candidate stream" in last
+
+
+def test_cwt_with_an_output_dim_unlike_the_embedding_fails_clearly(data_bin, tmp_path):
+    result = run_cli("fairseq-train", data_bin, "--task", "language_modeling", "--arch",
+                     "transformer_lm_clap_tiny", *LM_SMALL, "--decoder-output-dim", "16",
+                     "--criterion", "cwt", "--max-update", "1", "--save-dir", tmp_path, check=False)
+    assert result.returncode != 0
+    assert "output dim 16 != embedding dim 32" in result.stderr.strip().splitlines()[-1]
+
+
+def test_headless_checkpoint_gets_a_head_and_fine_tunes_with_cross_entropy(data_bin, tmp_path):
+    for family, task_args, crit in (
+            ("causal", ["--task", "language_modeling", "--arch", "transformer_lm_clap_tiny",
+                        *LM_SMALL], "cross_entropy"),
+            ("masked", ["--task", "masked_lm", "--arch", "roberta_clap_tiny", *TRAIN_SMALL],
+             "masked_lm")):
+        headless = tmp_path / family / "headless"
+        run_cli("fairseq-train", data_bin, *task_args, "--criterion", "cwt", "--max-update", "2",
+                "--save-dir", headless)
+        headed = tmp_path / family / "headed.pt"
+        run_cli("energy-lm-add-head", headless / "checkpoint_last.pt", headed)
+        state = torch.load(headed)
+        key = "decoder.output_projection.weight" if family == "causal" else "encoder.lm_head.weight"
+        embed = state["model"]["decoder.embed_tokens.weight" if family == "causal"
+                               else "encoder.sentence_encoder.embed_tokens.weight"]
+        # a copy of the (L2-normalised, as the trunk saw them) input embedding rows
+        torch.testing.assert_close(state["model"][key], torch.nn.functional.normalize(embed, dim=-1))
+        result = run_cli("fairseq-train", data_bin, *task_args, "--untied-head", "--criterion", crit,
+                         "--max-update", "4", "--restore-file", headed, "--reset-optimizer",
+                         "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler",
+                         "--save-dir", tmp_path / family / "finetuned")
+        assert logged(result, "loss")
+        final = torch.load(tmp_path / family / "finetuned" / "checkpoint_last.pt")["model"]
+        # untied: the head trained apart from the embedding
+        assert not torch.equal(final[key], final["decoder.embed_tokens.weight" if family == "causal"
+                                                  else "encoder.sentence_encoder.embed_tokens.weight"])

@@ -1,0 +1,188 @@
+"""The criterions in-process: their loss equals the closed form computed from the model's
+scoring API, CWT never forms a V-sized projection, and a bf16-autocast run stays finite."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fairseq import criterions
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import energy_lm.models.scoring as scoring
+from conftest import build_model
+
+
+def first_batch(task, split="train", batch_size=3):
+    task.load_dataset(split)
+    itr = task.get_batch_iterator(dataset=task.dataset(split), max_sentences=batch_size, seed=1)
+    return next(iter(itr.next_epoch_itr(shuffle=False)))
+
+
+def make_criterion(task, name, **overrides):
+    from omegaconf import OmegaConf
+
+    from fairseq.criterions import CRITERION_DATACLASS_REGISTRY
+
+    cfg = OmegaConf.structured(CRITERION_DATACLASS_REGISTRY[name])
+    cfg._name = name
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    return criterions.build_criterion(cfg, task)
+
+
+def with_energy(model, seed=0):
+    torch.manual_seed(seed)
+    for p in model.energy_head.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+@pytest.fixture
+def fixed_samples(monkeypatch):
+    """Replace sampling by a recorded draw, so the test can recompute the loss."""
+    drawn = {}
+
+    def sample(logits, num_samples=1, generator=None):
+        torch.manual_seed(123)
+        out = torch.randint(4, logits.size(-1), (*logits.shape[:-1], num_samples))
+        drawn["y"] = out
+        return out
+
+    monkeypatch.setattr(scoring, "sample_tokens", sample)
+    return drawn
+
+
+@pytest.mark.parametrize("name", ["monarc", "nce"])
+def test_causal_energy_criterion_equals_closed_form(data_bin, name, fixed_samples):
+    model, task = build_model(data_bin, "transformer_lm_alibi_tiny", task="language_modeling")
+    model = with_energy(model)
+    sample = first_batch(task)
+    crit = make_criterion(task, name, energy_weight=1.5, num_candidates=2)
+    loss, sample_size, log = crit(model, sample)
+
+    src, target = sample["net_input"]["src_tokens"], sample["target"]
+    y = fixed_samples["y"].permute(0, 2, 1)  # (B, K, T-1), candidates for positions 1..T-1
+    pad = task.source_dictionary.pad()
+    full = torch.cat([src[:, :1].unsqueeze(1).expand(-1, 2, -1), y], dim=2)  # dummy at 0
+    lprobs, energy, cand_energy = model.score_candidates(src, full)
+    ce = F.nll_loss(lprobs.flatten(0, 1), target.flatten(), ignore_index=pad, reduction="sum")
+    e_x, e_y = energy[:, 1:].double(), cand_energy[:, :, 1:].double()  # positions 1..T-1
+    if name == "monarc":
+        per_pos = e_x + torch.exp(-e_y).mean(1) - 1
+    else:
+        per_pos = F.softplus(e_x) + F.softplus(-e_y).mean(1)
+    scored = target[:, :-1].ne(pad)
+    expected = ce.double() + 1.5 * (per_pos * scored).sum()
+    assert sample_size == sample["ntokens"]
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(log["lm_loss"].double(), ce.double(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(log["z"].double(), (torch.exp(-e_y).mean(1) * scored).sum(),
+                               rtol=1e-5, atol=1e-5)
+    assert int(log["n_scored"]) == int(scored.sum())
+
+
+@pytest.mark.parametrize("name", ["monarc", "nce"])
+def test_masked_energy_criterion_equals_closed_form(data_bin, name, fixed_samples):
+    model, task = build_model(data_bin, "roberta_zero_clap_tiny")
+    model = with_energy(model)
+    sample = first_batch(task)
+    crit = make_criterion(task, name)
+    loss, sample_size, log = crit(model, sample)
+    src, target = sample["net_input"]["src_tokens"], sample["target"]
+    y = fixed_samples["y"].permute(0, 2, 1)  # (B, K, S)
+    out = model.score_masked(src, target, y)
+    pad = task.source_dictionary.pad()
+    ce = F.cross_entropy(out.logits.flatten(0, 1).float(), out.targets.flatten(), ignore_index=pad,
+                         reduction="sum")
+    e_x, e_y = out.energy.double(), out.cand_energy[:, 0].double()
+    per_pos = e_x + torch.exp(-e_y) - 1 if name == "monarc" else F.softplus(e_x) + F.softplus(-e_y)
+    expected = ce.double() + (per_pos * out.valid).sum()
+    assert int(sample_size) == int(target.ne(pad).sum()) == int(out.valid.sum())
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+class ShapeRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else [out]):
+            if isinstance(t, torch.Tensor):
+                self.shapes.append((str(func), tuple(t.shape)))
+        return out
+
+
+@pytest.mark.parametrize("arch,task_name", [("transformer_lm_clap_tiny", "language_modeling"),
+                                            ("roberta_clap_tiny", "masked_lm")])
+def test_cwt_step_has_no_vocabulary_sized_projection(data_bin, arch, task_name):
+    model, task = build_model(data_bin, arch, task=task_name)
+    model.train()
+    vocab, dim = len(task.source_dictionary), 32
+    sample = first_batch(task)
+    crit = make_criterion(task, "cwt")
+    with ShapeRecorder() as rec:
+        loss, _, _ = crit(model, sample)
+        loss.backward()
+    # the only V-sized tensors are the embedding matrix's own gradient buffers (V, d)
+    offending = [(f, s) for f, s in rec.shapes if vocab in s and s != (vocab, dim)]
+    assert not offending, offending[:5]
+    # while the CE step of the same model does project onto the vocabulary
+    with ShapeRecorder() as rec:
+        if task_name == "masked_lm":
+            model(**sample["net_input"], masked_tokens=sample["target"].ne(1))
+        else:
+            model(**sample["net_input"])
+    assert any(vocab in s and s != (vocab, dim) for _, s in rec.shapes)
+
+
+def test_cwt_criterion_equals_closed_form(data_bin):
+    model, task = build_model(data_bin, "transformer_lm_alibi_tiny", task="language_modeling")
+    sample = first_batch(task)
+    for dedup in (False, True):
+        crit = make_criterion(task, "cwt", cwt_dedup=dedup)
+        loss, n, log = crit(model, sample)
+        features, _ = model(**sample["net_input"], features_only=True)
+        tgt = sample["target"]
+        keep = tgt.ne(task.source_dictionary.pad())
+        h, t = features[keep].double(), tgt[keep]
+        emb = model.decoder.embed_tokens.weight.double()
+        cands = t.unique() if dedup else t
+        logits = h @ emb[cands].T
+        labels = (t[:, None] == cands[None, :]).float().argmax(1) if dedup else torch.arange(len(t))
+        expected = F.cross_entropy(logits, labels, reduction="sum")
+        torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-4)
+        assert n == len(t)
+
+
+def test_monarc_bf16_autocast_300_updates_stay_finite(data_bin):
+    """A short bf16 run on the CPU (autocast; fp32 master weights, as fairseq's --amp)."""
+    model, task = build_model(data_bin, "transformer_lm_zero_clap_tiny", "--decoder-layers", "1",
+                              task="language_modeling")
+    model.train()
+    crit = make_criterion(task, "monarc")
+    task.load_dataset("train")
+    itr = task.get_batch_iterator(dataset=task.dataset("train"), max_sentences=2, seed=1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    updates, epoch = 0, 0
+    while updates < 300:
+        epoch += 1
+        for sample in itr.next_epoch_itr(shuffle=True):
+            sample["net_input"]["src_tokens"] = sample["net_input"]["src_tokens"][:, :16]
+            sample["target"] = sample["target"][:, :16]
+            sample["ntokens"] = int(sample["target"].ne(1).sum())
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss, size, log = crit(model, sample)
+            assert torch.isfinite(loss), f"update {updates}: {log}"
+            opt.zero_grad()
+            (loss / size).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            updates += 1
+            if updates == 300:
+                break
+    assert math.isfinite(float(log["ebm_loss"])) and math.isfinite(float(log["z"]))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert float(model.energy_head.proj.weight.abs().sum()) > 0  # the energy head trained

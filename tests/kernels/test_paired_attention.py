@@ -1,0 +1,332 @@
+"""paired_attention (METHODS.md section 6) against a deliberately naive float64 version:
+forward and the gradients of all six inputs, on awkward shapes, every mask and ALiBi mode."""
+
+import importlib
+import logging
+
+import pytest
+import torch
+
+from energy_lm.kernels import paired_attention
+from energy_lm.kernels.reference import paired_mask
+from energy_lm.modules.alibi import alibi_bias, alibi_slopes
+
+HEADS = 3  # not a power of two: the ALiBi slopes interleave
+
+# (causal, ALiBi mode or None): "causal" ALiBi only with causal attention, the others
+# only bidirectional, as the models use them
+MODES = [(True, None), (True, "causal"), (False, None), (False, "symmetric"), (False, "shifted")]
+MODE_IDS = ["causal", "causal-alibi", "bidir", "bidir-symmetric", "bidir-shifted"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tensors here are tiny: extra intra-op threads only spin against a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def positions(name: str) -> torch.Tensor:
+    """cand_pos presets: (B, N, D) follow from the name; see SHAPES."""
+    if name == "n1":  # N = 1, two candidates at the only position
+        return torch.zeros(1, 2, dtype=torch.long)
+    if name == "k2":  # K = 2 candidates per position, M = 2N
+        return torch.arange(7).repeat_interleave(2).expand(3, 14).clone()
+    if name == "m5":  # M = 5 != N at random positions, with the ends and a repeat
+        return torch.tensor([[0, 12, 5, 5, 3], [7, 0, 1, 12, 2], [12, 11, 4, 9, 0]])
+    return torch.zeros(1, 0, dtype=torch.long)  # "m0": no candidates
+
+
+SHAPES = {"n1": (1, 1, 8), "k2": (3, 7, 6), "m5": (3, 13, 8), "m0": (1, 13, 6)}  # (B, N, D)
+MASKS = ["none", "padding", "segments", "both"]
+
+
+def make_case(shape: str, masks: str = "none", dtype=torch.float32, seed: int = 0):
+    """Six random (B, H, ., D) tensors, cand_pos, and the optional masks."""
+    b, n, d = SHAPES[shape]
+    cand_pos = positions(shape)
+    m = cand_pos.size(1)
+    g = torch.Generator().manual_seed(seed)
+    qkv = [torch.randn(b, HEADS, n, d, generator=g).to(dtype) for _ in range(3)]
+    qkv_c = [torch.randn(b, HEADS, m, d, generator=g).to(dtype) for _ in range(3)]
+    pad = torch.rand(b, n, generator=g) < 0.25 if masks in ("padding", "both") else None
+    seg = (torch.rand(b, n, generator=g) < 0.3).cumsum(1) if masks in ("segments", "both") else None
+    return qkv + qkv_c, cand_pos, seg, pad
+
+
+def naive_paired(q, k, v, q_c, k_c, v_c, cand_pos, causal, mode, seg, pad):
+    """float64, one query at a time over a hand-listed set of keys (H vectorised)."""
+    q, k, v, q_c, k_c, v_c = (t.double() for t in (q, k, v, q_c, k_c, v_c))
+    b_size, h, n, d = q.shape
+    slopes = alibi_slopes(h).double()
+
+    def bias(i, j):  # (H,)
+        if mode is None:
+            return torch.zeros(h, dtype=torch.float64)
+        dist = {"causal": i - j, "symmetric": abs(i - j),
+                "shifted": i - j if j <= i else j - i - 0.5}[mode]
+        return -slopes * dist
+
+    def sees(b, i, j, candidate):
+        if causal:
+            ok = j < i or (j == i and not candidate)
+        else:
+            ok = j != i or not candidate
+        if seg is not None:
+            ok = ok and bool(seg[b, i] == seg[b, j])
+        if pad is not None:
+            ok = ok and not bool(pad[b, j])
+        return ok
+
+    def attend(qi, keys, values, biases):  # (H, D), (H, K, D), (H, K, D), (H, K)
+        if keys.size(1) == 0:
+            return torch.zeros(h, d, dtype=torch.float64)
+        scores = torch.einsum("hd,hkd->hk", qi, keys) / d ** 0.5 + biases
+        return torch.einsum("hk,hkd->hd", scores.softmax(-1), values)
+
+    def data_keys(b, i, candidate):
+        js = [j for j in range(n) if sees(b, i, j, candidate)]
+        biases = torch.stack([bias(i, j) for j in js], 1) if js else torch.zeros(h, 0)
+        return k[b][:, js], v[b][:, js], biases.double()
+
+    out, out_c = [], []
+    for b in range(b_size):
+        out.append(torch.stack([attend(q[b, :, i], *data_keys(b, i, False)) for i in range(n)], 1))
+        rows = []
+        for m in range(q_c.size(2)):
+            keys, values, biases = data_keys(b, int(cand_pos[b, m]), True)
+            keys = torch.cat([keys, k_c[b, :, m:m + 1]], 1)  # + own key, bias 0
+            values = torch.cat([values, v_c[b, :, m:m + 1]], 1)
+            biases = torch.cat([biases, torch.zeros(h, 1, dtype=torch.float64)], 1)
+            rows.append(attend(q_c[b, :, m], keys, values, biases))
+        out_c.append(torch.stack(rows, 1) if rows else q_c.new_zeros(h, 0, d))
+    return torch.stack(out), torch.stack(out_c)
+
+
+def outputs_and_grads(fn, tensors, upstream):
+    """fn(*tensors) -> (out, out_c); returns them and d<upstream, outputs>/d tensors."""
+    leaves = [t.detach().requires_grad_() for t in tensors]
+    out, out_c = fn(*leaves)
+    loss = (out.double() * upstream[0]).sum() + (out_c.double() * upstream[1]).sum()
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+    return (out, out_c), grads
+
+
+def compare_with_naive(tensors, cand_pos, causal, mode, seg, pad, atol, rtol):
+    slopes = alibi_slopes(HEADS) if mode is not None else None
+    g = torch.Generator().manual_seed(1)
+    upstream = (torch.randn(tensors[0].shape, generator=g, dtype=torch.float64),
+                torch.randn(tensors[3].shape, generator=g, dtype=torch.float64))
+
+    def ours(*six):
+        return paired_attention(*six, cand_pos, causal=causal, alibi_slopes=slopes,
+                                alibi_mode=mode or "causal", segment_ids=seg,
+                                key_padding_mask=pad, backend="reference")
+
+    def naive(*six):
+        return naive_paired(*six, cand_pos, causal, mode, seg, pad)
+
+    got, got_grads = outputs_and_grads(ours, tensors, upstream)
+    want, want_grads = outputs_and_grads(naive, [t.double() for t in tensors], upstream)
+    names = ["out", "out_c", "dq", "dk", "dv", "dq_c", "dk_c", "dv_c"]
+    for name, x, y in zip(names, [*got, *got_grads], [*want, *want_grads]):
+        assert x.dtype == tensors[0].dtype and x.shape == y.shape, name
+        torch.testing.assert_close(x.double(), y, atol=atol, rtol=rtol,
+                                   msg=lambda s: f"{name}: {s}")
+
+
+@pytest.mark.parametrize("masks", MASKS)
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("causal,mode", MODES, ids=MODE_IDS)
+def test_fp32_matches_naive_forward_and_grads(causal, mode, shape, masks):
+    tensors, cand_pos, seg, pad = make_case(shape, masks)
+    compare_with_naive(tensors, cand_pos, causal, mode, seg, pad, atol=1e-5, rtol=1e-5)
+
+
+# bf16 inputs: the reference keeps scores and softmax in fp32 only on the ALiBi path
+# (attention_math); the stated tolerance covers bf16 rounding of q, k, v, probabilities
+# and outputs, which is what plain bf16 PyTorch attention achieves.
+@pytest.mark.parametrize("causal,mode", MODES, ids=MODE_IDS)
+def test_bf16_matches_naive_within_loose_tolerance(causal, mode):
+    tensors, cand_pos, seg, pad = make_case("m5", "both", dtype=torch.bfloat16)
+    compare_with_naive(tensors, cand_pos, causal, mode, seg, pad, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("causal,mode", [(True, "causal"), (False, "shifted"), (False, None)])
+def test_gradcheck_float64(causal, mode):
+    g = torch.Generator().manual_seed(2)
+    b, n, m, d = 2, 5, 4, 3
+    six = [torch.randn(b, 2, length, d, generator=g, dtype=torch.float64, requires_grad=True)
+           for length in (n, n, n, m, m, m)]
+    cand_pos = torch.tensor([[0, 4, 2, 2], [3, 1, 1, 4]])
+    pad = torch.tensor([[False] * 4 + [True], [False] * 5])
+    seg = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]])
+    slopes = alibi_slopes(2) if mode else None
+
+    def fn(*x):
+        return paired_attention(*x, cand_pos, causal=causal, alibi_slopes=slopes,
+                                alibi_mode=mode or "causal", segment_ids=seg,
+                                key_padding_mask=pad)
+
+    assert torch.autograd.gradcheck(fn, six)
+
+
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+@pytest.mark.parametrize("causal,mode", MODES, ids=MODE_IDS)
+def test_candidate_copy_of_data_gets_the_data_output(causal, mode, dtype, atol):
+    """A candidate equal to data token p (q, k, v at p) is data query p, exactly."""
+    (q, k, v, *_), _, seg, pad = make_case("m5", "both", dtype=dtype, seed=3)
+    b, h, n, d = q.shape
+    g = torch.Generator().manual_seed(4)
+    # candidates stand at real (non-pad) positions, each up to twice, in random order
+    real = [torch.nonzero(~pad[i])[:, 0] for i in range(b)]
+    cand_pos = torch.stack([r.repeat(2)[torch.randperm(2 * len(r), generator=g)][:8]
+                            for r in real])  # (B, 8)
+    index = cand_pos[:, None, :, None].expand(b, h, cand_pos.size(1), d)  # (B, H, M, D)
+    q_c, k_c, v_c = (x.gather(2, index).clone() for x in (q, k, v))
+    out, out_c = paired_attention(q, k, v, q_c, k_c, v_c, cand_pos, causal=causal,
+                                  alibi_slopes=alibi_slopes(h) if mode else None,
+                                  alibi_mode=mode or "causal", segment_ids=seg,
+                                  key_padding_mask=pad)
+    torch.testing.assert_close(out_c, out.gather(2, index), atol=atol, rtol=0)
+
+
+def test_candidate_at_position_zero_in_causal_mode_returns_its_own_value():
+    tensors, _, seg, pad = make_case("k2", "both")
+    q, k, v, q_c, k_c, v_c = tensors
+    cand_pos = torch.zeros(3, q_c.size(2), dtype=torch.long)
+    for slopes in (None, alibi_slopes(HEADS)):
+        _, out_c = paired_attention(q, k, v, q_c, k_c, v_c, cand_pos, causal=True,
+                                    alibi_slopes=slopes, segment_ids=seg, key_padding_mask=pad)
+        assert torch.equal(out_c, v_c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("causal,mode", MODES, ids=MODE_IDS)
+def test_query_with_no_visible_key_returns_zero_without_nan(causal, mode, dtype):
+    tensors, cand_pos, _, _ = make_case("k2", dtype=dtype)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[0, :2] = True  # left padding: causal data rows 0 and 1 see only padding
+    pad[1] = True  # a fully padded row: no data query sees anything
+    slopes = alibi_slopes(HEADS) if mode else None
+    leaves = [t.detach().requires_grad_() for t in tensors]
+    out, out_c = paired_attention(*leaves, cand_pos, causal=causal, alibi_slopes=slopes,
+                                  alibi_mode=mode or "causal", key_padding_mask=pad)
+    grads = torch.autograd.grad((out.float().sum() + out_c.float().sum()), leaves)
+    assert all(torch.isfinite(x).all() for x in (out, out_c, *grads))
+    assert (out[1] == 0).all()
+    assert (out_c[1] == tensors[5][1]).all()  # a candidate still sees its own key
+    if causal:
+        assert (out[0, :, :2] == 0).all()
+    for grad in grads[:3]:  # padded keys and dead queries get no gradient
+        assert (grad[1] == 0).all()
+
+
+def test_paired_mask_by_hand():
+    """N = 3 data tokens, candidates at positions 2 and 0 (rows/columns 3 and 4)."""
+    cand_pos = torch.tensor([[2, 0]])
+    causal, live = paired_mask(cand_pos, 3, causal=True)
+    expected_causal = torch.tensor([
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+        [1, 1, 0, 1, 0],  # candidate at 2: keys 0, 1 and its own
+        [0, 0, 0, 0, 1],  # candidate at 0: its own key only
+    ], dtype=torch.bool)
+    assert causal.shape == (1, 1, 5, 5) and causal.dtype == torch.bool
+    assert torch.equal(causal[0, 0], expected_causal) and live.all()
+
+    bidir, _ = paired_mask(cand_pos, 3, causal=False)
+    expected_bidir = torch.tensor([
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 0, 0],
+        [1, 1, 0, 1, 0],
+        [0, 1, 1, 0, 1],
+    ], dtype=torch.bool)
+    assert torch.equal(bidir[0, 0], expected_bidir)
+
+
+@pytest.mark.parametrize("causal,mode", MODES[1:2] + MODES[3:], ids=MODE_IDS[1:2] + MODE_IDS[3:])
+def test_paired_mask_alibi_bias_and_dead_rows(causal, mode):
+    """With ALiBi: fp32 (B, H, L, L); candidate rows carry the bias of their position,
+    0 on their own key; rows with no visible key are open and reported dead."""
+    _, cand_pos, seg, _ = make_case("m5", "segments")
+    b, n, m = 3, 13, 5
+    pad = torch.zeros(b, n, dtype=torch.bool)
+    pad[2] = True  # batch row 2: every data query is dead
+    slopes = alibi_slopes(HEADS)
+    plain, live = paired_mask(cand_pos, n, causal=causal, segment_ids=seg, key_padding_mask=pad)
+    mask, live_too = paired_mask(cand_pos, n, causal=causal, alibi_slopes=slopes,
+                                 alibi_mode=mode, segment_ids=seg, key_padding_mask=pad)
+    assert mask.shape == (b, HEADS, n + m, n + m) and mask.dtype == torch.float32
+    assert torch.equal(live, live_too)
+    assert torch.equal(live[2], torch.arange(n + m) >= n)
+    assert torch.isfinite(mask[2, :, :n]).all()  # dead rows: open to every key
+    assert torch.equal(torch.isfinite(mask), plain.expand_as(mask))
+    q_pos = torch.cat([torch.arange(n).expand(b, n), cand_pos], 1)  # (B, L)
+    for i in range(b):
+        want = alibi_bias(slopes, q_pos[i], torch.arange(n), mode)  # (H, L, N)
+        seen = plain[i, 0, :, :n] & live[i][:, None]  # (L, N) live rows on data keys
+        assert torch.equal(mask[i, :, :, :n][:, seen], want[:, seen])
+    own = mask[:, :, torch.arange(n, n + m), torch.arange(n, n + m)]  # (B, H, M)
+    assert torch.equal(own, torch.zeros_like(own))
+
+
+def test_auto_equals_reference_and_logs_its_choice_once(caplog, monkeypatch):
+    # the package exports the function under its module's name: fetch the module itself
+    module = importlib.import_module("energy_lm.kernels.paired_attention")
+    monkeypatch.setattr(module, "_logged_choices", set())
+    tensors, cand_pos, seg, pad = make_case("m5", "both")
+    with caplog.at_level(logging.INFO, logger="energy_lm.kernels"):
+        auto = paired_attention(*tensors, cand_pos, causal=True, backend="auto")
+        paired_attention(*tensors, cand_pos, causal=True, backend="auto")
+    records = [r.getMessage() for r in caplog.records if r.name == "energy_lm.kernels"]
+    assert records == ["paired_attention: backend='auto' runs 'reference'"]
+    ref = paired_attention(*tensors, cand_pos, causal=True, backend="reference")
+    assert all(torch.equal(x, y) for x, y in zip(auto, ref))
+
+
+def _bad_inputs():
+    tensors, cand_pos, _, _ = make_case("m5")
+    q, k, v, q_c, k_c, v_c = tensors
+    ok = dict(args=[q, k, v, q_c, k_c, v_c, cand_pos], causal=True)
+
+    def with_arg(i, value):
+        args = list(ok["args"])
+        args[i] = value
+        return dict(ok, args=args)
+
+    return [
+        ("data shapes", with_arg(1, k[:, :, :-1]), r"q, k, v must share"),
+        ("data not 4-D", with_arg(0, q[0]), r"q, k, v must share"),
+        ("candidate shapes", with_arg(5, v_c[..., :-1]), r"q_c, k_c, v_c must share"),
+        ("candidate head dim", dict(ok, args=[q, k, v, q_c[..., :-1], k_c[..., :-1],
+                                              v_c[..., :-1], cand_pos]), r"in B, H and D"),
+        ("candidate batch", dict(ok, args=[q, k, v, q_c[:1], k_c[:1], v_c[:1], cand_pos]),
+         r"in B, H and D"),
+        ("dtype", with_arg(2, v.double()), r"one dtype and device"),
+        ("cand_pos shape", with_arg(6, cand_pos[:, :-1]), r"cand_pos must be a \(B, M\)"),
+        ("cand_pos float", with_arg(6, cand_pos.float()), r"integer tensor"),
+        ("cand_pos negative", with_arg(6, cand_pos - 1), r"\[0, N\) = \[0, 13\)"),
+        ("cand_pos too large", with_arg(6, cand_pos + 1), r"\[0, N\) = \[0, 13\)"),
+        ("alibi mode", dict(ok, alibi_mode="sinusoidal"), r"unknown alibi_mode 'sinusoidal'"),
+        ("alibi slopes", dict(ok, alibi_slopes=alibi_slopes(HEADS + 1)), r"alibi_slopes"),
+        ("segment ids", dict(ok, segment_ids=torch.zeros(3, 12, dtype=torch.long)), r"segment_ids"),
+        ("padding", dict(ok, key_padding_mask=torch.zeros(3, 14, dtype=torch.bool)),
+         r"key_padding_mask"),
+        ("dropout", dict(ok, dropout_p=1.0), r"dropout_p"),
+        ("backend", dict(ok, backend="cuda"),
+         r"unknown backend 'cuda'; choose one of auto, reference"),
+    ]
+
+
+@pytest.mark.parametrize("name,call,match", _bad_inputs(), ids=[c[0] for c in _bad_inputs()])
+def test_bad_input_raises_one_line_value_error(name, call, match):
+    call = dict(call)
+    args = call.pop("args")
+    with pytest.raises(ValueError, match=match) as info:
+        paired_attention(*args, **call)
+    assert "\n" not in str(info.value)

@@ -1,0 +1,153 @@
+"""The candidate stream inside full models: invariances against plain forward passes
+(float64), gradients through both streams, and the model-level scoring API."""
+
+import pytest
+import torch
+
+from conftest import build_model
+
+LM_ARCHS = ["transformer_lm_clap_tiny", "transformer_lm_zero_clap_tiny", "transformer_lm_alibi_tiny"]
+MLM_ARCHS = ["roberta_clap_tiny", "roberta_zero_clap_tiny", "roberta_alibi_tiny"]
+
+
+def energy_model(data_bin, arch, *extra, task="language_modeling", seed=0):
+    model, task_obj = build_model(data_bin, arch, *extra, task=task)
+    torch.manual_seed(seed)
+    for p in model.energy_head.parameters():  # a trained-looking, nonzero energy head
+        torch.nn.init.normal_(p, std=0.5)
+    return model.double(), task_obj
+
+
+def full_forward_energy(model, tokens, segment_ids=None):
+    """E at the last position of tokens (B, L), by the model's plain forward pass."""
+    extra = {} if segment_ids is None else {"segment_ids": segment_ids}
+    features, _ = model(tokens, features_only=True, **extra)
+    return model.energy_head(features[:, -1])  # (B,)
+
+
+@pytest.mark.parametrize("arch", LM_ARCHS)
+@pytest.mark.parametrize("packed", [False, True])
+def test_causal_candidate_energy_equals_full_forward_on_prefix_plus_candidate(data_bin, arch, packed):
+    model, task = energy_model(data_bin, arch)
+    eos = task.source_dictionary.eos()
+    torch.manual_seed(1)
+    tokens = torch.randint(4, 300, (2, 11))
+    segment_ids = None
+    if packed:
+        tokens[:, 0] = eos
+        tokens[0, 5] = eos  # row 0 packs two documents: positions 0-4 and 5-10
+        segment_ids = tokens.eq(eos).long().cumsum(1)
+    candidates = torch.randint(4, 300, (2, 3, 11))  # K = 3
+    lprobs, energy, cand_energy = model.score_candidates(tokens, candidates, segment_ids=segment_ids)
+    plain_logits, _ = model(tokens, **({} if segment_ids is None else {"segment_ids": segment_ids}))
+    torch.testing.assert_close(lprobs, torch.log_softmax(plain_logits.float(), -1))
+    for p in range(11):
+        prefix_seg = None if segment_ids is None else segment_ids[:, : p + 1]
+        data = full_forward_energy(model, tokens[:, : p + 1], prefix_seg)
+        torch.testing.assert_close(energy[:, p], data.float(), rtol=1e-9, atol=1e-9)
+        for k in range(3):
+            seq = torch.cat([tokens[:, :p], candidates[:, k, p: p + 1]], dim=1)
+            expected = full_forward_energy(model, seq, prefix_seg)
+            torch.testing.assert_close(cand_energy[:, k, p], expected.float(), rtol=1e-9, atol=1e-9)
+
+
+def test_candidate_equal_to_the_data_token_scores_like_the_data_stream(data_bin):
+    model, _ = energy_model(data_bin, "transformer_lm_zero_clap_tiny")
+    tokens = torch.randint(4, 300, (3, 9))
+    _, energy, cand_energy = model.score_candidates(tokens, tokens.unsqueeze(1))
+    torch.testing.assert_close(cand_energy[:, 0], energy, rtol=1e-9, atol=1e-9)
+
+
+def test_candidate_stream_with_padding_ignores_pad_keys(data_bin):
+    model, task = energy_model(data_bin, "transformer_lm_alibi_tiny")
+    pad = task.source_dictionary.pad()
+    tokens = torch.randint(4, 300, (2, 8))
+    tokens[1, 6:] = pad  # right padding
+    cands = torch.randint(4, 300, (2, 1, 8))
+    _, energy, cand_energy = model.score_candidates(tokens, cands)
+    alone = model.score_candidates(tokens[1:, :6], cands[1:, :, :6])
+    torch.testing.assert_close(cand_energy[1:, :, :6], alone[2], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(energy[1:, :6], alone[1], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("arch", MLM_ARCHS)
+def test_masked_candidate_energy_equals_full_forward_with_the_token_in_place(data_bin, arch):
+    """With one layer, a candidate at i sees the other positions' embeddings and itself:
+    exactly what position i sees in a full forward with the candidate put at i."""
+    model, task = energy_model(data_bin, arch, "--encoder-layers", "1", task="masked_lm")
+    d = task.source_dictionary
+    src = torch.randint(4, 300, (2, 12))
+    src[:, 0] = d.bos()
+    targets = torch.full_like(src, d.pad())
+    masked = [(0, 3), (0, 7), (1, 5)]  # row 0: two masked positions, row 1: one
+    for b, i in masked:
+        targets[b, i] = src[b, i]
+        src[b, i] = d.index("<mask>")
+    out = model.score_masked(src, targets, num_samples=2)
+    assert out.valid.tolist() == [[True, True], [True, False]]
+    for slot, (b, i) in enumerate([(0, 3), (0, 7), (1, 5)]):
+        s = slot if b == 0 else 0
+        for token, energy in [(targets[b, i], out.energy[b, s])] + [
+                (out.cand_tokens[b, k, s], out.cand_energy[b, k, s]) for k in range(2)]:
+            filled = src[b: b + 1].clone()
+            filled[0, i] = token
+            features, _ = model(filled, features_only=True)
+            expected = model.energy_head(features[0, i])
+            torch.testing.assert_close(energy, expected.float(), rtol=1e-9, atol=1e-9)
+    # the MLM logits at the masked positions are the model's own
+    logits = model(src)[0]
+    torch.testing.assert_close(out.logits[0, 1], logits[0, 7])
+
+
+def test_energy_gradients_reach_the_trunk_through_the_data_stream(data_bin):
+    """E(y) at position p depends on the data tokens before p (through their recorded
+    keys/values): the gradient must reach their embeddings."""
+    model, _ = energy_model(data_bin, "transformer_lm_zero_clap_tiny")
+    tokens = torch.randint(4, 300, (1, 6))
+    cands = torch.randint(4, 300, (1, 1, 6))
+    _, _, cand_energy = model.score_candidates(tokens, cands)
+    embed = model.decoder.embed_tokens.weight
+    (grad,) = torch.autograd.grad(cand_energy[0, 0, 5], embed)
+    for t in tokens[0, :5].tolist():
+        assert grad[t].abs().sum() > 0
+    assert grad[cands[0, 0, 5]].abs().sum() > 0
+
+
+def test_data_stream_is_unchanged_by_a_paired_forward(data_bin):
+    model, _ = energy_model(data_bin, "transformer_lm_clap_tiny")
+    tokens = torch.randint(4, 300, (2, 7))
+    before = model(tokens)[0]
+    model.score_candidates(tokens, torch.randint(4, 300, (2, 2, 7)))
+    assert model.decoder.attention_pattern.stream is None  # the stream is cleared
+    torch.testing.assert_close(model(tokens)[0], before, rtol=0, atol=0)
+
+
+def test_activation_checkpointing_is_refused_with_one_clear_error(data_bin):
+    model, _ = build_model(data_bin, "transformer_lm_clap_tiny", "--checkpoint-activations",
+                           task="language_modeling")
+    with pytest.raises(ValueError, match="checkpoint-activations"):
+        model.score_candidates(torch.randint(4, 300, (1, 5)), torch.randint(4, 300, (1, 1, 5)))
+
+
+def test_old_checkpoints_without_an_energy_head_load_with_zero_energy(data_bin):
+    model, _ = build_model(data_bin, "transformer_lm_clap_tiny", task="language_modeling")
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("energy_head")}
+    torch.nn.init.normal_(model.energy_head.proj.weight)
+    model.load_state_dict(state, strict=True)
+    assert not model.energy_head.proj.weight.any() and not model.energy_head.proj.bias.any()
+
+
+@pytest.mark.parametrize("arch,task", [("transformer_lm_clap_tiny", "language_modeling"),
+                                       ("roberta_clap_tiny", "masked_lm")])
+def test_rich_energy_head_runs_and_starts_at_zero(data_bin, arch, task):
+    model, _ = build_model(data_bin, arch, "--energy-head", "rich", task=task)
+    assert model.energy_head.kind == "rich"
+    tokens = torch.randint(4, 300, (2, 8))
+    if task == "language_modeling":
+        _, energy, cand_energy = model.score_candidates(tokens, torch.randint(4, 300, (2, 2, 8)))
+    else:
+        targets = torch.full_like(tokens, 1)
+        targets[:, 3] = tokens[:, 3]
+        out = model.score_masked(tokens, targets, num_samples=2)
+        energy, cand_energy = out.energy, out.cand_energy
+    assert not energy.any() and not cand_energy.any()  # zero-initialised: E = 0
