@@ -25,9 +25,24 @@ class AddHeadError(ValueError):
     pass
 
 
-def _head_rows(weight: torch.Tensor, model_cfg: dict) -> torch.Tensor:
+def _get(model_cfg, key, default=None):
+    """The model config is a dict (dataclass models) or an argparse.Namespace (RoBERTa)."""
+    if isinstance(model_cfg, dict):
+        return model_cfg.get(key, default)
+    return getattr(model_cfg, key, default)
+
+
+def _set(model_cfg, **values) -> None:
+    for key, value in values.items():
+        if isinstance(model_cfg, dict):
+            model_cfg[key] = value
+        else:
+            setattr(model_cfg, key, value)
+
+
+def _head_rows(weight: torch.Tensor, model_cfg) -> torch.Tensor:
     rows = weight.detach().clone().float()
-    if str(model_cfg.get("embed_norm", "none")) == "l2":
+    if str(_get(model_cfg, "embed_norm", "none")) == "l2":
         rows = F.normalize(rows, dim=-1)
     return rows.to(weight.dtype)
 
@@ -37,27 +52,25 @@ def add_head(state: dict) -> dict:
     model_cfg = state["cfg"]["model"]
     weights = state["model"]
     if "encoder.sentence_encoder.embed_tokens.weight" in weights:  # RoBERTa family
-        if "untied_head" not in model_cfg:
+        if _get(model_cfg, "untied_head") is None:
             raise AddHeadError("only energy_lm RoBERTa-family checkpoints (roberta_energy "
                                "and its presets) can take a linear MLM head")
         for key in [k for k in weights if k.startswith("encoder.lm_head.")]:
             del weights[key]
         weights["encoder.lm_head.weight"] = _head_rows(
             weights["encoder.sentence_encoder.embed_tokens.weight"], model_cfg)
-        model_cfg.update(untied_head=True, clap_head=False)
+        _set(model_cfg, untied_head=True, clap_head=False)
     elif "decoder.embed_tokens.weight" in weights:  # causal LM
-        if "untied_head" not in model_cfg:
+        if _get(model_cfg, "untied_head") is None:
             raise AddHeadError("only energy_lm causal checkpoints (transformer_lm_energy and "
                                "its presets) can take an untied head here")
         weights.pop("decoder.output_projection.beta", None)  # a CLAP head's temperature
         weights["decoder.output_projection.weight"] = _head_rows(
             weights["decoder.embed_tokens.weight"], model_cfg)
-        model_cfg.update(untied_head=True, share_decoder_input_output_embed=False, clap_head=False)
+        _set(model_cfg, untied_head=True, share_decoder_input_output_embed=False, clap_head=False)
     else:
         raise AddHeadError("not a RoBERTa or transformer LM checkpoint: no input embedding found")
-    state.pop("last_optimizer_state", None)
-    for entry in state.get("optimizer_history", []):
-        entry.pop("lr_scheduler_state", None)
+    state.pop("last_optimizer_state", None)  # fine-tune with --reset-optimizer
     return state
 
 

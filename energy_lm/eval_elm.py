@@ -92,15 +92,18 @@ def evaluate(model, batches, num_samples: int, exact_z: bool = False,
 def load(path: Path, data_bin: Path, split: str, tokens_per_sample: Optional[int], cpu: bool):
     from fairseq import checkpoint_utils
 
-    overrides = {"data": str(data_bin)}
-    if tokens_per_sample:
-        overrides["tokens_per_sample"] = tokens_per_sample
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(path)],
-                                                                      arg_overrides=overrides)
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(path)], arg_overrides={"data": str(data_bin)})
     model = models[0]
     if not getattr(model, "supports_candidate_stream", False) or hasattr(model, "encoder"):
         raise ValueError(f"{path} is not a causal energy_lm model (transformer_lm_energy "
                          f"family); got {type(model).__name__}")
+    if tokens_per_sample:  # the evaluation block size (the model's positions are unchanged)
+        learned = model.decoder.embed_positions is not None  # ALiBi models extrapolate
+        if learned and tokens_per_sample > model.max_positions():
+            raise ValueError(f"--tokens-per-sample {tokens_per_sample} exceeds the model's "
+                             f"{model.max_positions()} positions")
+        task.args.tokens_per_sample = tokens_per_sample
     if torch.cuda.is_available() and not cpu:
         model = model.cuda()
     task.load_dataset(split)
@@ -131,7 +134,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     torch.manual_seed(args.seed)
     model, task = load(args.path, args.data_bin, args.split, args.tokens_per_sample, args.cpu)
     iterator = task.get_batch_iterator(dataset=task.dataset(args.split), max_sentences=args.batch_size,
-                                       max_positions=model.max_positions(), seed=args.seed
+                                       max_positions=task.args.tokens_per_sample, seed=args.seed
                                        ).next_epoch_itr(shuffle=False)
     device = next(model.parameters()).device
 
@@ -155,7 +158,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
 
 
 def cli_main() -> None:
-    main()
+    import sys
+
+    try:
+        main()
+    except ValueError as err:  # wrong checkpoint or data: one line, no traceback
+        sys.exit(f"energy-lm-eval-elm: error: {err}")
 
 
 if __name__ == "__main__":

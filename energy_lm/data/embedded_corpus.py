@@ -1,8 +1,9 @@
 """The embedded default corpus: English prose that every Python installation carries.
 
-Documents are the pydoc topics of the language reference (`pydoc_data.topics`) and the
+Documents are the pydoc topics of the language reference (`pydoc_data.topics`), the
 docstrings of the standard library's modules, classes and functions, read from source
-with `ast` (nothing is imported or executed). Code examples (doctest lines, indented
+with `ast`, and its blocks of consecutive comment lines, read with `tokenize` (nothing
+is imported or executed). Code examples (doctest lines, indented
 blocks) are dropped; each document becomes one line of whitespace-normalised text.
 
 The split is a deterministic function of each document's name (a hash), so the same
@@ -11,9 +12,11 @@ Python version always gives the same train/valid/test files.
 
 import ast
 import hashlib
+import io
 import os
 import re
 import sysconfig
+import tokenize
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
@@ -59,6 +62,28 @@ def _source_docstrings(path: Path, name: str) -> Iterator[Tuple[str, str]]:
             yield doc_name, doc
 
 
+def _source_comments(path: Path, name: str) -> Iterator[Tuple[str, str]]:
+    """Blocks of comments on consecutive lines, one document each."""
+    block: List[str] = []
+    start = last = -2
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline))
+    except (tokenize.TokenError, SyntaxError, UnicodeDecodeError, ValueError):
+        return
+    for tok in tokens + [None]:
+        line = tok.start[0] if tok is not None else -10
+        if tok is not None and tok.type == tokenize.COMMENT and line == last + 1 and block:
+            block.append(tok.string.lstrip("#").strip())
+            last = line
+            continue
+        if tok is None or tok.type == tokenize.COMMENT:
+            if block:
+                yield f"{name}:#{start}", "\n".join(block)
+            block, start, last = [], line, line
+            if tok is not None:
+                block.append(tok.string.lstrip("#").strip())
+
+
 def _stdlib_files() -> Iterator[Tuple[str, Path]]:
     root = Path(sysconfig.get_paths()["stdlib"])
     for dirpath, dirnames, filenames in os.walk(root):
@@ -77,6 +102,7 @@ def iter_documents() -> Iterator[Tuple[str, str]]:
         yield f"topic:{topic}", topics[topic]
     for module_name, path in _stdlib_files():
         yield from _source_docstrings(path, f"stdlib:{module_name}")
+        yield from _source_comments(path, f"stdlib:{module_name}")
 
 
 def split_of(name: str) -> str:

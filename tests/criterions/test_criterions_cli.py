@@ -25,9 +25,10 @@ def train(data_bin, save_dir, family, criterion, *extra, updates=3, check=True):
 
 
 def logged(result, key):
-    """Values of `key` in fairseq's per-update log lines (--log-interval 1)."""
+    """Values of `key` in fairseq's per-update `train_inner` lines (--log-interval 1)."""
     text = result.stdout + result.stderr
-    return [float(v) for v in re.findall(rf"\| {key} ([-0-9.e+]+|nan|inf)", text)]
+    lines = [line for line in text.splitlines() if "| train_inner |" in line]
+    return [float(m) for line in lines for m in re.findall(rf"[ ,]{key}=([-0-9.e+]+|nan|inf)", line)]
 
 
 @pytest.mark.parametrize("family", ["causal", "masked"])
