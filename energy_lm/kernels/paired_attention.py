@@ -76,8 +76,10 @@ def _check_inputs(q, k, v, q_c, k_c, v_c, cand_pos, alibi_slopes, alibi_mode,
              f"got {tuple(key_padding_mask.shape)}")
     if not 0.0 <= dropout_p < 1.0:
         fail(f"dropout_p must be in [0, 1), got {dropout_p}")
-    if m > 0:
-        lo, hi = int(cand_pos.min()), int(cand_pos.max())  # host sync, once per call
+    # the range check reads values: free on the CPU, a host sync on an accelerator, where
+    # training must not wait for it (there an out-of-range index fails in the kernel)
+    if m > 0 and cand_pos.device.type == "cpu":
+        lo, hi = int(cand_pos.min()), int(cand_pos.max())
         if lo < 0 or hi >= n:
             fail(f"cand_pos must lie in [0, N) = [0, {n}), got values in [{lo}, {hi}]")
 
