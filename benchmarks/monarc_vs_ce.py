@@ -70,7 +70,7 @@ def step_worker(data: str, arch: str, criterion: str, steps: int, mode: str) -> 
     crits = ["cross_entropy", "monarc"] if mode == "time" else [criterion]
     built = {}
     for name in crits:
-        argv = [data, *TRAIN, "--arch", arch, "--criterion", name]
+        argv = [data, *TRAIN, "--arch", arch, "--criterion", name, "--total-num-update", "1000"]
         cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
         task = tasks.setup_task(cfg.task)
         torch.manual_seed(1)

@@ -12,13 +12,18 @@ from typing import Callable, Dict, Optional, Set, Tuple
 import torch
 from torch import Tensor
 
-from energy_lm.kernels.reference import paired_attention_reference
+from energy_lm.kernels.reference import candidate_attention_reference, paired_attention_reference
 from energy_lm.modules.alibi import ALIBI_MODES
 
 logger = logging.getLogger("energy_lm.kernels")
 
 _BACKENDS: Dict[str, Callable[..., Tuple[Tensor, Tensor]]] = {
     "reference": paired_attention_reference,
+}
+# backends that can serve the candidates alone (need_data_out=False): (q_c, k_c, v_c, k,
+# v, cand_pos, **same keywords) -> out_c. Others run in full and drop the data output.
+_CANDIDATE_BACKENDS: Dict[str, Callable[..., Tensor]] = {
+    "reference": candidate_attention_reference,
 }
 _logged_choices: Set[Tuple[str, str]] = set()
 
@@ -96,7 +101,8 @@ def paired_attention(
     key_padding_mask: Optional[Tensor] = None,
     backend: str = "auto",
     dropout_p: float = 0.0,
-) -> Tuple[Tensor, Tensor]:
+    need_data_out: bool = True,
+) -> Tuple[Optional[Tensor], Tensor]:
     """Attention of a data stream and of candidates standing at data positions.
 
     q, k, v: (B, H, N, D) data stream; q_c, k_c, v_c: (B, H, M, D) candidates;
@@ -113,12 +119,21 @@ def paired_attention(
     So a candidate that is a copy of data token p (at a real, non-pad position) gets
     exactly data query p's output. A query that sees no key returns 0.
 
-    Returns (out, out_c): (B, H, N, D), (B, H, M, D).
+    Returns (out, out_c): (B, H, N, D), (B, H, M, D); with need_data_out=False (a model's
+    candidate pass, whose data stream ran already) out is None and backends that can
+    skip the data queries do.
     backend: "auto" or one of `_BACKENDS` ("reference").
     """
     chosen = _resolve_backend(backend, q)
     _check_inputs(q, k, v, q_c, k_c, v_c, cand_pos, alibi_slopes, alibi_mode,
                   segment_ids, key_padding_mask, dropout_p)
+    keywords = dict(causal=causal, alibi_slopes=alibi_slopes, alibi_mode=alibi_mode,
+                    segment_ids=segment_ids, key_padding_mask=key_padding_mask,
+                    dropout_p=dropout_p)
+    if not need_data_out:
+        if chosen in _CANDIDATE_BACKENDS:
+            return None, _CANDIDATE_BACKENDS[chosen](q_c, k_c, v_c, k, v, cand_pos, **keywords)
+        return None, _BACKENDS[chosen](q, k, v, q_c, k_c, v_c, cand_pos, **keywords)[1]
     return _BACKENDS[chosen](
         q, k, v, q_c, k_c, v_c, cand_pos, causal=causal, alibi_slopes=alibi_slopes,
         alibi_mode=alibi_mode, segment_ids=segment_ids, key_padding_mask=key_padding_mask,

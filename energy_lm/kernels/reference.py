@@ -116,3 +116,47 @@ def paired_attention_reference(
     out_all = attention(q_all, k_all, v_all, mask, False, dropout_p)  # (B, H, N+M, D)
     out_all = out_all * live[:, None, :, None].to(out_all.dtype)  # zero rows with no key
     return out_all[:, :, :n], out_all[:, :, n:]
+
+
+def candidate_attention_reference(
+    q_c: Tensor, k_c: Tensor, v_c: Tensor,
+    k: Tensor, v: Tensor,
+    cand_pos: Tensor,
+    *,
+    causal: bool,
+    alibi_slopes: Optional[Tensor] = None,
+    alibi_mode: str = "causal",
+    segment_ids: Optional[Tensor] = None,
+    key_padding_mask: Optional[Tensor] = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """The candidate rows of `paired_attention_reference` alone: (B, H, M, D).
+
+    What a model's candidate pass needs (its data stream ran already). Scores on the
+    data keys form a (M, N) block; the own key adds one column, so the cost is
+    O(B * H * M * N) and no data query is recomputed. The own key is always visible,
+    so every row has a key. Scores and softmax in fp32.
+    """
+    n, d = k.size(2), k.size(3)
+    scale = d ** -0.5
+    acc = torch.promote_types(q_c.dtype, torch.float32)  # fp32 for half inputs, fp64 stays
+    j = torch.arange(n, device=k.device)  # (N,)
+    p = cand_pos.long()[:, :, None]  # (B, M, 1)
+    see = (j < p) if causal else (j != p)  # (B, M, N)
+    if segment_ids is not None:
+        seg_c = segment_ids.gather(1, cand_pos.long())  # (B, M)
+        see = see & (seg_c[:, :, None] == segment_ids[:, None, :])
+    if key_padding_mask is not None:
+        see = see & ~key_padding_mask.bool()[:, None, :]
+    scores = torch.matmul(q_c, k.transpose(-1, -2)).to(acc) * scale  # (B, H, M, N)
+    if alibi_slopes is not None:
+        b, m = cand_pos.shape
+        bias = alibi_bias(alibi_slopes, cand_pos.reshape(-1), j, alibi_mode)  # (H, B*M, N)
+        scores = scores + bias.view(-1, b, m, n).transpose(0, 1)
+    scores = scores.masked_fill(~see[:, None], float("-inf"))
+    own = (q_c.to(acc) * k_c.to(acc)).sum(-1, keepdim=True) * scale  # (B, H, M, 1), bias 0
+    probs = torch.softmax(torch.cat([scores, own], dim=-1), dim=-1)  # (B, H, M, N+1)
+    if dropout_p > 0.0:
+        probs = torch.nn.functional.dropout(probs, p=dropout_p)
+    out_c = torch.matmul(probs[..., :n].to(v.dtype), v)  # (B, H, M, D)
+    return out_c + probs[..., n:].to(v_c.dtype) * v_c

@@ -108,20 +108,17 @@ def nce_terms(energy_data: Tensor, energy_sample: Tensor,
     }
 
 
-# Elements drawn per batch of samples in `sample_tokens`: bounds the transient noise
-# buffer (64 MiB in fp32) while letting small distributions draw many samples at once.
-_SAMPLE_CHUNK_ELEMENTS = 1 << 24
-
-
 def sample_tokens(logits: Tensor, num_samples: int = 1,
                   generator: Optional[torch.Generator] = None) -> Tensor:
     """Exact ancestral samples y ~ softmax(logits) at temperature 1, without gradient.
 
-    Exponential race: with p = softmax(logits) in fp32 and i.i.d. e_v ~ Exp(1),
-    argmax_v p_v / e_v is distributed exactly as p (the same as Gumbel-max). Unlike
-    `torch.multinomial` (which checks its input with a host sync on its fast path)
-    this never reads a value back to the host. Tokens with probability 0 (logit -inf,
-    or underflow in fp32) are never drawn.
+    Inverse-CDF sampling: with p = softmax(logits) in fp32, its running sum c in fp64
+    and u ~ U(0, c_V), the sample is the first v with c_v > u, so P(v) = p_v / sum(p)
+    (exact up to the fp64 sum's rounding). One uniform per sample and an O(V) scan, no
+    V random numbers per sample; unlike `torch.multinomial` (which checks its input with
+    a host sync on its fast path) this never reads a value back to the host. Tokens
+    with probability 0 (logit -inf, or underflow in fp32) are never drawn: their
+    interval of the running sum is empty.
 
     Args:
         logits: (..., V) any float dtype; detached here, so no gradient path is created.
@@ -135,18 +132,13 @@ def sample_tokens(logits: Tensor, num_samples: int = 1,
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     with torch.no_grad():
         probs = torch.softmax(logits.detach().to(compute_dtype(logits)), dim=-1)  # (..., V)
-        probs = probs.unsqueeze(-2)  # (..., 1, V)
-        chunk = max(1, min(num_samples, _SAMPLE_CHUNK_ELEMENTS // max(probs.numel(), 1)))
-        draws = []
-        for start in range(0, num_samples, chunk):
-            k = min(chunk, num_samples - start)
-            noise = torch.empty(probs.shape[:-2] + (k, probs.size(-1)), dtype=probs.dtype,
-                                device=probs.device)  # (..., k, V)
-            noise.exponential_(generator=generator)
-            # Exp(1) can round to 0; p / tiny keeps the order and avoids 0 / 0
-            noise.clamp_(min=torch.finfo(noise.dtype).tiny)
-            draws.append(torch.argmax(probs / noise, dim=-1))  # (..., k)
-        return torch.cat(draws, dim=-1)  # (..., K)
+        cdf = probs.to(torch.float64).cumsum(dim=-1)  # (..., V), nondecreasing
+        u = torch.rand(probs.shape[:-1] + (num_samples,), dtype=torch.float64,
+                       device=probs.device, generator=generator)  # (..., K)
+        u = u * cdf[..., -1:]
+        # right=True: the first index whose running sum exceeds u (skips empty intervals)
+        samples = torch.searchsorted(cdf.contiguous(), u.contiguous(), right=True)
+        return samples.clamp_(max=probs.size(-1) - 1)  # u < c_V; the clamp is for rounding
 
 
 def log_z_estimate(energy_samples: Tensor, dim: int = -1) -> Tuple[Tensor, Tensor]:

@@ -330,3 +330,30 @@ def test_bad_input_raises_one_line_value_error(name, call, match):
     with pytest.raises(ValueError, match=match) as info:
         paired_attention(*args, **call)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("masks", ["none", "both"])
+@pytest.mark.parametrize("shape", ["n1", "k2", "m5"])
+@pytest.mark.parametrize("causal,mode", MODES, ids=MODE_IDS)
+def test_candidates_only_path_equals_the_full_call(causal, mode, shape, masks):
+    """need_data_out=False (the models' candidate pass) gives the same out_c and the same
+    gradients for q_c, k_c, v_c, k, v, without computing the data queries."""
+    tensors, cand_pos, seg, pad = make_case(shape, masks, dtype=torch.float64)
+    slopes = alibi_slopes(HEADS) if mode is not None else None
+    kwargs = dict(causal=causal, alibi_slopes=slopes, alibi_mode=mode or "causal",
+                  segment_ids=seg, key_padding_mask=pad, backend="reference")
+    upstream = torch.randn(tensors[3].shape, dtype=torch.float64)
+
+    def run(need_data_out):
+        leaves = [t.detach().requires_grad_() for t in tensors]
+        out, out_c = paired_attention(*leaves, cand_pos, need_data_out=need_data_out, **kwargs)
+        assert (out is None) == (not need_data_out)
+        grads = torch.autograd.grad((out_c * upstream).sum(), leaves, allow_unused=True,
+                                    materialize_grads=True)
+        return out_c, grads
+
+    full, full_grads = run(True)
+    alone, alone_grads = run(False)
+    torch.testing.assert_close(alone, full, rtol=1e-12, atol=1e-12)
+    for name, a, b in zip(["dq", "dk", "dv", "dq_c", "dk_c", "dv_c"], alone_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
