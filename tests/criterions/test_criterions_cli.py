@@ -104,3 +104,17 @@ def test_headless_checkpoint_gets_a_head_and_fine_tunes_with_cross_entropy(data_
         # untied: the head trained apart from the embedding
         assert not torch.equal(final[key], final["decoder.embed_tokens.weight" if family == "causal"
                                                   else "encoder.sentence_encoder.embed_tokens.weight"])
+
+
+def test_hydra_train_runs_the_monarc_yaml(data_bin, tmp_path):
+    from conftest import REPO
+
+    run_cli("fairseq-hydra-train", "--config-dir", REPO / "examples" / "energy_lm" / "config" /
+            "pretraining", "--config-name", "transformer_lm_zero_clap_tiny_monarc",
+            f"task.data={data_bin}", "optimization.max_update=2", f"checkpoint.save_dir={tmp_path}",
+            "common.cpu=true", "dataset.num_workers=0", "criterion.energy_weight=2.0",
+            f"hydra.run.dir={tmp_path / 'hydra'}")
+    state = torch.load(tmp_path / "checkpoint_last.pt")
+    assert state["cfg"]["criterion"]["_name"] == "monarc"
+    assert state["cfg"]["criterion"]["energy_weight"] == 2.0
+    assert "energy_head.proj.weight" in state["model"]
