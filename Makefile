@@ -8,7 +8,7 @@ STAMP := $(VENV)/.energy-lm-installed
 FAIRSEQ_DIST ?= fairseq-fixed==0.12.3.1
 
 DEMO_DIR ?= demo
-DEMO_UPDATES ?= 600
+DEMO_UPDATES ?= 900
 
 .PHONY: install demo test test-fast clean
 
@@ -27,11 +27,14 @@ $(STAMP): pyproject.toml requirements/stack.txt
 $(DEMO_DIR)/corpus/data-bin/dict.txt: | $(STAMP)
 	$(BIN)/energy-lm-prepare embedded --out $(DEMO_DIR)/corpus --workers 2
 
-# Train a tiny CLAP-head RoBERTa with the stock fairseq-train, then fill masks.
-# Re-running resumes from checkpoint_last.pt (and stops at once when done).
+# Train a tiny CLAP-head RoBERTa with ALiBi (roberta_zero_clap_tiny) with the stock
+# fairseq-train, then fill masks. Re-running resumes from checkpoint_last.pt (and stops
+# at once when done). ALiBi rather than learned positions: measured, a tiny RoBERTa with
+# learned positions does not learn local context in a few CPU minutes (valid MLM loss
+# 8.40 bits after 600 updates, fills '.', 'the'), with ALiBi it does (7.72 bits).
 demo: $(STAMP) $(DEMO_DIR)/corpus/data-bin/dict.txt
 	$(BIN)/fairseq-train $(DEMO_DIR)/corpus/data-bin \
-	    --task masked_lm --criterion masked_lm --arch roberta_clap_tiny \
+	    --task masked_lm --criterion masked_lm --arch roberta_zero_clap_tiny \
 	    --tokens-per-sample 128 --sample-break-mode none --batch-size 16 \
 	    --optimizer adam --adam-betas '(0.9,0.98)' --adam-eps 1e-6 --weight-decay 0.01 \
 	    --lr 1e-3 --lr-scheduler polynomial_decay --warmup-updates 60 \
@@ -39,7 +42,8 @@ demo: $(STAMP) $(DEMO_DIR)/corpus/data-bin/dict.txt
 	    --dropout 0.1 --attention-dropout 0.0 --clip-norm 1.0 \
 	    --save-dir $(DEMO_DIR)/checkpoints --no-epoch-checkpoints \
 	    --log-format simple --log-interval 50 --seed 1
-	$(BIN)/energy-lm-fill-mask $(DEMO_DIR)/checkpoints $(DEMO_DIR)/corpus/data-bin
+	$(BIN)/energy-lm-fill-mask $(DEMO_DIR)/checkpoints $(DEMO_DIR)/corpus/data-bin \
+	    --checkpoint-file checkpoint_last.pt
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

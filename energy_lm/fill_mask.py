@@ -16,10 +16,11 @@ from typing import List, Optional
 from energy_lm.data.bpe import MERGES_FILE, VOCAB_FILE
 
 DEFAULT_SENTENCES = [
-    "The <mask> statement is used to leave a loop.",
     "Return a new <mask> containing the items of the iterable.",
     "Raise a ValueError if the <mask> is not found.",
-    "If the optional argument is omitted, the <mask> value is used.",
+    "The default value is <mask>.",
+    "Return a list of all the <mask> in the directory.",
+    "The <mask> statement is used to leave a loop.",
 ]
 
 

@@ -136,3 +136,19 @@ def test_base_lm_model_with_clap_flag_normalises_and_ties(data_bin):
 def test_clap_with_untied_roberta_weights_is_refused(data_bin):
     with pytest.raises(ValueError, match="untie-weights-roberta"):
         build(data_bin, "roberta_clap_tiny", "--untie-weights-roberta")
+
+
+def test_learned_positions_start_sinusoidal_at_the_token_row_norm(data_bin):
+    """RobertaModel re-initialises every parameter after the encoder is built; the
+    sinusoidal start must survive that (it is applied after)."""
+    from fairseq.modules.sinusoidal_positional_embedding import SinusoidalPositionalEmbedding
+
+    model, _ = build(data_bin, "roberta_clap_tiny", "--position-init", "sinusoidal")
+    table = model.encoder.sentence_encoder.embed_positions.weight.detach()
+    pad = model.encoder.sentence_encoder.embed_positions.padding_idx
+    rows = torch.cat([table[:pad], table[pad + 1:]])
+    torch.testing.assert_close(rows.norm(dim=-1), torch.ones(len(rows)), rtol=1e-4, atol=1e-4)
+    expected = SinusoidalPositionalEmbedding.get_embedding(*table.shape, pad)
+    torch.testing.assert_close(table, expected / (table.size(1) / 2) ** 0.5)
+    normal, _ = build(data_bin, "roberta_clap_tiny")  # default: BERT's init
+    assert normal.encoder.sentence_encoder.embed_positions.weight.std() < 0.03
