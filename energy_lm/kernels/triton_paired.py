@@ -1,0 +1,488 @@
+"""Fused paired-token attention in Triton, forward and backward (METHODS.md section 6).
+
+`paired_attention_triton` has the signature and the semantics of
+`energy_lm.kernels.reference.paired_attention_reference`: data query i sees data keys j
+(j <= i when causal, else every j) in its segment and not padding; candidate m at
+p = cand_pos[b, m] sees the data keys a data query at p would see, minus key p itself
+(causal: j < p; bidirectional: j != p), plus its OWN key k_c[m], v_c[m] with bias 0,
+and never another candidate. A query that sees no key returns 0 with zero gradient.
+
+Supports: causal and bidirectional attention; ALiBi in the modes "causal", "symmetric"
+and "shifted", computed in the kernel from the (H,) slopes and the positions (no bias
+tensor in memory); packed documents (`segment_ids`); key padding; any M >= 0 (several
+candidates may share a position); any N >= 0; any head dim D (the tile is padded to the
+next power of two, at least 16, and masked); fp32, bf16 and fp16 inputs with fp32
+scores, softmax and accumulation; gradients for q, k, v, q_c, k_c, v_c (none for the
+ALiBi slopes, which are not parameters). The backward is deterministic (no atomics).
+
+Not supported: attention dropout (`dropout_p > 0` raises NotImplementedError: use the
+reference backend); float64 (raises ValueError: use the reference backend).
+
+Design: one query index space [data queries (N); candidate queries (M)] cut into tiles
+of BLOCK_M rows (a tile holds one stream only). The forward runs one program per
+(query tile, batch * head); it starts the online softmax of a candidate row from its
+own-key score (max = that score, sum = 1, accumulator = v_c), then streams the data key
+tiles, so the own key is the one extra score of the row; causal programs stop after the
+last key tile any of their rows can see. It stores the output and the base-2
+log-sum-exp of each row (+inf for a row that sees no key, so that its recomputed
+probabilities are all 0). The backward recomputes the probabilities: one kernel per
+data key tile accumulates dK, dV over the data query tiles and then over the candidate
+query tiles (one K/V load serves both streams); one kernel per query tile accumulates
+dQ over the key tiles and, for candidate rows, adds the own-key terms and writes dk_c,
+dv_c. delta = rowsum(dO * O) is one fp32 PyTorch reduction.
+
+Tested: only under the Triton CPU interpreter (TRITON_INTERPRET=1, Triton 3.9), against
+the reference in fp32 and bf16, forward and all six gradients
+(tests/kernels/test_paired_triton.py). It has NOT been run on a GPU yet: compilation,
+speed and the block sizes (64 x 64, 4 warps) are untested there.
+
+Caveats:
+- CPU tensors run only under the interpreter, and Triton reads TRITON_INTERPRET when
+  this module is imported (at `@triton.jit`): set it before the import.
+- The interpreter cannot multiply bf16 tiles (it treats them as raw uint16), so there
+  every tl.dot operand is first rounded to the input dtype and then widened to fp32 for
+  an IEEE fp32 product; on a GPU the operands go to tl.dot in the input dtype (fp32
+  inputs use input_precision="ieee", not TF32). The two agree up to summation order.
+- As in flash-attention, probabilities and dS are rounded to the input dtype before
+  their matrix products (bf16/fp16), and delta uses the rounded output.
+- Candidate query tiles are not sorted by position, so the causal dK/dV kernel visits
+  every candidate tile of every key tile (it skips none of them).
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+_ALIBI_CODES = {None: 0, "causal": 1, "symmetric": 2, "shifted": 3}
+_SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _mm(a, b, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """a @ b with an fp32 result; see the module docstring for UPCAST."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _cast(x, DTYPE: tl.constexpr, UPCAST: tl.constexpr):
+    """fp32 x rounded to DTYPE, to nearest even. The interpreter's own fp32 -> bf16 cast
+    truncates, so there the rounding is done on the bits (finite values only)."""
+    if UPCAST and DTYPE == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        return ((bits >> 16) << 16).to(tl.float32, bitcast=True).to(DTYPE)
+    else:
+        return x.to(DTYPE)
+
+
+@triton.jit
+def _query_rows(pid_m, b, N, M, CP, BLOCK_M: tl.constexpr):
+    """The rows of query tile pid_m in [data; candidates].
+
+    Returns (is_cand 0/1, local row index in its stream (BLOCK_M,), row_ok, position).
+    """
+    n_data_tiles = tl.cdiv(N, BLOCK_M)
+    offs = tl.arange(0, BLOCK_M)
+    if pid_m >= n_data_tiles:
+        is_cand = 1
+        local = (pid_m - n_data_tiles) * BLOCK_M + offs
+        row_ok = local < M
+        pos = tl.load(CP + b.to(tl.int64) * M + local, mask=row_ok, other=0)
+    else:
+        is_cand = 0
+        local = pid_m * BLOCK_M + offs
+        row_ok = local < N
+        pos = local
+    return is_cand, local, row_ok, pos
+
+
+@triton.jit
+def _tile_scores(q, k, pos, row_ok, seg_q, offs_n, b, is_cand, N, SEG, PAD, slope, sm_scale,
+                 CAUSAL: tl.constexpr, ALIBI: tl.constexpr, HAS_SEG: tl.constexpr,
+                 HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """Scores of query rows (BLOCK_M,) at positions `pos` on data keys offs_n (BLOCK_N,).
+
+    Base-2 units ((q.k * scale + ALiBi bias) * log2(e)), -inf where a key is not visible.
+    is_cand (0 or 1) says whether the rows are candidates.
+    """
+    s = _mm(q, tl.trans(k), UPCAST, PREC) * sm_scale  # (BLOCK_M, BLOCK_N) fp32
+    p = pos[:, None]
+    j = offs_n[None, :]
+    ok = row_ok[:, None] & (j < N)
+    if CAUSAL:
+        ok = ok & (j <= p - is_cand)  # data: j <= p; candidate: j < p
+    else:  # candidate: every key but its position; data: every key (j < N <= p + N)
+        ok = ok & (j != p + (1 - is_cand) * N)
+    if HAS_SEG:
+        seg_k = tl.load(SEG + b.to(tl.int64) * N + offs_n, mask=offs_n < N, other=-1)
+        ok = ok & (seg_q[:, None] == seg_k[None, :])
+    if HAS_PAD:
+        pad_k = tl.load(PAD + b.to(tl.int64) * N + offs_n, mask=offs_n < N, other=1)
+        ok = ok & (pad_k[None, :] == 0)
+    if ALIBI != 0:
+        dist = p.to(tl.float32) - j.to(tl.float32)  # i - j
+        if ALIBI == 2:  # symmetric: |i - j|
+            dist = tl.abs(dist)
+        if ALIBI == 3:  # shifted: i - j for j <= i, j - i - 0.5 for j > i
+            dist = tl.where(dist >= 0.0, dist, -dist - 0.5)
+        s = s - slope * dist
+    s = s * 1.4426950408889634  # log2(e)
+    return tl.where(ok, s, float("-inf"))
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, QC, KC, VC, CP, SEG, PAD, SLOPES, O, OC, LSE,
+                H, N, M, D, sm_scale,
+                CAUSAL: tl.constexpr, ALIBI: tl.constexpr, HAS_SEG: tl.constexpr,
+                HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    is_cand, local, row_ok, pos = _query_rows(pid_m, b, N, M, CP, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d[None, :] < D
+    row_mask = row_ok[:, None] & d_ok
+    if ALIBI != 0:
+        slope = tl.load(SLOPES + bh % H)
+    else:
+        slope = 0.0
+    if HAS_SEG:
+        seg_q = tl.load(SEG + b * N + pos, mask=row_ok, other=-2)
+    else:
+        seg_q = pos
+
+    # initial online-softmax state: a candidate row holds its own key (bias 0)
+    if is_cand == 1:
+        rows = (bh * M + local)[:, None] * D + offs_d[None, :]
+        q = tl.load(QC + rows, mask=row_mask, other=0.0)
+        kc = tl.load(KC + rows, mask=row_mask, other=0.0).to(tl.float32)
+        vc = tl.load(VC + rows, mask=row_mask, other=0.0).to(tl.float32)
+        m_i = tl.sum(q.to(tl.float32) * kc, 1) * (sm_scale * 1.4426950408889634)
+        l_i = tl.full([BLOCK_M], 1.0, tl.float32)
+        acc = vc
+        out_ptrs = OC + rows
+        lse_ptrs = LSE + bh * (N + M) + N + local
+    else:
+        rows = (bh * N + local)[:, None] * D + offs_d[None, :]
+        q = tl.load(Q + rows, mask=row_mask, other=0.0)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        out_ptrs = O + rows
+        lse_ptrs = LSE + bh * (N + M) + local
+
+    if CAUSAL:  # no row of the tile sees a key beyond its largest position
+        hi = tl.minimum(tl.max(tl.where(row_ok, pos, 0), 0) + 1, N)
+    else:
+        hi = N
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kv_rows = (bh * N + offs_n)[:, None] * D + offs_d[None, :]
+        kv_mask = (offs_n[:, None] < N) & d_ok
+        k = tl.load(K + kv_rows, mask=kv_mask, other=0.0)
+        v = tl.load(V + kv_rows, mask=kv_mask, other=0.0)
+        s = _tile_scores(q, k, pos, row_ok, seg_q, offs_n, b, is_cand, N, SEG, PAD, slope,
+                         sm_scale, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all masked so far: no NaN
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _mm(_cast(p, v.dtype, UPCAST), v, UPCAST, PREC)
+        m_i = m_new
+
+    live = l_i > 0.0
+    out = acc / tl.where(live, l_i, 1.0)[:, None]  # a dead row has acc = 0
+    lse = tl.where(live, m_i + tl.log2(tl.where(live, l_i, 1.0)), float("inf"))
+    tl.store(out_ptrs, _cast(out, O.dtype.element_ty, UPCAST), mask=row_mask)
+    tl.store(lse_ptrs, lse, mask=row_ok)
+
+
+# Gradient derivation. For one query row (data or candidate) with base-e scores
+# s_j = scale * q.k_j + bias_j over its visible keys (a candidate row's keys include its
+# own key, s_own = scale * q_c.k_c, bias 0), P_j = exp(s_j - lse) and O = sum_j P_j v_j:
+#   dV_j   += P_j dO                                 (for every row that sees key j)
+#   dP_j    = dO . v_j
+#   dS_j    = P_j (dP_j - sum_l P_l dP_l) = P_j (dP_j - delta),
+#             delta = sum_l P_l (dO . v_l) = dO . O  (one number per row)
+#   dQ     += scale * sum_j dS_j k_j
+#   dK_j   += scale * dS_j q                         (for every row that sees key j)
+# The bias does not depend on q, k, v, so it only enters through P. The own key of a
+# candidate m belongs to that row alone, so dk_c[m] = scale * dS_own q_c[m],
+# dv_c[m] = P_own dO_c[m], and dq_c[m] gains scale * dS_own k_c[m]: all row-local, done
+# by the dQ kernel. A dead row (no key) has lse = +inf, so every recomputed P_j = 0 and
+# it contributes nothing (its output, hence delta, is 0 as well). The kernels recompute P
+# from the saved base-2 lse: P = exp2(s * log2(e) - lse2).
+
+
+@triton.jit
+def _bwd_dkdv_stream(dk, dv, k, v, offs_n, QS, DOS, LSE, DELTA, CP, SEG, PAD,
+                     bh, b, lse_off, n_rows, start, N, M, D, slope, sm_scale,
+                     IS_CAND: tl.constexpr, CAUSAL: tl.constexpr, ALIBI: tl.constexpr,
+                     HAS_SEG: tl.constexpr, HAS_PAD: tl.constexpr, UPCAST: tl.constexpr,
+                     PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Add to dk, dv (BLOCK_N, BLOCK_D) the terms of query rows [start, n_rows) of one
+    stream (data or candidates) on the key tile offs_n."""
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d[None, :] < D
+    for start_m in range(start, n_rows, BLOCK_M):
+        local = start_m + tl.arange(0, BLOCK_M)
+        row_ok = local < n_rows
+        if IS_CAND:
+            pos = tl.load(CP + b * M + local, mask=row_ok, other=0)
+        else:
+            pos = local
+        if HAS_SEG:
+            seg_q = tl.load(SEG + b * N + pos, mask=row_ok, other=-2)
+        else:
+            seg_q = pos
+        rows = (bh * n_rows + local)[:, None] * D + offs_d[None, :]
+        row_mask = row_ok[:, None] & d_ok
+        q = tl.load(QS + rows, mask=row_mask, other=0.0)
+        do = tl.load(DOS + rows, mask=row_mask, other=0.0)
+        lse = tl.load(LSE + lse_off + local, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + lse_off + local, mask=row_ok, other=0.0)
+        s = _tile_scores(q, k, pos, row_ok, seg_q, offs_n, b, IS_CAND, N, SEG, PAD, slope,
+                         sm_scale, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC)
+        p = tl.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N)
+        dv += _mm(tl.trans(_cast(p, do.dtype, UPCAST)), do, UPCAST, PREC)
+        dp = _mm(do, tl.trans(v), UPCAST, PREC)
+        ds = p * (dp - delta[:, None])
+        dk += _mm(tl.trans(_cast(ds, q.dtype, UPCAST)), q, UPCAST, PREC)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, QC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPES, DK, DV,
+                     H, N, M, D, sm_scale,
+                     CAUSAL: tl.constexpr, ALIBI: tl.constexpr, HAS_SEG: tl.constexpr,
+                     HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_rows = (bh * N + offs_n)[:, None] * D + offs_d[None, :]
+    kv_mask = (offs_n[:, None] < N) & (offs_d[None, :] < D)
+    k = tl.load(K + kv_rows, mask=kv_mask, other=0.0)
+    v = tl.load(V + kv_rows, mask=kv_mask, other=0.0)
+    if ALIBI != 0:
+        slope = tl.load(SLOPES + bh % H)
+    else:
+        slope = 0.0
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    if CAUSAL:  # data rows i < start_n see none of these keys
+        start = (start_n // BLOCK_M) * BLOCK_M
+    else:
+        start = 0
+    lse_off = bh * (N + M)
+    dk, dv = _bwd_dkdv_stream(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, CP, SEG, PAD,
+                              bh, b, lse_off, N, start, N, M, D, slope, sm_scale,
+                              0, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC,
+                              BLOCK_M, BLOCK_D)
+    dk, dv = _bwd_dkdv_stream(dk, dv, k, v, offs_n, QC, DOC, LSE, DELTA, CP, SEG, PAD,
+                              bh, b, lse_off + N, M, 0, N, M, D, slope, sm_scale,
+                              1, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC,
+                              BLOCK_M, BLOCK_D)
+    tl.store(DK + kv_rows, _cast(dk * sm_scale, DK.dtype.element_ty, UPCAST), mask=kv_mask)
+    tl.store(DV + kv_rows, _cast(dv, DV.dtype.element_ty, UPCAST), mask=kv_mask)
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, QC, KC, VC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPES,
+                   DQ, DQC, DKC, DVC,
+                   H, N, M, D, sm_scale,
+                   CAUSAL: tl.constexpr, ALIBI: tl.constexpr, HAS_SEG: tl.constexpr,
+                   HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    is_cand, local, row_ok, pos = _query_rows(pid_m, b, N, M, CP, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d[None, :] < D
+    row_mask = row_ok[:, None] & d_ok
+    if ALIBI != 0:
+        slope = tl.load(SLOPES + bh % H)
+    else:
+        slope = 0.0
+    if HAS_SEG:
+        seg_q = tl.load(SEG + b * N + pos, mask=row_ok, other=-2)
+    else:
+        seg_q = pos
+    if is_cand == 1:
+        rows = (bh * M + local)[:, None] * D + offs_d[None, :]
+        q = tl.load(QC + rows, mask=row_mask, other=0.0)
+        do = tl.load(DOC + rows, mask=row_mask, other=0.0)
+        row_off = bh * (N + M) + N + local
+    else:
+        rows = (bh * N + local)[:, None] * D + offs_d[None, :]
+        q = tl.load(Q + rows, mask=row_mask, other=0.0)
+        do = tl.load(DO + rows, mask=row_mask, other=0.0)
+        row_off = bh * (N + M) + local
+    lse = tl.load(LSE + row_off, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + row_off, mask=row_ok, other=0.0)
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if CAUSAL:
+        hi = tl.minimum(tl.max(tl.where(row_ok, pos, 0), 0) + 1, N)
+    else:
+        hi = N
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kv_rows = (bh * N + offs_n)[:, None] * D + offs_d[None, :]
+        kv_mask = (offs_n[:, None] < N) & d_ok
+        k = tl.load(K + kv_rows, mask=kv_mask, other=0.0)
+        v = tl.load(V + kv_rows, mask=kv_mask, other=0.0)
+        s = _tile_scores(q, k, pos, row_ok, seg_q, offs_n, b, is_cand, N, SEG, PAD, slope,
+                         sm_scale, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC)
+        p = tl.exp2(s - lse[:, None])
+        dp = _mm(do, tl.trans(v), UPCAST, PREC)
+        ds = p * (dp - delta[:, None])
+        dq += _mm(_cast(ds, k.dtype, UPCAST), k, UPCAST, PREC)
+
+    if is_cand == 1:  # the own key: row-local terms (see the derivation above)
+        kc = tl.load(KC + rows, mask=row_mask, other=0.0).to(tl.float32)
+        vc = tl.load(VC + rows, mask=row_mask, other=0.0).to(tl.float32)
+        qf = q.to(tl.float32)
+        dof = do.to(tl.float32)
+        s_own = tl.sum(qf * kc, 1) * (sm_scale * 1.4426950408889634)
+        p_own = tl.where(row_ok, tl.exp2(s_own - lse), 0.0)
+        ds_own = p_own * (tl.sum(dof * vc, 1) - delta)
+        dq += ds_own[:, None] * kc
+        tl.store(DKC + rows, _cast(ds_own[:, None] * qf * sm_scale, DKC.dtype.element_ty, UPCAST),
+                 mask=row_mask)
+        tl.store(DVC + rows, _cast(p_own[:, None] * dof, DVC.dtype.element_ty, UPCAST),
+                 mask=row_mask)
+        tl.store(DQC + rows, _cast(dq * sm_scale, DQC.dtype.element_ty, UPCAST), mask=row_mask)
+    else:
+        tl.store(DQ + rows, _cast(dq * sm_scale, DQ.dtype.element_ty, UPCAST), mask=row_mask)
+
+
+# --------------------------------------------------------------------------- launcher
+
+
+def _interpreting() -> bool:
+    """Whether the kernels were built for the CPU interpreter (decided at import)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(_fwd_kernel, InterpretedFunction)
+
+
+def _config(q: Tensor) -> dict:
+    """Compile-time switches and tile sizes shared by the three kernels."""
+    d = q.size(-1)
+    block_d = max(16, triton.next_power_of_2(d))
+    upcast = q.device.type == "cpu"  # the interpreter: see the module docstring
+    block = 32 if upcast or block_d > 128 else 64  # GPU values untuned
+    return dict(UPCAST=upcast, PREC="ieee" if q.dtype == torch.float32 else "tf32",
+                BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d)
+
+
+def _launch_options(q: Tensor) -> dict:
+    return {} if q.device.type == "cpu" else dict(num_warps=4)
+
+
+class _PairedAttentionTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, q_c, k_c, v_c, cand_pos, causal, slopes, alibi_code, seg, pad):
+        b, h, n, d = q.shape
+        m = q_c.size(2)
+        q, k, v, q_c, k_c, v_c = (t.contiguous() for t in (q, k, v, q_c, k_c, v_c))
+        out = torch.empty_like(q)  # (B, H, N, D)
+        out_c = torch.empty_like(q_c)  # (B, H, M, D)
+        lse = torch.empty(b, h, n + m, device=q.device, dtype=torch.float32)  # base 2
+        cfg = _config(q)
+        flags = dict(CAUSAL=causal, ALIBI=alibi_code, HAS_SEG=seg is not None,
+                     HAS_PAD=pad is not None)
+        aux = _aux_tensors(q, cand_pos, slopes, seg, pad)
+        scale = d ** -0.5
+        if n > 0:
+            grid = (triton.cdiv(n, cfg["BLOCK_M"]) + triton.cdiv(m, cfg["BLOCK_M"]), b * h)
+            _fwd_kernel[grid](q, k, v, q_c, k_c, v_c, *aux, out, out_c, lse,
+                              h, n, m, d, scale, **flags, **cfg, **_launch_options(q))
+        ctx.save_for_backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, *aux)
+        ctx.flags = flags
+        return out, out_c
+
+    @staticmethod
+    def backward(ctx, d_out, d_out_c):
+        q, k, v, q_c, k_c, v_c, out, out_c, lse, *aux = ctx.saved_tensors
+        b, h, n, d = q.shape
+        m = q_c.size(2)
+        d_out, d_out_c = d_out.contiguous(), d_out_c.contiguous()
+        # delta = rowsum(dO * O) per query row, fp32, rows [data; candidates]
+        delta = torch.cat([(d_out.float() * out.float()).sum(-1),
+                           (d_out_c.float() * out_c.float()).sum(-1)], dim=2)  # (B, H, N+M)
+        dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
+        dq_c, dk_c, dv_c = (torch.empty_like(t) for t in (q_c, k_c, v_c))
+        cfg = _config(q)
+        scale = d ** -0.5
+        opts = _launch_options(q)
+        if n > 0:
+            grid_kv = (triton.cdiv(n, cfg["BLOCK_N"]), b * h)
+            _bwd_dkdv_kernel[grid_kv](q, k, v, q_c, d_out, d_out_c, lse, delta, *aux, dk, dv,
+                                      h, n, m, d, scale, **ctx.flags, **cfg, **opts)
+            grid_q = (triton.cdiv(n, cfg["BLOCK_M"]) + triton.cdiv(m, cfg["BLOCK_M"]), b * h)
+            _bwd_dq_kernel[grid_q](q, k, v, q_c, k_c, v_c, d_out, d_out_c, lse, delta, *aux,
+                                   dq, dq_c, dk_c, dv_c, h, n, m, d, scale,
+                                   **ctx.flags, **cfg, **opts)
+        return dq, dk, dv, dq_c, dk_c, dv_c, None, None, None, None, None, None
+
+
+def _aux_tensors(q: Tensor, cand_pos: Tensor, slopes, seg, pad) -> Tuple[Tensor, ...]:
+    """(cand_pos, segment_ids, padding, slopes) as the kernels read them; a 1-element
+    placeholder where a tensor is absent or empty (the kernel never reads it)."""
+    dummy = torch.zeros(1, device=q.device, dtype=torch.int32)
+    cp = cand_pos.to(torch.int32).contiguous() if cand_pos.numel() > 0 else dummy
+    seg_t = seg.to(torch.int32).contiguous() if seg is not None and seg.numel() > 0 else dummy
+    pad_t = pad.to(torch.int8).contiguous() if pad is not None and pad.numel() > 0 else dummy
+    slopes_t = (slopes.to(device=q.device, dtype=torch.float32).contiguous()
+                if slopes is not None else dummy.float())
+    return cp, seg_t, pad_t, slopes_t
+
+
+# --------------------------------------------------------------------------- public
+
+
+def paired_attention_triton(
+    q: Tensor, k: Tensor, v: Tensor,
+    q_c: Tensor, k_c: Tensor, v_c: Tensor,
+    cand_pos: Tensor,
+    *,
+    causal: bool,
+    alibi_slopes: Optional[Tensor] = None,
+    alibi_mode: str = "causal",
+    segment_ids: Optional[Tensor] = None,
+    key_padding_mask: Optional[Tensor] = None,
+    dropout_p: float = 0.0,
+) -> Tuple[Tensor, Tensor]:
+    """(B, H, N, D) data and (B, H, M, D) candidates -> (out, out_c), as
+    `paired_attention_reference` (inputs assumed validated by `paired_attention`)."""
+    if dropout_p > 0.0:
+        raise NotImplementedError("paired_attention_triton: attention dropout is not "
+                                  "implemented; use backend='reference' for dropout_p > 0")
+    if q.dtype not in _SUPPORTED_DTYPES:
+        raise ValueError(f"paired_attention_triton: dtype {q.dtype} is not supported "
+                         f"(float32, bfloat16, float16); use backend='reference'")
+    if q.device.type == "cpu" and not _interpreting():
+        raise ValueError("paired_attention_triton: CPU tensors need the Triton interpreter "
+                         "(TRITON_INTERPRET=1 set before this module is imported)")
+    if alibi_slopes is not None and alibi_mode not in _ALIBI_CODES:
+        raise ValueError(f"paired_attention_triton: unknown alibi_mode {alibi_mode!r}")
+    code = _ALIBI_CODES[alibi_mode] if alibi_slopes is not None else 0
+    return _PairedAttentionTriton.apply(q, k, v, q_c, k_c, v_c, cand_pos, bool(causal),
+                                        alibi_slopes, code, segment_ids, key_padding_mask)

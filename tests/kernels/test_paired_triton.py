@@ -1,0 +1,298 @@
+"""The Triton paired-attention backend against `paired_attention_reference`: forward and
+the gradients of all six inputs, on awkward shapes, every mask and ALiBi mode.
+
+Without CUDA the kernels run on CPU tensors under the Triton interpreter, which this
+module switches on (TRITON_INTERPRET=1) when it is not set. The interpreter is slow, so
+the cases are few and small, chosen to cover each feature rather than their product;
+the larger sweep runs only with CUDA.
+
+Tolerances: fp32 against the reference run in fp64, atol 2e-5 and rtol 1e-4. bf16 and
+fp16 (flash-attention style): the kernel's max error against the reference run in fp32
+is at most 2x the max error of the reference run in the same low precision, plus a
+floor of a quarter of the low-precision epsilon times the largest reference value.
+"""
+
+import importlib
+import os
+
+import pytest
+import torch
+
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # read by Triton when the kernels are decorated
+
+triton = pytest.importorskip("triton")
+
+from energy_lm.kernels import triton_paired  # noqa: E402
+from energy_lm.kernels.reference import paired_attention_reference  # noqa: E402
+from energy_lm.modules.alibi import alibi_slopes  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+        pytest.skip("no CUDA and TRITON_INTERPRET is switched off", allow_module_level=True)
+    if not triton_paired._interpreting():  # imported earlier, before the switch was set
+        triton_paired = importlib.reload(triton_paired)
+
+NAMES = ["out", "out_c", "dq", "dk", "dv", "dq_c", "dk_c", "dv_c"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def few_threads():
+    """The tensors are small; extra intra-op threads only spin against a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_case(b, h, n, d, cand, masks="none", dtype=torch.float32, seed=0):
+    """Six random (B, H, ., D) tensors, cand_pos (B, M) and the optional masks.
+
+    cand: "m0" no candidates; "kK" K candidates at every position (M = K * N); an int M:
+    M random positions, with repeats, always including positions 0 and N - 1.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if cand == "m0":
+        cand_pos = torch.zeros(b, 0, dtype=torch.long)
+    elif isinstance(cand, str):
+        cand_pos = torch.arange(n).repeat_interleave(int(cand[1:])).expand(b, -1).clone()
+    else:
+        cand_pos = torch.randint(0, n, (b, cand), generator=g)
+        cand_pos[:, 0], cand_pos[:, -1] = 0, n - 1
+    m = cand_pos.size(1)
+    six = [torch.randn(b, h, length, d, generator=g).to(dtype)
+           for length in (n, n, n, m, m, m)]
+    pad = torch.rand(b, n, generator=g) < 0.25 if masks in ("padding", "both") else None
+    seg = (torch.rand(b, n, generator=g) < 0.15).cumsum(1) if masks in ("segments", "both") else None
+    return six, cand_pos, seg, pad
+
+
+def run(fn, six, cand_pos, upstream, **kwargs):
+    """fn's (out, out_c) and the gradients of sum(out * u) + sum(out_c * u_c) for the six."""
+    leaves = [t.detach().to(DEVICE).requires_grad_() for t in six]
+    extra = {key: (val.to(DEVICE) if torch.is_tensor(val) else val) for key, val in kwargs.items()}
+    out, out_c = fn(*leaves, cand_pos.to(DEVICE), **extra)
+    loss = ((out.float() * upstream[0].to(DEVICE)).sum()
+            + (out_c.float() * upstream[1].to(DEVICE)).sum())
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+    return [x.detach().cpu() for x in (out, out_c, *grads)]
+
+
+def upstream_for(six, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(six[0].shape, generator=g), torch.randn(six[3].shape, generator=g))
+
+
+def keywords(h, causal, mode, seg, pad):
+    return dict(causal=causal, alibi_slopes=alibi_slopes(h) if mode else None,
+                alibi_mode=mode or "causal", segment_ids=seg, key_padding_mask=pad)
+
+
+def max_err(x, y):
+    return (x.double() - y.double()).abs().max().item() if x.numel() else 0.0
+
+
+def assert_within_low_precision_error(got, ref32, ref_low, eps, factor=2.0):
+    """Kernel error (vs fp32) <= factor * error of the low-precision reference + a floor
+    of eps / 4 times the largest reference value; for each output and gradient."""
+    report = []
+    for name, x, y, z in zip(NAMES, got, ref32, ref_low):
+        assert x.shape == y.shape and x.dtype == z.dtype, name
+        err, ref_err = max_err(x, y), max_err(z, y)
+        floor = eps / 4 * (y.abs().max().item() if y.numel() else 0.0)
+        report.append(f"{name}: {err:.2e} vs {ref_err:.2e}")
+        assert torch.isfinite(x).all(), name
+        assert err <= factor * ref_err + floor, f"{name}: kernel error {err:.3e} > " \
+            f"{factor} x reference error {ref_err:.3e} + floor {floor:.1e} ({'; '.join(report)})"
+
+
+# (name, B, H, N, D, candidates, causal, ALiBi mode, masks): "causal" ALiBi only with
+# causal attention, "symmetric" and "shifted" only bidirectional, as the models use them
+CASES = [
+    ("n1-causal", 1, 1, 1, 24, "k2", True, None, "none"),
+    ("n1-bidir-symmetric", 1, 2, 1, 24, "k2", False, "symmetric", "padding"),
+    ("n7-k2-causal-alibi-both", 3, 2, 7, 24, "k2", True, "causal", "both"),
+    ("n7-k3-bidir-shifted-padding", 1, 2, 7, 24, "k3", False, "shifted", "padding"),
+    ("n7-m0-bidir-symmetric-segments", 3, 2, 7, 24, "m0", False, "symmetric", "segments"),
+    ("n7-m5-bidir-both", 3, 1, 7, 24, 5, False, None, "both"),
+    ("n97-m40-causal-segments-d72", 1, 2, 97, 72, 40, True, None, "segments"),
+    ("n97-m40-causal-alibi-both-d72", 1, 2, 97, 72, 40, True, "causal", "both"),
+    ("n97-m23-bidir-shifted-padding", 1, 2, 97, 24, 23, False, "shifted", "padding"),
+    ("n97-k1-bidir-symmetric-both", 1, 1, 97, 24, "k1", False, "symmetric", "both"),
+    ("n33-m50-causal-alibi-both-d64", 3, 1, 33, 64, 50, True, "causal", "both"),
+    ("n33-m9-bidir-padding-d64", 1, 1, 33, 64, 9, False, None, "padding"),
+]
+
+
+@pytest.mark.parametrize("name,b,h,n,d,cand,causal,mode,masks", CASES, ids=[c[0] for c in CASES])
+def test_fp32_matches_reference_forward_and_all_grads(name, b, h, n, d, cand, causal, mode, masks):
+    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks)
+    upstream = upstream_for(six)
+    kwargs = keywords(h, causal, mode, seg, pad)
+    got = run(triton_paired.paired_attention_triton, six, cand_pos, upstream, **kwargs)
+    want = run(paired_attention_reference, [t.double() for t in six], cand_pos, upstream, **kwargs)
+    for label, x, y in zip(NAMES, got, want):
+        assert x.dtype == torch.float32 and x.shape == y.shape, label
+        torch.testing.assert_close(x.double(), y, atol=2e-5, rtol=1e-4,
+                                   msg=lambda s: f"{label}: {s}")
+
+
+LOW_CASES = [CASES[i] for i in (2, 3, 7, 8, 10)]
+
+
+@pytest.mark.parametrize("name,b,h,n,d,cand,causal,mode,masks", LOW_CASES,
+                         ids=[c[0] for c in LOW_CASES])
+def test_bf16_error_at_most_twice_the_reference_in_bf16(name, b, h, n, d, cand, causal, mode,
+                                                       masks):
+    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks, dtype=torch.bfloat16)
+    upstream = upstream_for(six)
+    kwargs = keywords(h, causal, mode, seg, pad)
+    got = run(triton_paired.paired_attention_triton, six, cand_pos, upstream, **kwargs)
+    ref32 = run(paired_attention_reference, [t.float() for t in six], cand_pos, upstream, **kwargs)
+    ref_low = run(paired_attention_reference, six, cand_pos, upstream, **kwargs)
+    assert_within_low_precision_error(got, ref32, ref_low, eps=torch.finfo(torch.bfloat16).eps)
+
+
+@pytest.mark.parametrize("name,b,h,n,d,cand,causal,mode,masks", [CASES[2], CASES[8]],
+                         ids=[CASES[2][0], CASES[8][0]])
+def test_fp16_error_at_most_twice_the_reference_in_fp16(name, b, h, n, d, cand, causal, mode,
+                                                       masks):
+    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks, dtype=torch.float16)
+    upstream = upstream_for(six)
+    kwargs = keywords(h, causal, mode, seg, pad)
+    got = run(triton_paired.paired_attention_triton, six, cand_pos, upstream, **kwargs)
+    ref32 = run(paired_attention_reference, [t.float() for t in six], cand_pos, upstream, **kwargs)
+    ref_low = run(paired_attention_reference, six, cand_pos, upstream, **kwargs)
+    assert_within_low_precision_error(got, ref32, ref_low, eps=torch.finfo(torch.float16).eps)
+
+
+@pytest.mark.parametrize("causal,mode", [(True, "causal"), (False, None)], ids=["causal", "bidir"])
+def test_query_with_no_visible_key_returns_zero_without_nan(causal, mode):
+    six, cand_pos, _, _ = make_case(3, 2, 7, 24, "k2")
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[0, :2] = True  # left padding: causal data rows 0 and 1 see only padding
+    pad[1] = True  # a fully padded row: no data query sees anything
+    kwargs = keywords(2, causal, mode, None, pad)
+    upstream = upstream_for(six)
+    got = run(triton_paired.paired_attention_triton, six, cand_pos, upstream, **kwargs)
+    want = run(paired_attention_reference, [t.double() for t in six], cand_pos, upstream, **kwargs)
+    out, out_c, dq, dk, dv = got[:5]
+    assert all(torch.isfinite(x).all() for x in got)
+    assert (out[1] == 0).all() and (dq[1] == 0).all() and (dk[1] == 0).all() and (dv[1] == 0).all()
+    torch.testing.assert_close(out_c[1], six[5][1])  # a candidate still sees its own key
+    if causal:
+        assert (out[0, :, :2] == 0).all() and (dq[0, :, :2] == 0).all()
+    for label, x, y in zip(NAMES, got, want):
+        torch.testing.assert_close(x.double(), y, atol=2e-5, rtol=1e-4, msg=lambda s: f"{label}: {s}")
+
+
+def test_strided_inputs_and_bf16_backward_are_deterministic():
+    """Two runs give bitwise-equal outputs and gradients (no atomics in the backward);
+    the inputs are non-contiguous views."""
+    six, cand_pos, seg, pad = make_case(1, 2, 40, 24, 30, "both", dtype=torch.bfloat16)
+    six = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in six]  # (B, H, ., D) views
+    assert not six[0].is_contiguous()
+    upstream = upstream_for(six)
+    kwargs = keywords(2, True, "causal", seg, pad)
+    first = run(triton_paired.paired_attention_triton, six, cand_pos, upstream, **kwargs)
+    second = run(triton_paired.paired_attention_triton, six, cand_pos, upstream, **kwargs)
+    for label, x, y in zip(NAMES, first, second):
+        assert torch.equal(x, y), label
+
+
+def test_dropout_raises_not_implemented():
+    six, cand_pos, _, _ = make_case(1, 1, 3, 16, "k1")
+    with pytest.raises(NotImplementedError, match="dropout") as info:
+        triton_paired.paired_attention_triton(*[t.to(DEVICE) for t in six], cand_pos.to(DEVICE),
+                                              causal=True, dropout_p=0.1)
+    assert "\n" not in str(info.value)
+
+
+def test_float64_is_rejected_with_one_line():
+    six, cand_pos, _, _ = make_case(1, 1, 3, 16, "k1", dtype=torch.float64)
+    with pytest.raises(ValueError, match="float64 is not supported") as info:
+        triton_paired.paired_attention_triton(*[t.to(DEVICE) for t in six], cand_pos.to(DEVICE),
+                                              causal=True)
+    assert "\n" not in str(info.value)
+
+
+GPU_SWEEP = [
+    # (B, H, N, D, candidates, causal, ALiBi mode, masks)
+    (2, 4, 257, 64, "k2", True, "causal", "both"),
+    (2, 4, 257, 59, 100, False, "shifted", "padding"),
+    (1, 8, 1025, 128, 300, True, None, "segments"),
+    (3, 2, 1025, 72, "k1", False, "symmetric", "both"),
+    (2, 3, 513, 256, 64, True, "causal", "none"),
+]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="larger sweep: needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("b,h,n,d,cand,causal,mode,masks", GPU_SWEEP)
+def test_gpu_sweep(b, h, n, d, cand, causal, mode, masks, dtype):
+    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks, dtype=dtype)
+    upstream = upstream_for(six)
+    kwargs = keywords(h, causal, mode, seg, pad)
+    got = run(triton_paired.paired_attention_triton, six, cand_pos, upstream, **kwargs)
+    if dtype == torch.float32:
+        want = run(paired_attention_reference, [t.double() for t in six], cand_pos, upstream,
+                   **kwargs)
+        for label, x, y in zip(NAMES, got, want):
+            torch.testing.assert_close(x.double(), y, atol=2e-5, rtol=1e-4,
+                                       msg=lambda s: f"{label}: {s}")
+    else:
+        ref32 = run(paired_attention_reference, [t.float() for t in six], cand_pos, upstream,
+                    **kwargs)
+        ref_low = run(paired_attention_reference, six, cand_pos, upstream, **kwargs)
+        assert_within_low_precision_error(got, ref32, ref_low, eps=torch.finfo(dtype).eps)
+
+
+def test_dispatcher_runs_the_triton_backend():
+    from energy_lm.kernels import paired_attention
+
+    g = torch.Generator().manual_seed(0)
+    six = [torch.randn(2, 3, n, 16, generator=g, device=DEVICE) for n in (9, 9, 9, 5, 5, 5)]
+    cand_pos = torch.tensor([[1, 4, 4, 8, 0], [2, 3, 5, 7, 6]], device=DEVICE)
+    kwargs = dict(causal=True, alibi_slopes=alibi_slopes(3).to(DEVICE), alibi_mode="causal")
+    got = paired_attention(*six, cand_pos, backend="triton", **kwargs)
+    want = paired_attention(*six, cand_pos, backend="reference", **kwargs)
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, atol=2e-5, rtol=1e-4)
+    _, alone = paired_attention(*six, cand_pos, backend="triton", need_data_out=False, **kwargs)
+    torch.testing.assert_close(alone, want[1], atol=2e-5, rtol=1e-4)
+
+
+def test_monarc_loss_and_gradients_inside_a_model_equal_the_reference(data_bin):
+    """A full tiny causal model: the MonArc training loss and every parameter gradient
+    with the Triton backend equal those with the reference backend (fp32)."""
+    from conftest import build_model
+    from fairseq.criterions import CRITERION_DATACLASS_REGISTRY, build_criterion
+    from omegaconf import OmegaConf
+
+    model, task = build_model(data_bin, "transformer_lm_zero_clap_tiny", "--decoder-layers", "1",
+                              task="language_modeling")
+    for p in model.energy_head.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    model = model.to(DEVICE).train()
+    torch.manual_seed(0)
+    src = torch.randint(4, 300, (2, 12), device=DEVICE)
+    sample = {"net_input": {"src_tokens": src}, "target": torch.roll(src, -1, 1),
+              "ntokens": 24, "nsentences": 2}
+    results = {}
+    for backend in ("reference", "triton"):
+        cfg = OmegaConf.structured(CRITERION_DATACLASS_REGISTRY["monarc"])
+        cfg._name, cfg.attention_backend = "monarc", backend
+        crit = build_criterion(cfg, task)
+        model.zero_grad()
+        torch.manual_seed(1)  # the same samples (and dropout masks: none here)
+        loss, _, log = crit(model, sample)
+        loss.backward()
+        results[backend] = (loss.detach(), log["ebm_loss"],
+                            {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (ref_loss, ref_ebm, ref_grads), (tri_loss, tri_ebm, tri_grads) = results["reference"], results["triton"]
+    torch.testing.assert_close(tri_loss, ref_loss, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(tri_ebm, ref_ebm, atol=1e-5, rtol=1e-4)
+    assert ref_grads.keys() == tri_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(tri_grads[name], ref_grads[name], atol=1e-5, rtol=1e-3, msg=name)
