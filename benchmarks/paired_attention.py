@@ -74,7 +74,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype) if args.dtype else (
         torch.bfloat16 if device.type == "cuda" else torch.float32)
-    backends = args.backends or (["reference", "triton"] if device.type == "cuda" else ["reference"])
+    backends = args.backends or (["reference", "triton", "flex"] if device.type == "cuda" else ["reference"])
     slopes = alibi_slopes(args.heads).to(device)
     print(f"device {device}, {dtype}, H={args.heads}, D={args.dim}, B*N={args.tokens}, "
           f"M = N candidates, causal + ALiBi; times in ms (median of {args.repeats})")

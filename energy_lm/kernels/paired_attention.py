@@ -25,9 +25,16 @@ def _triton_backend(*args, **kwargs) -> Tuple[Tensor, Tensor]:
     return paired_attention_triton(*args, **kwargs)
 
 
+def _flex_backend(*args, **kwargs) -> Tuple[Tensor, Tensor]:
+    from energy_lm.kernels.flex_paired import paired_attention_flex
+
+    return paired_attention_flex(*args, **kwargs)
+
+
 _BACKENDS: Dict[str, Callable[..., Tuple[Tensor, Tensor]]] = {
     "reference": paired_attention_reference,
     "triton": _triton_backend,
+    "flex": _flex_backend,  # FlexAttention: forward only on the CPU (torch 2.13)
 }
 # backends that can serve the candidates alone (need_data_out=False): (q_c, k_c, v_c, k,
 # v, cand_pos, **same keywords) -> out_c. Others run in full and drop the data output.
