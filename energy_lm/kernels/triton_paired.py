@@ -32,21 +32,25 @@ dQ over the key tiles and, for candidate rows, adds the own-key terms and writes
 dv_c. delta = rowsum(dO * O) is one fp32 PyTorch reduction.
 
 Tested: only under the Triton CPU interpreter (TRITON_INTERPRET=1, Triton 3.9), against
-the reference in fp32 and bf16, forward and all six gradients
-(tests/kernels/test_paired_triton.py). It has NOT been run on a GPU yet: compilation,
-speed and the block sizes (64 x 64, 4 warps) are untested there.
+the reference in fp32, bf16 and fp16, forward and all six gradients
+(tests/kernels/test_paired_triton.py). It has NOT been run on a GPU yet: the three
+kernels compile ahead of time to cubin for sm_80 and sm_90 (Triton's bundled ptxas; each
+dtype, four mask/ALiBi combinations, head-dim tiles 16/64/128/256, the tile sizes of
+`_config`), but GPU results, speed and the tile sizes are unmeasured.
 
 Caveats:
-- CPU tensors run only under the interpreter, and Triton reads TRITON_INTERPRET when
-  this module is imported (at `@triton.jit`): set it before the import.
+- CPU tensors run only under the interpreter, and Triton reads TRITON_INTERPRET when a
+  function is decorated (its own `tl.max`, `tl.cdiv` too): set it before triton is first
+  imported.
 - The interpreter cannot multiply bf16 tiles (it treats them as raw uint16), so there
   every tl.dot operand is first rounded to the input dtype and then widened to fp32 for
   an IEEE fp32 product; on a GPU the operands go to tl.dot in the input dtype (fp32
   inputs use input_precision="ieee", not TF32). The two agree up to summation order.
 - As in flash-attention, probabilities and dS are rounded to the input dtype before
   their matrix products (bf16/fp16), and delta uses the rounded output.
-- Candidate query tiles are not sorted by position, so the causal dK/dV kernel visits
-  every candidate tile of every key tile (it skips none of them).
+- Candidate query tiles are not sorted by position: the causal dK/dV kernel skips a
+  candidate tile only when all of its positions lie at or before the key tile; callers
+  with candidates sorted by position (K per position, in order) get the most skipping.
 """
 
 from typing import Optional, Tuple
@@ -226,13 +230,13 @@ def _fwd_kernel(Q, K, V, QC, KC, VC, CP, SEG, PAD, SLOPES, O, OC, LSE,
 
 
 @triton.jit
-def _bwd_dkdv_stream(dk, dv, k, v, offs_n, QS, DOS, LSE, DELTA, CP, SEG, PAD,
+def _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, QS, DOS, LSE, DELTA, CP, SEG, PAD,
                      bh, b, lse_off, n_rows, start, N, M, D, slope, sm_scale,
                      IS_CAND: tl.constexpr, CAUSAL: tl.constexpr, ALIBI: tl.constexpr,
                      HAS_SEG: tl.constexpr, HAS_PAD: tl.constexpr, UPCAST: tl.constexpr,
                      PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """Add to dk, dv (BLOCK_N, BLOCK_D) the terms of query rows [start, n_rows) of one
-    stream (data or candidates) on the key tile offs_n."""
+    stream (data or candidates) on the key tile offs_n = start_n + [0, BLOCK_N)."""
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d[None, :] < D
     for start_m in range(start, n_rows, BLOCK_M):
@@ -242,23 +246,28 @@ def _bwd_dkdv_stream(dk, dv, k, v, offs_n, QS, DOS, LSE, DELTA, CP, SEG, PAD,
             pos = tl.load(CP + b * M + local, mask=row_ok, other=0)
         else:
             pos = local
-        if HAS_SEG:
-            seg_q = tl.load(SEG + b * N + pos, mask=row_ok, other=-2)
+        if CAUSAL:  # skip a tile none of whose rows sees a key >= start_n
+            visit = tl.max(tl.where(row_ok, pos, -1), 0) >= start_n + IS_CAND
         else:
-            seg_q = pos
-        rows = (bh * n_rows + local)[:, None] * D + offs_d[None, :]
-        row_mask = row_ok[:, None] & d_ok
-        q = tl.load(QS + rows, mask=row_mask, other=0.0)
-        do = tl.load(DOS + rows, mask=row_mask, other=0.0)
-        lse = tl.load(LSE + lse_off + local, mask=row_ok, other=0.0)
-        delta = tl.load(DELTA + lse_off + local, mask=row_ok, other=0.0)
-        s = _tile_scores(q, k, pos, row_ok, seg_q, offs_n, b, IS_CAND, N, SEG, PAD, slope,
-                         sm_scale, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC)
-        p = tl.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N)
-        dv += _mm(tl.trans(_cast(p, do.dtype, UPCAST)), do, UPCAST, PREC)
-        dp = _mm(do, tl.trans(v), UPCAST, PREC)
-        ds = p * (dp - delta[:, None])
-        dk += _mm(tl.trans(_cast(ds, q.dtype, UPCAST)), q, UPCAST, PREC)
+            visit = start_m < n_rows
+        if visit:
+            if HAS_SEG:
+                seg_q = tl.load(SEG + b * N + pos, mask=row_ok, other=-2)
+            else:
+                seg_q = pos
+            rows = (bh * n_rows + local)[:, None] * D + offs_d[None, :]
+            row_mask = row_ok[:, None] & d_ok
+            q = tl.load(QS + rows, mask=row_mask, other=0.0)
+            do = tl.load(DOS + rows, mask=row_mask, other=0.0)
+            lse = tl.load(LSE + lse_off + local, mask=row_ok, other=0.0)
+            delta = tl.load(DELTA + lse_off + local, mask=row_ok, other=0.0)
+            s = _tile_scores(q, k, pos, row_ok, seg_q, offs_n, b, IS_CAND, N, SEG, PAD, slope,
+                             sm_scale, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC)
+            p = tl.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N)
+            dv += _mm(tl.trans(_cast(p, do.dtype, UPCAST)), do, UPCAST, PREC)
+            dp = _mm(do, tl.trans(v), UPCAST, PREC)
+            ds = p * (dp - delta[:, None])
+            dk += _mm(tl.trans(_cast(ds, q.dtype, UPCAST)), q, UPCAST, PREC)
     return dk, dv
 
 
@@ -289,11 +298,11 @@ def _bwd_dkdv_kernel(Q, K, V, QC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPES, DK,
     else:
         start = 0
     lse_off = bh * (N + M)
-    dk, dv = _bwd_dkdv_stream(dk, dv, k, v, offs_n, Q, DO, LSE, DELTA, CP, SEG, PAD,
+    dk, dv = _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, Q, DO, LSE, DELTA, CP, SEG, PAD,
                               bh, b, lse_off, N, start, N, M, D, slope, sm_scale,
                               0, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC,
                               BLOCK_M, BLOCK_D)
-    dk, dv = _bwd_dkdv_stream(dk, dv, k, v, offs_n, QC, DOC, LSE, DELTA, CP, SEG, PAD,
+    dk, dv = _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, QC, DOC, LSE, DELTA, CP, SEG, PAD,
                               bh, b, lse_off + N, M, 0, N, M, D, slope, sm_scale,
                               1, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC,
                               BLOCK_M, BLOCK_D)
@@ -376,24 +385,33 @@ def _bwd_dq_kernel(Q, K, V, QC, KC, VC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPE
 
 
 def _interpreting() -> bool:
-    """Whether the kernels were built for the CPU interpreter (decided at import)."""
+    """Whether the kernels, and Triton's own jit functions, run in the CPU interpreter
+    (decided when they were decorated)."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    return isinstance(_fwd_kernel, InterpretedFunction)
+    return all(isinstance(f, InterpretedFunction) for f in (_fwd_kernel, tl.cdiv))
 
 
 def _config(q: Tensor) -> dict:
-    """Compile-time switches and tile sizes shared by the three kernels."""
+    """Compile-time switches and tile sizes shared by the three kernels.
+
+    GPU tiles are chosen from ptxas register/spill reports for sm_90 (no timing yet):
+    16-bit inputs with D <= 128 use 64 x 64 tiles on 8 warps (no spills for D <= 64);
+    fp32 (IEEE products, for checking rather than speed) and D > 128 use 32 x 32 tiles.
+    """
     d = q.size(-1)
     block_d = max(16, triton.next_power_of_2(d))
     upcast = q.device.type == "cpu"  # the interpreter: see the module docstring
-    block = 32 if upcast or block_d > 128 else 64  # GPU values untuned
+    big = not upcast and q.dtype != torch.float32 and block_d <= 128
+    block = 64 if big else 32
     return dict(UPCAST=upcast, PREC="ieee" if q.dtype == torch.float32 else "tf32",
                 BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d)
 
 
-def _launch_options(q: Tensor) -> dict:
-    return {} if q.device.type == "cpu" else dict(num_warps=4)
+def _launch_options(q: Tensor, cfg: dict) -> dict:
+    if q.device.type == "cpu":
+        return {}
+    return dict(num_warps=8 if cfg["BLOCK_M"] == 64 else 4)
 
 
 class _PairedAttentionTriton(torch.autograd.Function):
@@ -413,7 +431,7 @@ class _PairedAttentionTriton(torch.autograd.Function):
         if n > 0:
             grid = (triton.cdiv(n, cfg["BLOCK_M"]) + triton.cdiv(m, cfg["BLOCK_M"]), b * h)
             _fwd_kernel[grid](q, k, v, q_c, k_c, v_c, *aux, out, out_c, lse,
-                              h, n, m, d, scale, **flags, **cfg, **_launch_options(q))
+                              h, n, m, d, scale, **flags, **cfg, **_launch_options(q, cfg))
         ctx.save_for_backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, *aux)
         ctx.flags = flags
         return out, out_c
@@ -431,7 +449,7 @@ class _PairedAttentionTriton(torch.autograd.Function):
         dq_c, dk_c, dv_c = (torch.empty_like(t) for t in (q_c, k_c, v_c))
         cfg = _config(q)
         scale = d ** -0.5
-        opts = _launch_options(q)
+        opts = _launch_options(q, cfg)
         if n > 0:
             grid_kv = (triton.cdiv(n, cfg["BLOCK_N"]), b * h)
             _bwd_dkdv_kernel[grid_kv](q, k, v, q_c, d_out, d_out_c, lse, delta, *aux, dk, dv,
@@ -480,7 +498,7 @@ def paired_attention_triton(
                          f"(float32, bfloat16, float16); use backend='reference'")
     if q.device.type == "cpu" and not _interpreting():
         raise ValueError("paired_attention_triton: CPU tensors need the Triton interpreter "
-                         "(TRITON_INTERPRET=1 set before this module is imported)")
+                         "(TRITON_INTERPRET=1 set before triton is first imported)")
     if alibi_slopes is not None and alibi_mode not in _ALIBI_CODES:
         raise ValueError(f"paired_attention_triton: unknown alibi_mode {alibi_mode!r}")
     code = _ALIBI_CODES[alibi_mode] if alibi_slopes is not None else 0

@@ -9,10 +9,10 @@ the larger sweep runs only with CUDA.
 Tolerances: fp32 against the reference run in fp64, atol 2e-5 and rtol 1e-4. bf16 and
 fp16 (flash-attention style): the kernel's max error against the reference run in fp32
 is at most 2x the max error of the reference run in the same low precision, plus a
-floor of a quarter of the low-precision epsilon times the largest reference value.
+floor of a quarter of the low-precision epsilon times the largest reference value plus
+1e-6 (for gradients that are exactly 0 in exact arithmetic).
 """
 
-import importlib
 import os
 
 import pytest
@@ -28,11 +28,9 @@ from energy_lm.kernels.reference import paired_attention_reference  # noqa: E402
 from energy_lm.modules.alibi import alibi_slopes  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu":
-    if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        pytest.skip("no CUDA and TRITON_INTERPRET is switched off", allow_module_level=True)
-    if not triton_paired._interpreting():  # imported earlier, before the switch was set
-        triton_paired = importlib.reload(triton_paired)
+if DEVICE == "cpu" and not triton_paired._interpreting():
+    pytest.skip("no CUDA, and the Triton interpreter is off: set TRITON_INTERPRET=1 before "
+                "triton is first imported", allow_module_level=True)
 
 NAMES = ["out", "out_c", "dq", "dk", "dv", "dq_c", "dk_c", "dv_c"]
 
@@ -64,7 +62,9 @@ def make_case(b, h, n, d, cand, masks="none", dtype=torch.float32, seed=0):
     six = [torch.randn(b, h, length, d, generator=g).to(dtype)
            for length in (n, n, n, m, m, m)]
     pad = torch.rand(b, n, generator=g) < 0.25 if masks in ("padding", "both") else None
-    seg = (torch.rand(b, n, generator=g) < 0.15).cumsum(1) if masks in ("segments", "both") else None
+    seg = None
+    if masks in ("segments", "both"):
+        seg = (torch.rand(b, n, generator=g) < 0.15).cumsum(1)
     return six, cand_pos, seg, pad
 
 
@@ -95,12 +95,12 @@ def max_err(x, y):
 
 def assert_within_low_precision_error(got, ref32, ref_low, eps, factor=2.0):
     """Kernel error (vs fp32) <= factor * error of the low-precision reference + a floor
-    of eps / 4 times the largest reference value; for each output and gradient."""
+    of eps / 4 times the largest reference value + 1e-6; for each output and gradient."""
     report = []
     for name, x, y, z in zip(NAMES, got, ref32, ref_low):
         assert x.shape == y.shape and x.dtype == z.dtype, name
         err, ref_err = max_err(x, y), max_err(z, y)
-        floor = eps / 4 * (y.abs().max().item() if y.numel() else 0.0)
+        floor = eps / 4 * (y.abs().max().item() if y.numel() else 0.0) + 1e-6
         report.append(f"{name}: {err:.2e} vs {ref_err:.2e}")
         assert torch.isfinite(x).all(), name
         assert err <= factor * ref_err + floor, f"{name}: kernel error {err:.3e} > " \
@@ -120,6 +120,7 @@ CASES = [
     ("n97-m40-causal-alibi-both-d72", 1, 2, 97, 72, 40, True, "causal", "both"),
     ("n97-m23-bidir-shifted-padding", 1, 2, 97, 24, 23, False, "shifted", "padding"),
     ("n97-k1-bidir-symmetric-both", 1, 1, 97, 24, "k1", False, "symmetric", "both"),
+    ("n97-k2-causal-both", 1, 1, 97, 24, "k2", True, None, "both"),  # sorted: tiles skipped
     ("n33-m50-causal-alibi-both-d64", 3, 1, 33, 64, 50, True, "causal", "both"),
     ("n33-m9-bidir-padding-d64", 1, 1, 33, 64, 9, False, None, "padding"),
 ]
@@ -138,7 +139,7 @@ def test_fp32_matches_reference_forward_and_all_grads(name, b, h, n, d, cand, ca
                                    msg=lambda s: f"{label}: {s}")
 
 
-LOW_CASES = [CASES[i] for i in (2, 3, 7, 8, 10)]
+LOW_CASES = CASES
 
 
 @pytest.mark.parametrize("name,b,h,n,d,cand,causal,mode,masks", LOW_CASES,
@@ -154,8 +155,8 @@ def test_bf16_error_at_most_twice_the_reference_in_bf16(name, b, h, n, d, cand, 
     assert_within_low_precision_error(got, ref32, ref_low, eps=torch.finfo(torch.bfloat16).eps)
 
 
-@pytest.mark.parametrize("name,b,h,n,d,cand,causal,mode,masks", [CASES[2], CASES[8]],
-                         ids=[CASES[2][0], CASES[8][0]])
+@pytest.mark.parametrize("name,b,h,n,d,cand,causal,mode,masks", [CASES[i] for i in (1, 2, 8)],
+                         ids=[CASES[i][0] for i in (1, 2, 8)])
 def test_fp16_error_at_most_twice_the_reference_in_fp16(name, b, h, n, d, cand, causal, mode,
                                                        masks):
     six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks, dtype=torch.float16)
@@ -184,7 +185,8 @@ def test_query_with_no_visible_key_returns_zero_without_nan(causal, mode):
     if causal:
         assert (out[0, :, :2] == 0).all() and (dq[0, :, :2] == 0).all()
     for label, x, y in zip(NAMES, got, want):
-        torch.testing.assert_close(x.double(), y, atol=2e-5, rtol=1e-4, msg=lambda s: f"{label}: {s}")
+        torch.testing.assert_close(x.double(), y, atol=2e-5, rtol=1e-4,
+                                   msg=lambda s: f"{label}: {s}")
 
 
 def test_strided_inputs_and_bf16_backward_are_deterministic():
