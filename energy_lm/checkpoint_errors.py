@@ -2,8 +2,8 @@
 
 fairseq passes torch.load's error through unchanged. For a truncated or foreign file
 that is "[Errno 22] Invalid argument", "failed finding central directory" or, worse,
-"Weights only load failed ... Unsupported operand 0" with the advice to retry with
-`weights_only=False`, none of which names the file or the cause. A refused type
+"Weights only load failed ... Unsupported operand 0" with the advice to retry
+with safe loading switched off, none of which names the file or the cause. A refused type
 ("Unsupported global: ...") is a different problem and keeps torch's own message.
 """
 

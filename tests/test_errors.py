@@ -41,7 +41,7 @@ def test_corrupt_checkpoint_restore_and_hub(data_bin, tmp_path):
     from energy_lm.checkpoint_errors import CheckpointReadError
 
     bad = tmp_path / "checkpoint_last.pt"
-    bad.write_bytes(b"\x00not a checkpoint" * 100)  # torch would suggest weights_only=False
+    bad.write_bytes(b"\x00not a checkpoint" * 100)  # torch would suggest switching safe loading off
     result = run_cli("fairseq-train", data_bin, "--task", "masked_lm", "--arch", "roberta_clap_tiny",
                      *TRAIN_SMALL, "--restore-file", bad, "--save-dir", tmp_path, "--max-update", "1",
                      check=False)
