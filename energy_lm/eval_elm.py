@@ -138,11 +138,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
                                        ).next_epoch_itr(shuffle=False)
     device = next(model.parameters()).device
 
+    from fairseq import utils
+
     def batches():
         for i, sample in enumerate(iterator):
             if args.max_batches and i >= args.max_batches:
                 return
-            from fairseq import utils
             yield utils.move_to_cuda(sample) if device.type == "cuda" else sample
 
     result = evaluate(model, batches(), args.num_samples, args.exact_z,

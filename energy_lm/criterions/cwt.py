@@ -17,6 +17,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
 from energy_lm.losses import cwt_candidates, cwt_loss_from_rows
+from energy_lm.models.scoring import is_masked_model
 
 LN2 = math.log(2)
 
@@ -31,14 +32,14 @@ class CwtConfig(FairseqDataclass):
 
 def input_embedding(model):
     """The module that embeds input tokens (the rows CWT scores against)."""
-    if hasattr(getattr(model, "encoder", None), "sentence_encoder"):
+    if is_masked_model(model):
         return model.encoder.sentence_encoder.embed_tokens
     return model.decoder.embed_tokens
 
 
 def check_cwt_model(model) -> None:
     embed = input_embedding(model)
-    if hasattr(getattr(model, "encoder", None), "sentence_encoder"):
+    if is_masked_model(model):
         return  # RoBERTa's final states always have the embedding's size
     out_dim = model.decoder.output_embed_dim  # --decoder-output-dim
     if out_dim != embed.embedding_dim:

@@ -29,7 +29,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
 from energy_lm.losses import monarc_terms, nce_terms
-from energy_lm.models.scoring import causal_energy_pass, masked_energy_pass
+from energy_lm.models.scoring import causal_energy_pass, is_masked_model, masked_energy_pass
 
 LN2 = math.log(2)
 
@@ -54,10 +54,6 @@ def check_energy_model(model, criterion: str) -> None:
             f"--criterion {criterion} needs a model with a candidate stream and an energy "
             f"head (an energy_lm arch such as roberta_clap_tiny or transformer_lm_clap_tiny); "
             f"got {type(model).__name__}")
-
-
-def is_masked_model(model) -> bool:
-    return hasattr(getattr(model, "encoder", None), "sentence_encoder")
 
 
 class ResidualEnergyCriterion(FairseqCriterion):

@@ -43,6 +43,11 @@ class MaskedEnergyOutput:
     cand_energy: Tensor  # (B, K, S) fp32
 
 
+def is_masked_model(model) -> bool:
+    """RoBERTa-family (masked) rather than a causal LM."""
+    return hasattr(getattr(model, "encoder", None), "sentence_encoder")
+
+
 def _token_log_q(lprobs: Tensor, tokens: Tensor) -> Tensor:
     """lprobs (B, S, V), tokens (B, K, S) -> (B, K, S) detached log q(token)."""
     k = tokens.size(1)
