@@ -2,10 +2,11 @@
 
 The public function validates its inputs and dispatches to a backend. Backends share
 this signature and these semantics (METHODS.md section 6); `reference` is the exact
-PyTorch implementation in `energy_lm.kernels.reference`. Fused kernels slot into
-`_BACKENDS` and into `_auto_backend`.
+PyTorch implementation in `energy_lm.kernels.reference`; `triton` the fused kernel of
+`energy_lm.kernels.triton_paired`; `flex` PyTorch FlexAttention. `auto` is `_auto_backend`.
 """
 
+import importlib.util
 import logging
 from typing import Callable, Dict, Optional, Set, Tuple
 
@@ -25,6 +26,12 @@ def _triton_backend(*args, **kwargs) -> Tuple[Tensor, Tensor]:
     return paired_attention_triton(*args, **kwargs)
 
 
+def _triton_candidates(*args, **kwargs) -> Tensor:
+    from energy_lm.kernels.triton_paired import candidate_attention_triton
+
+    return candidate_attention_triton(*args, **kwargs)
+
+
 def _flex_backend(*args, **kwargs) -> Tuple[Tensor, Tensor]:
     from energy_lm.kernels.flex_paired import paired_attention_flex
 
@@ -40,28 +47,39 @@ _BACKENDS: Dict[str, Callable[..., Tuple[Tensor, Tensor]]] = {
 # v, cand_pos, **same keywords) -> out_c. Others run in full and drop the data output.
 _CANDIDATE_BACKENDS: Dict[str, Callable[..., Tensor]] = {
     "reference": candidate_attention_reference,
+    "triton": _triton_candidates,
 }
+# backends that keep a per-batch mask in `mask_cache`
+_CACHING_BACKENDS = {"flex"}
 _logged_choices: Set[Tuple[str, str]] = set()
 
 
-def _auto_backend(q: Tensor) -> str:
-    """The backend "auto" stands for on these inputs.
-
-    Still "reference" everywhere: the Triton kernel has been checked only under the CPU
-    interpreter; "auto" moves to it on CUDA once it has run on a GPU
-    (docs/dev/plan-issue-4.md). Ask for backend="triton" to use it now.
-    """
-    return "reference"
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _resolve_backend(backend: str, q: Tensor) -> str:
+def _auto_backend(device_type: str, dtype: torch.dtype, dropout_p: float) -> Tuple[str, str]:
+    """(backend, why) that "auto" stands for: the fused Triton kernel for CUDA tensors it
+    supports, else the exact reference (CPU, float64, attention dropout, no triton)."""
+    if device_type != "cuda":
+        return "reference", f"{device_type} tensors"
+    if dtype not in _TRITON_DTYPES:
+        return "reference", f"{dtype} is not a Triton kernel dtype"
+    if dropout_p > 0.0:
+        return "reference", "attention dropout (the Triton kernel has none)"
+    if importlib.util.find_spec("triton") is None:
+        return "reference", "triton is not installed"
+    return "triton", "CUDA tensors"
+
+
+def _resolve_backend(backend: str, q: Tensor, dropout_p: float) -> str:
     if backend != "auto" and backend not in _BACKENDS:
         known = ", ".join(["auto", *_BACKENDS])
         raise ValueError(f"paired_attention: unknown backend {backend!r}; choose one of {known}")
-    chosen = _auto_backend(q) if backend == "auto" else backend
+    chosen, why = (_auto_backend(q.device.type, q.dtype, dropout_p) if backend == "auto"
+                   else (backend, "asked for"))
     if (backend, chosen) not in _logged_choices:
         _logged_choices.add((backend, chosen))
-        logger.info("paired_attention: backend=%r runs %r", backend, chosen)
+        logger.info("paired_attention: backend=%r runs %r (%s)", backend, chosen, why)
     return chosen
 
 
@@ -123,6 +141,7 @@ def paired_attention(
     backend: str = "auto",
     dropout_p: float = 0.0,
     need_data_out: bool = True,
+    mask_cache: Optional[dict] = None,
 ) -> Tuple[Optional[Tensor], Tensor]:
     """Attention of a data stream and of candidates standing at data positions.
 
@@ -143,19 +162,22 @@ def paired_attention(
     Returns (out, out_c): (B, H, N, D), (B, H, M, D); with need_data_out=False (a model's
     candidate pass, whose data stream ran already) out is None and backends that can
     skip the data queries do.
-    backend: "auto" or one of `_BACKENDS` ("reference").
+    mask_cache: an optional dict that lives for one batch (same cand_pos, segment_ids and
+    key_padding_mask on every call, e.g. one per layer): backends that build a mask per
+    batch (flex's BlockMask) keep it there and reuse it.
+    backend: "auto" (the Triton kernel for CUDA tensors without attention dropout, else
+    the reference; the choice is logged once) or one of `_BACKENDS`.
     """
-    chosen = _resolve_backend(backend, q)
+    chosen = _resolve_backend(backend, q, dropout_p)
     _check_inputs(q, k, v, q_c, k_c, v_c, cand_pos, alibi_slopes, alibi_mode,
                   segment_ids, key_padding_mask, dropout_p)
     keywords = dict(causal=causal, alibi_slopes=alibi_slopes, alibi_mode=alibi_mode,
                     segment_ids=segment_ids, key_padding_mask=key_padding_mask,
                     dropout_p=dropout_p)
+    if chosen in _CACHING_BACKENDS:
+        keywords["mask_cache"] = mask_cache
     if not need_data_out:
         if chosen in _CANDIDATE_BACKENDS:
             return None, _CANDIDATE_BACKENDS[chosen](q_c, k_c, v_c, k, v, cand_pos, **keywords)
         return None, _BACKENDS[chosen](q, k, v, q_c, k_c, v_c, cand_pos, **keywords)[1]
-    return _BACKENDS[chosen](
-        q, k, v, q_c, k_c, v_c, cand_pos, causal=causal, alibi_slopes=alibi_slopes,
-        alibi_mode=alibi_mode, segment_ids=segment_ids, key_padding_mask=key_padding_mask,
-        dropout_p=dropout_p)
+    return _BACKENDS[chosen](q, k, v, q_c, k_c, v_c, cand_pos, **keywords)

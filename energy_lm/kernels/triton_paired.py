@@ -30,6 +30,9 @@ data key tile accumulates dK, dV over the data query tiles and then over the can
 query tiles (one K/V load serves both streams); one kernel per query tile accumulates
 dQ over the key tiles and, for candidate rows, adds the own-key terms and writes dk_c,
 dv_c. delta = rowsum(dO * O) is one fp32 PyTorch reduction.
+`candidate_attention_triton` is the same kernels started at the first candidate tile
+(and the dK/dV kernel without its data-query loop): a model's candidate pass, whose data
+stream ran already, pays only for the M candidate rows.
 
 Tested: only under the Triton CPU interpreter (TRITON_INTERPRET=1, Triton 3.9), against
 the reference in fp32, bf16 and fp16, forward and all six gradients
@@ -145,11 +148,11 @@ def _tile_scores(q, k, pos, row_ok, seg_q, offs_n, b, is_cand, N, SEG, PAD, slop
 
 @triton.jit
 def _fwd_kernel(Q, K, V, QC, KC, VC, CP, SEG, PAD, SLOPES, O, OC, LSE,
-                H, N, M, D, sm_scale,
+                H, N, M, D, sm_scale, first_tile,
                 CAUSAL: tl.constexpr, ALIBI: tl.constexpr, HAS_SEG: tl.constexpr,
                 HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_m = tl.program_id(0)
+    pid_m = tl.program_id(0) + first_tile  # first_tile > 0: candidate tiles only
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     is_cand, local, row_ok, pos = _query_rows(pid_m, b, N, M, CP, BLOCK_M)
@@ -276,7 +279,8 @@ def _bwd_dkdv_kernel(Q, K, V, QC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPES, DK,
                      H, N, M, D, sm_scale,
                      CAUSAL: tl.constexpr, ALIBI: tl.constexpr, HAS_SEG: tl.constexpr,
                      HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                     WITH_DATA: tl.constexpr):
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
@@ -298,10 +302,11 @@ def _bwd_dkdv_kernel(Q, K, V, QC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPES, DK,
     else:
         start = 0
     lse_off = bh * (N + M)
-    dk, dv = _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, Q, DO, LSE, DELTA, CP, SEG, PAD,
-                              bh, b, lse_off, N, start, N, M, D, slope, sm_scale,
-                              0, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC,
-                              BLOCK_M, BLOCK_D)
+    if WITH_DATA:  # else the candidates alone (a model's candidate pass)
+        dk, dv = _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, Q, DO, LSE, DELTA, CP, SEG,
+                                  PAD, bh, b, lse_off, N, start, N, M, D, slope, sm_scale,
+                                  0, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC,
+                                  BLOCK_M, BLOCK_D)
     dk, dv = _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, QC, DOC, LSE, DELTA, CP, SEG, PAD,
                               bh, b, lse_off + N, M, 0, N, M, D, slope, sm_scale,
                               1, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC,
@@ -313,11 +318,11 @@ def _bwd_dkdv_kernel(Q, K, V, QC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPES, DK,
 @triton.jit
 def _bwd_dq_kernel(Q, K, V, QC, KC, VC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPES,
                    DQ, DQC, DKC, DVC,
-                   H, N, M, D, sm_scale,
+                   H, N, M, D, sm_scale, first_tile,
                    CAUSAL: tl.constexpr, ALIBI: tl.constexpr, HAS_SEG: tl.constexpr,
                    HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_m = tl.program_id(0)
+    pid_m = tl.program_id(0) + first_tile  # first_tile > 0: candidate tiles only
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
     is_cand, local, row_ok, pos = _query_rows(pid_m, b, N, M, CP, BLOCK_M)
@@ -414,24 +419,76 @@ def _launch_options(q: Tensor, cfg: dict) -> dict:
     return dict(num_warps=8 if cfg["BLOCK_M"] == 64 else 4)
 
 
+def _forward(q, k, v, q_c, k_c, v_c, aux, flags, with_data: bool):
+    """Run the forward kernel. with_data=False serves the candidate rows alone (q is
+    then only a shape/dtype donor: no data query is read and no data output written).
+
+    Returns (out or None, out_c, lse (B, H, N + M) base 2; data rows unset without data).
+    """
+    b, h, n, d = k.shape
+    m = q_c.size(2)
+    out = torch.empty_like(q) if with_data else None  # (B, H, N, D)
+    out_c = torch.empty_like(q_c)  # (B, H, M, D)
+    lse = torch.empty(b, h, n + m, device=k.device, dtype=torch.float32)
+    cfg = _config(k)
+    data_tiles = triton.cdiv(n, cfg["BLOCK_M"])
+    first = 0 if with_data else data_tiles
+    tiles = (data_tiles - first) + triton.cdiv(m, cfg["BLOCK_M"])
+    if n > 0 and tiles > 0:
+        _fwd_kernel[(tiles, b * h)](q, k, v, q_c, k_c, v_c, *aux,
+                                    out if with_data else out_c, out_c, lse,
+                                    h, n, m, d, d ** -0.5, first, **flags, **cfg,
+                                    **_launch_options(k, cfg))
+    return out, out_c, lse
+
+
+def _backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, aux, flags, d_out, d_out_c,
+              with_data: bool):
+    """The six gradients (dq None without data); see the derivation above the kernels."""
+    b, h, n, d = k.shape
+    m = q_c.size(2)
+    d_out_c = d_out_c.contiguous()
+    # delta = rowsum(dO * O) per query row, fp32, rows [data; candidates]
+    delta_c = (d_out_c.float() * out_c.float()).sum(-1)  # (B, H, M)
+    if with_data:
+        d_out = d_out.contiguous()
+        delta = torch.cat([(d_out.float() * out.float()).sum(-1), delta_c], dim=2)
+    else:
+        delta = torch.cat([delta_c.new_zeros(b, h, n), delta_c], dim=2)  # (B, H, N + M)
+        d_out = d_out_c  # a placeholder the kernels never read
+    dq = torch.empty_like(q) if with_data else None
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    dq_c, dk_c, dv_c = (torch.empty_like(t) for t in (q_c, k_c, v_c))
+    cfg = _config(k)
+    scale = d ** -0.5
+    opts = _launch_options(k, cfg)
+    if n > 0:
+        _bwd_dkdv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), b * h)](
+            q, k, v, q_c, d_out, d_out_c, lse, delta, *aux, dk, dv, h, n, m, d, scale,
+            **flags, **cfg, WITH_DATA=with_data, **opts)
+        data_tiles = triton.cdiv(n, cfg["BLOCK_M"])
+        first = 0 if with_data else data_tiles
+        tiles = (data_tiles - first) + triton.cdiv(m, cfg["BLOCK_M"])
+        if tiles > 0:
+            _bwd_dq_kernel[(tiles, b * h)](
+                q, k, v, q_c, k_c, v_c, d_out, d_out_c, lse, delta, *aux,
+                dq if with_data else dq_c, dq_c, dk_c, dv_c, h, n, m, d, scale, first,
+                **flags, **cfg, **opts)
+    else:  # no data key: every candidate sees its own key alone, out_c = v_c
+        dq_c.zero_(), dk_c.zero_(), dv_c.copy_(d_out_c)
+        if dq is not None:
+            dq.zero_()
+    return dq, dk, dv, dq_c, dk_c, dv_c
+
+
 class _PairedAttentionTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, q_c, k_c, v_c, cand_pos, causal, slopes, alibi_code, seg, pad):
-        b, h, n, d = q.shape
-        m = q_c.size(2)
         q, k, v, q_c, k_c, v_c = (t.contiguous() for t in (q, k, v, q_c, k_c, v_c))
-        out = torch.empty_like(q)  # (B, H, N, D)
-        out_c = torch.empty_like(q_c)  # (B, H, M, D)
-        lse = torch.empty(b, h, n + m, device=q.device, dtype=torch.float32)  # base 2
-        cfg = _config(q)
         flags = dict(CAUSAL=causal, ALIBI=alibi_code, HAS_SEG=seg is not None,
                      HAS_PAD=pad is not None)
-        aux = _aux_tensors(q, cand_pos, slopes, seg, pad)
-        scale = d ** -0.5
-        if n > 0:
-            grid = (triton.cdiv(n, cfg["BLOCK_M"]) + triton.cdiv(m, cfg["BLOCK_M"]), b * h)
-            _fwd_kernel[grid](q, k, v, q_c, k_c, v_c, *aux, out, out_c, lse,
-                              h, n, m, d, scale, **flags, **cfg, **_launch_options(q, cfg))
+        aux = _aux_tensors(k, cand_pos, slopes, seg, pad)
+        out, out_c, lse = _forward(q, k, v, q_c, k_c, v_c, aux, flags, with_data=True)
         ctx.save_for_backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, *aux)
         ctx.flags = flags
         return out, out_c
@@ -439,26 +496,31 @@ class _PairedAttentionTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out, d_out_c):
         q, k, v, q_c, k_c, v_c, out, out_c, lse, *aux = ctx.saved_tensors
-        b, h, n, d = q.shape
-        m = q_c.size(2)
-        d_out, d_out_c = d_out.contiguous(), d_out_c.contiguous()
-        # delta = rowsum(dO * O) per query row, fp32, rows [data; candidates]
-        delta = torch.cat([(d_out.float() * out.float()).sum(-1),
-                           (d_out_c.float() * out_c.float()).sum(-1)], dim=2)  # (B, H, N+M)
-        dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
-        dq_c, dk_c, dv_c = (torch.empty_like(t) for t in (q_c, k_c, v_c))
-        cfg = _config(q)
-        scale = d ** -0.5
-        opts = _launch_options(q, cfg)
-        if n > 0:
-            grid_kv = (triton.cdiv(n, cfg["BLOCK_N"]), b * h)
-            _bwd_dkdv_kernel[grid_kv](q, k, v, q_c, d_out, d_out_c, lse, delta, *aux, dk, dv,
-                                      h, n, m, d, scale, **ctx.flags, **cfg, **opts)
-            grid_q = (triton.cdiv(n, cfg["BLOCK_M"]) + triton.cdiv(m, cfg["BLOCK_M"]), b * h)
-            _bwd_dq_kernel[grid_q](q, k, v, q_c, k_c, v_c, d_out, d_out_c, lse, delta, *aux,
-                                   dq, dq_c, dk_c, dv_c, h, n, m, d, scale,
-                                   **ctx.flags, **cfg, **opts)
-        return dq, dk, dv, dq_c, dk_c, dv_c, None, None, None, None, None, None
+        grads = _backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, aux, ctx.flags,
+                          d_out, d_out_c, with_data=True)
+        return (*grads, None, None, None, None, None, None)
+
+
+class _CandidateAttentionTriton(torch.autograd.Function):
+    """The candidate rows alone: the data query tiles are neither run nor stored."""
+
+    @staticmethod
+    def forward(ctx, q_c, k_c, v_c, k, v, cand_pos, causal, slopes, alibi_code, seg, pad):
+        q_c, k_c, v_c, k, v = (t.contiguous() for t in (q_c, k_c, v_c, k, v))
+        flags = dict(CAUSAL=causal, ALIBI=alibi_code, HAS_SEG=seg is not None,
+                     HAS_PAD=pad is not None)
+        aux = _aux_tensors(k, cand_pos, slopes, seg, pad)
+        _, out_c, lse = _forward(k, k, v, q_c, k_c, v_c, aux, flags, with_data=False)
+        ctx.save_for_backward(q_c, k_c, v_c, k, v, out_c, lse, *aux)
+        ctx.flags = flags
+        return out_c
+
+    @staticmethod
+    def backward(ctx, d_out_c):
+        q_c, k_c, v_c, k, v, out_c, lse, *aux = ctx.saved_tensors
+        _, dk, dv, dq_c, dk_c, dv_c = _backward(k, k, v, q_c, k_c, v_c, None, out_c, lse, aux,
+                                                ctx.flags, None, d_out_c, with_data=False)
+        return dq_c, dk_c, dv_c, dk, dv, None, None, None, None, None, None
 
 
 def _aux_tensors(q: Tensor, cand_pos: Tensor, slopes, seg, pad) -> Tuple[Tensor, ...]:
@@ -476,6 +538,22 @@ def _aux_tensors(q: Tensor, cand_pos: Tensor, slopes, seg, pad) -> Tuple[Tensor,
 # --------------------------------------------------------------------------- public
 
 
+def _check(q: Tensor, alibi_slopes, alibi_mode: str, dropout_p: float) -> int:
+    """Refuse what the kernels do not do; return the ALiBi code."""
+    if dropout_p > 0.0:
+        raise NotImplementedError("paired_attention_triton: attention dropout is not "
+                                  "implemented; use backend='reference' for dropout_p > 0")
+    if q.dtype not in _SUPPORTED_DTYPES:
+        raise ValueError(f"paired_attention_triton: dtype {q.dtype} is not supported "
+                         f"(float32, bfloat16, float16); use backend='reference'")
+    if q.device.type == "cpu" and not _interpreting():
+        raise ValueError("paired_attention_triton: CPU tensors need the Triton interpreter "
+                         "(TRITON_INTERPRET=1 set before triton is first imported)")
+    if alibi_slopes is not None and alibi_mode not in _ALIBI_CODES:
+        raise ValueError(f"paired_attention_triton: unknown alibi_mode {alibi_mode!r}")
+    return _ALIBI_CODES[alibi_mode] if alibi_slopes is not None else 0
+
+
 def paired_attention_triton(
     q: Tensor, k: Tensor, v: Tensor,
     q_c: Tensor, k_c: Tensor, v_c: Tensor,
@@ -490,17 +568,25 @@ def paired_attention_triton(
 ) -> Tuple[Tensor, Tensor]:
     """(B, H, N, D) data and (B, H, M, D) candidates -> (out, out_c), as
     `paired_attention_reference` (inputs assumed validated by `paired_attention`)."""
-    if dropout_p > 0.0:
-        raise NotImplementedError("paired_attention_triton: attention dropout is not "
-                                  "implemented; use backend='reference' for dropout_p > 0")
-    if q.dtype not in _SUPPORTED_DTYPES:
-        raise ValueError(f"paired_attention_triton: dtype {q.dtype} is not supported "
-                         f"(float32, bfloat16, float16); use backend='reference'")
-    if q.device.type == "cpu" and not _interpreting():
-        raise ValueError("paired_attention_triton: CPU tensors need the Triton interpreter "
-                         "(TRITON_INTERPRET=1 set before triton is first imported)")
-    if alibi_slopes is not None and alibi_mode not in _ALIBI_CODES:
-        raise ValueError(f"paired_attention_triton: unknown alibi_mode {alibi_mode!r}")
-    code = _ALIBI_CODES[alibi_mode] if alibi_slopes is not None else 0
+    code = _check(q, alibi_slopes, alibi_mode, dropout_p)
     return _PairedAttentionTriton.apply(q, k, v, q_c, k_c, v_c, cand_pos, bool(causal),
                                         alibi_slopes, code, segment_ids, key_padding_mask)
+
+
+def candidate_attention_triton(
+    q_c: Tensor, k_c: Tensor, v_c: Tensor,
+    k: Tensor, v: Tensor,
+    cand_pos: Tensor,
+    *,
+    causal: bool,
+    alibi_slopes: Optional[Tensor] = None,
+    alibi_mode: str = "causal",
+    segment_ids: Optional[Tensor] = None,
+    key_padding_mask: Optional[Tensor] = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """The candidate rows of `paired_attention_triton` alone: (B, H, M, D), with
+    gradients to q_c, k_c, v_c, k, v (as `candidate_attention_reference`)."""
+    code = _check(k, alibi_slopes, alibi_mode, dropout_p)
+    return _CandidateAttentionTriton.apply(q_c, k_c, v_c, k, v, cand_pos, bool(causal),
+                                           alibi_slopes, code, segment_ids, key_padding_mask)

@@ -230,5 +230,6 @@ class SelfAttention(MultiheadAttention):
             alibi_slopes=pattern.slopes if pattern.alibi != "none" else None,
             alibi_mode=pattern.alibi if pattern.alibi != "none" else "causal",
             segment_ids=stream.segment_ids, key_padding_mask=stream.key_padding_mask,
-            backend=stream.backend, dropout_p=self._dropout_p(), need_data_out=False)
+            backend=stream.backend, dropout_p=self._dropout_p(), need_data_out=False,
+            mask_cache=stream.mask_cache)
         return out_c

@@ -37,6 +37,9 @@ class PairedStream:
         self.backend = backend
         self.cand_pos: Optional[Tensor] = None
         self.cache: Dict[nn.Module, Tuple[Tensor, Tensor, Tensor]] = {}
+        # what an attention backend builds once per batch and every layer reuses (flex's
+        # BlockMask); cleared when the candidates change
+        self.mask_cache: dict = {}
 
     def record(self, layer: nn.Module, q: Tensor, k: Tensor, v: Tensor) -> None:
         self.cache[layer] = (q, k, v)  # each (B, H, N, D)
@@ -52,3 +55,4 @@ class PairedStream:
             raise RuntimeError("candidate stream: no data stream was recorded")
         self.mode = CANDIDATES
         self.cand_pos = cand_pos
+        self.mask_cache = {}

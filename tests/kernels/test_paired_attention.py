@@ -284,9 +284,25 @@ def test_auto_equals_reference_and_logs_its_choice_once(caplog, monkeypatch):
         auto = paired_attention(*tensors, cand_pos, causal=True, backend="auto")
         paired_attention(*tensors, cand_pos, causal=True, backend="auto")
     records = [r.getMessage() for r in caplog.records if r.name == "energy_lm.kernels"]
-    assert records == ["paired_attention: backend='auto' runs 'reference'"]
+    assert records == ["paired_attention: backend='auto' runs 'reference' (cpu tensors)"]
     ref = paired_attention(*tensors, cand_pos, causal=True, backend="reference")
     assert all(torch.equal(x, y) for x, y in zip(auto, ref))
+
+
+@pytest.mark.parametrize("device,dtype,dropout,want", [
+    ("cuda", torch.bfloat16, 0.0, "triton"),
+    ("cuda", torch.float32, 0.0, "triton"),
+    ("cuda", torch.float64, 0.0, "reference"),
+    ("cuda", torch.float16, 0.1, "reference"),
+    ("cpu", torch.float32, 0.0, "reference"),
+])
+def test_auto_picks_triton_for_cuda_tensors_it_supports(device, dtype, dropout, want, monkeypatch):
+    module = importlib.import_module("energy_lm.kernels.paired_attention")
+    monkeypatch.setattr(module.importlib.util, "find_spec",
+                        lambda name: object() if name == "triton" else None)
+    assert module._auto_backend(device, dtype, dropout)[0] == want
+    monkeypatch.setattr(module.importlib.util, "find_spec", lambda name: None)
+    assert module._auto_backend(device, dtype, dropout)[0] == "reference"
 
 
 def _bad_inputs():
@@ -319,7 +335,7 @@ def _bad_inputs():
          r"key_padding_mask"),
         ("dropout", dict(ok, dropout_p=1.0), r"dropout_p"),
         ("backend", dict(ok, backend="cuda"),
-         r"unknown backend 'cuda'; choose one of auto, reference"),
+         r"unknown backend 'cuda'; choose one of auto, reference, triton, flex"),
     ]
 
 

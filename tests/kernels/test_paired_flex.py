@@ -56,3 +56,29 @@ def test_flex_gradients_equal_reference_on_gpu():
         grads[backend] = torch.autograd.grad(out.sum() + out_c.sum(), leaves)
     for x, y in zip(grads["flex"], grads["reference"]):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
+
+
+def test_block_mask_is_built_once_per_batch_and_reused(monkeypatch):
+    """With a mask_cache (one per batch, as PairedStream keeps), the second layer's call
+    reuses the first one's BlockMask and still equals the reference; new candidates (a
+    new cache) build a new one."""
+    from energy_lm.kernels import flex_paired
+
+    built = []
+    layout = flex_paired._batch_layout
+    monkeypatch.setattr(flex_paired, "_batch_layout",
+                        lambda *a, **kw: built.append(1) or layout(*a, **kw))
+    six, cand_pos, seg, pad = case()
+    kwargs = dict(causal=False, alibi_slopes=alibi_slopes(3).to(DEVICE), alibi_mode="shifted",
+                  segment_ids=seg, key_padding_mask=pad)
+    cache = {}
+    with torch.no_grad():
+        for layer_seed in (0, 1):  # two "layers": new q/k/v, same batch layout
+            layer = case(seed=layer_seed)[0]
+            got = paired_attention(*layer, cand_pos, backend="flex", mask_cache=cache, **kwargs)
+            want = paired_attention(*layer, cand_pos, backend="reference", **kwargs)
+            for x, y in zip(got, want):
+                torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+        assert len(built) == 1 and len(cache) == 1
+        paired_attention(*six, cand_pos, backend="flex", mask_cache={}, **kwargs)
+    assert len(built) == 2

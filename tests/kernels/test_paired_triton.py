@@ -123,6 +123,8 @@ CASES = [
     ("n97-k2-causal-both", 1, 1, 97, 24, "k2", True, None, "both"),  # sorted: tiles skipped
     ("n33-m50-causal-alibi-both-d64", 3, 1, 33, 64, 50, True, "causal", "both"),
     ("n33-m9-bidir-padding-d64", 1, 1, 33, 64, 9, False, None, "padding"),
+    ("n257-m30-causal-alibi-both", 1, 1, 257, 24, 30, True, "causal", "both"),
+    ("n257-m11-bidir-symmetric-segments-b3", 3, 1, 257, 24, 11, False, "symmetric", "segments"),
 ]
 
 
@@ -298,3 +300,31 @@ def test_monarc_loss_and_gradients_inside_a_model_equal_the_reference(data_bin):
     assert ref_grads.keys() == tri_grads.keys()
     for name in ref_grads:
         torch.testing.assert_close(tri_grads[name], ref_grads[name], atol=1e-5, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("name,b,h,n,d,cand,causal,mode,masks",
+                         [CASES[i] for i in (2, 3, 7, 9)], ids=[CASES[i][0] for i in (2, 3, 7, 9)])
+def test_candidates_only_entry_matches_the_reference(name, b, h, n, d, cand, causal, mode,
+                                                     masks):
+    """`candidate_attention_triton` (data query tiles skipped): out_c and the gradients of
+    q_c, k_c, v_c, k, v equal the full reference's candidate rows (fp32 vs fp64)."""
+    from energy_lm.kernels.reference import candidate_attention_reference
+
+    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks)
+    u_c = upstream_for(six)[1]
+    kwargs = keywords(h, causal, mode, seg, pad)
+
+    def grads(fn, five):
+        leaves = [t.detach().to(DEVICE).requires_grad_() for t in five]
+        extra = {key: (val.to(DEVICE) if torch.is_tensor(val) else val)
+                 for key, val in kwargs.items()}
+        out_c = fn(*leaves, cand_pos.to(DEVICE), **extra)
+        g = torch.autograd.grad((out_c.double() * u_c.to(DEVICE)).sum(), leaves,
+                                materialize_grads=True)
+        return [x.detach().cpu().double() for x in (out_c, *g)]
+
+    order = [3, 4, 5, 1, 2]  # q_c, k_c, v_c, k, v
+    got = grads(triton_paired.candidate_attention_triton, [six[i] for i in order])
+    want = grads(candidate_attention_reference, [six[i].double() for i in order])
+    for label, x, y in zip(["out_c", "dq_c", "dk_c", "dv_c", "dk", "dv"], got, want):
+        torch.testing.assert_close(x, y, atol=2e-5, rtol=1e-4, msg=lambda s: f"{label}: {s}")
