@@ -1,6 +1,7 @@
 """`energy-lm-prepare`: text corpora to binarized fairseq data (`data-bin/`).
 
     energy-lm-prepare embedded    --out DIR                      # the embedded corpus
+    energy-lm-prepare debian      --out DIR [--debs-dir DEBS]    # ~3M words from Debian
     energy-lm-prepare wikitext103 --out DIR --raw-dir RAW --gpt2-dir GPT2
     energy-lm-prepare wikitext103 --out DIR --download            # fetch raw + GPT-2 BPE
     energy-lm-prepare pile        --out DIR --train A.jsonl.zst --valid V.jsonl.zst \
@@ -105,6 +106,23 @@ def prepare_embedded(out: Path, vocab_size: int = 2000, max_documents: int = 0,
     return data_bin
 
 
+# ---------------------------------------------------------------- Debian text packages
+def prepare_debian(out: Path, debs_dir: Optional[Path] = None, vocab_size: int = 8000,
+                   workers: int = 1, packages=None) -> Path:
+    """English prose from Debian packages (energy_lm.data.debian_corpus), own BPE."""
+    from energy_lm.data import debian_corpus
+
+    raw = debian_corpus.write_splits(out, packages or debian_corpus.PACKAGES, debs_dir)
+    bpe_dir = bpe.train_byte_level_bpe(raw["train"], out / "bpe", vocab_size=vocab_size)
+    encode = bpe.byte_level_encoder(bpe_dir)
+    docs = {split: path.read_text(encoding="utf-8").splitlines() for split, path in raw.items()}
+    files = _encode_splits(docs, encode, out / "text")
+    data_bin = binarize(files, out / "data-bin", workers=workers)
+    for name in (bpe.VOCAB_FILE, bpe.MERGES_FILE):
+        shutil.copy(bpe_dir / name, data_bin / name)
+    return data_bin
+
+
 # ---------------------------------------------------------------- WikiText-103
 def wikitext_articles(lines: Iterable[str]) -> Iterator[str]:
     """Split a wiki.*.raw file into articles: a top-level heading ` = Title = ` starts
@@ -200,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BPE vocabulary (small: the corpus has ~0.4M words)")
     p.add_argument("--max-documents", type=int, default=0, help="0 = all")
 
+    p = sub.add_parser("debian", help="English prose from Debian packages (python3.11-doc, "
+                       "wordnet-base, fortunes): ~3M words, fetched with apt-get download")
+    common(p)
+    p.add_argument("--debs-dir", type=Path, help="use these .deb files instead of apt-get download")
+    p.add_argument("--packages", nargs="+", default=None, help="a subset of the packages")
+    p.add_argument("--vocab-size", type=int, default=8000)
+
     for name in ("wikitext103", "pile"):
         p = sub.add_parser(name, help=f"{name} with GPT-2 BPE")
         common(p)
@@ -224,6 +249,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
     args = build_parser().parse_args(argv)
     if args.corpus == "embedded":
         return prepare_embedded(args.out, args.vocab_size, args.max_documents, args.workers)
+    if args.corpus == "debian":
+        return prepare_debian(args.out, args.debs_dir, args.vocab_size, args.workers, args.packages)
     gpt2_dir = fetch_gpt2_bpe(args.out / "gpt2") if args.download_gpt2 else args.gpt2_dir
     if gpt2_dir is None:
         raise PrepareError("give --gpt2-dir (with encoder.json, vocab.bpe) or --download-gpt2")
