@@ -42,6 +42,31 @@ def restore_numpy_compat() -> None:
         np.compat = types.SimpleNamespace(long=int)
 
 
+class CpuAwareDistributedDataParallel(torch.nn.parallel.DistributedDataParallel):
+    """torch's DDP, minus the device ids for a module that lives on the CPU.
+
+    fairseq's `--ddp-backend pytorch_ddp` (its default) builds DistributedDataParallel
+    with `device_ids=[args.device_id]`, which torch refuses for a CPU module ("device_ids
+    can only be None or contain a single element" / a CUDA device). A CPU module must
+    get `device_ids=None` and `output_device=None`; a CUDA module is passed through
+    unchanged."""
+
+    def __init__(self, module, *args, **kwargs):
+        on_cpu = all(p.device.type == "cpu" for p in module.parameters())
+        if on_cpu:
+            kwargs["device_ids"] = None
+            kwargs["output_device"] = None
+        super().__init__(module, *args, **kwargs)
+
+
+def ddp_on_cpu() -> None:
+    """Make `--ddp-backend pytorch_ddp` (and its alias c10d) work with `--cpu` (gloo)."""
+    from fairseq.models import distributed_fairseq_model
+
+    distributed_fairseq_model.DistributedDataParallel = CpuAwareDistributedDataParallel
+
+
 def apply() -> None:
     allow_fairseq_checkpoint_globals()
     restore_numpy_compat()
+    ddp_on_cpu()

@@ -79,3 +79,30 @@ def test_stock_roberta_checkpoint_from_fairseq_train_loads(data_bin, tmp_path):
                                        bpe_merges=str(data_bin / "merges.txt"))
     assert type(hub.model).__name__ == "RobertaModel"
     assert len(hub.fill_mask("The <mask> of it.", topk=2)) == 2
+
+
+def test_pytorch_ddp_wraps_a_cpu_module_without_device_ids(tmp_path):
+    """fairseq's DistributedFairseqModel with --ddp-backend pytorch_ddp passes
+    device_ids=[device_id]; for a CPU module (gloo) the compat subclass drops them, and
+    gradients are averaged as DDP does (one-process group here)."""
+    import torch.distributed as dist
+    from fairseq.models import distributed_fairseq_model
+
+    from energy_lm.compat import CpuAwareDistributedDataParallel
+
+    assert distributed_fairseq_model.DistributedDataParallel is CpuAwareDistributedDataParallel
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
+                            world_size=1)
+    try:
+        args = argparse.Namespace(tpu=False, ddp_backend="pytorch_ddp", device_id=0,
+                                  broadcast_buffers=False, bucket_cap_mb=25,
+                                  find_unused_parameters=False, gradient_as_bucket_view=False,
+                                  ddp_comm_hook="none", heartbeat_timeout=-1)
+        wrapped = distributed_fairseq_model.DistributedFairseqModel(
+            args, torch.nn.Linear(3, 2), process_group=dist.group.WORLD, device=torch.device("cpu"))
+        inner = wrapped.module
+        assert isinstance(inner, CpuAwareDistributedDataParallel) and inner.device_ids is None
+        wrapped(torch.ones(4, 3)).sum().backward()
+        assert torch.equal(inner.module.weight.grad, torch.full((2, 3), 4.0))
+    finally:
+        dist.destroy_process_group()
