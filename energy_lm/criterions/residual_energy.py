@@ -15,20 +15,25 @@ logs, in base 2 as fairseq does:
   z          mean exp(-E(y)), the one-sample estimate of Z (should stay near 1)
   energy_acc share of positions with E(x) < E(y)
   guarded    share of exp(-E(y)) values that needed the overflow guard
-Samples come from torch's RNG, which fairseq re-seeds with (seed + update number) before
-every step, so a resumed run draws the same samples as an uninterrupted one.
+Each sample is a function of (--seed, update number, the example's id, its position, k)
+(energy_lm.losses.keyed_random): the same example draws the same candidates whatever
+the batch layout (1 or N processes, its place in the batch), and a resumed run draws
+what the uninterrupted one drew. A sample without ids falls back to torch's RNG.
 """
 
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
+from omegaconf import II
 
 from energy_lm.losses import monarc_terms, nce_terms
+from energy_lm.losses.keyed_random import SampleKeys
 from energy_lm.models.scoring import causal_energy_pass, is_masked_model, masked_energy_pass
 
 LN2 = math.log(2)
@@ -46,6 +51,7 @@ class ResidualEnergyConfig(FairseqDataclass):
     attention_backend: str = field(
         default="auto", metadata={"help": "paired-attention backend of the candidate stream "
                                           "(auto, reference, ...)"})
+    seed: int = II("common.seed")
 
 
 def check_energy_model(model, criterion: str) -> None:
@@ -78,11 +84,20 @@ class ResidualEnergyCriterion(FairseqCriterion):
             return self._forward_masked(model, sample)
         return self._forward_causal(model, sample)
 
+    def _sample_keys(self, model, sample) -> Optional[SampleKeys]:
+        """The samples of example `id` at update u depend on (seed, u, id) only, not on
+        the batch layout (rank, position in the batch); without ids (a hand-made sample)
+        torch's global RNG draws them."""
+        if sample.get("id") is None:
+            return None
+        return SampleKeys(self.cfg.seed, getattr(model, "energy_lm_num_updates", 0), sample["id"])
+
     def _forward_causal(self, model, sample):
         net_input, target = sample["net_input"], sample["target"]  # target (B, T)
         out = causal_energy_pass(model, net_input["src_tokens"], num_samples=self.cfg.num_candidates,
                                  start=1, segment_ids=net_input.get("segment_ids"),
-                                 backend=self.cfg.attention_backend)
+                                 backend=self.cfg.attention_backend,
+                                 sample_keys=self._sample_keys(model, sample))
         ce = F.cross_entropy(out.logits.float().flatten(0, 1), target.flatten(),
                              ignore_index=self.padding_idx, reduction="sum")
         # the data token at position p is target[:, p - 1], proposed by logits[:, p - 1]
@@ -92,7 +107,8 @@ class ResidualEnergyCriterion(FairseqCriterion):
     def _forward_masked(self, model, sample):
         out = masked_energy_pass(model, sample["net_input"]["src_tokens"], sample["target"],
                                  num_samples=self.cfg.num_candidates,
-                                 backend=self.cfg.attention_backend)
+                                 backend=self.cfg.attention_backend,
+                                 sample_keys=self._sample_keys(model, sample))
         ce = F.cross_entropy(out.logits.float().flatten(0, 1), out.targets.flatten(),
                              ignore_index=self.padding_idx, reduction="sum")
         sample_size = sample["target"].ne(self.padding_idx).int().sum()

@@ -109,7 +109,8 @@ def nce_terms(energy_data: Tensor, energy_sample: Tensor,
 
 
 def sample_tokens(logits: Tensor, num_samples: int = 1,
-                  generator: Optional[torch.Generator] = None) -> Tensor:
+                  generator: Optional[torch.Generator] = None,
+                  uniforms: Optional[Tensor] = None) -> Tensor:
     """Exact ancestral samples y ~ softmax(logits) at temperature 1, without gradient.
 
     Inverse-CDF sampling: with p = softmax(logits) in fp32, its running sum c in fp64
@@ -125,6 +126,9 @@ def sample_tokens(logits: Tensor, num_samples: int = 1,
         num_samples: K independent samples per distribution.
         generator: torch RNG to draw from (default: the global RNG of logits' device),
             so a fixed seed reproduces the samples.
+        uniforms: (..., K) values in [0, 1) to use instead of drawing them (e.g. from
+            `energy_lm.losses.keyed_random.keyed_uniform`, which makes the samples a
+            function of the example rather than of the generator's state).
     Returns:
         LongTensor (..., K).
     """
@@ -133,8 +137,14 @@ def sample_tokens(logits: Tensor, num_samples: int = 1,
     with torch.no_grad():
         probs = torch.softmax(logits.detach().to(compute_dtype(logits)), dim=-1)  # (..., V)
         cdf = probs.to(torch.float64).cumsum(dim=-1)  # (..., V), nondecreasing
-        u = torch.rand(probs.shape[:-1] + (num_samples,), dtype=torch.float64,
-                       device=probs.device, generator=generator)  # (..., K)
+        shape = probs.shape[:-1] + (num_samples,)
+        if uniforms is None:
+            u = torch.rand(shape, dtype=torch.float64, device=probs.device,
+                           generator=generator)  # (..., K)
+        elif uniforms.shape != shape:
+            raise ValueError(f"uniforms must have shape {tuple(shape)}, got {tuple(uniforms.shape)}")
+        else:
+            u = uniforms.to(device=probs.device, dtype=torch.float64)
         u = u * cdf[..., -1:]
         # right=True: the first index whose running sum exceeds u (skips empty intervals)
         samples = torch.searchsorted(cdf.contiguous(), u.contiguous(), right=True)

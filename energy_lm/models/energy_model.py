@@ -24,9 +24,16 @@ class EnergyModelMixin:
     `_trunk()` (the encoder/decoder with `attention_pattern`, `candidate_features`)."""
 
     energy_head: EnergyHead
+    # the update number fairseq's task passes at every train step: one of the keys of the
+    # candidates' samples (energy_lm.losses.keyed_random)
+    energy_lm_num_updates: int = 0
 
     def _trunk(self):
         raise NotImplementedError
+
+    def set_num_updates(self, num_updates: int) -> None:
+        self.energy_lm_num_updates = int(num_updates)
+        super().set_num_updates(num_updates)
 
     @property
     def supports_candidate_stream(self) -> bool:

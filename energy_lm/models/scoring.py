@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from energy_lm.losses import sample_tokens
+from energy_lm.losses.keyed_random import SampleKeys, keyed_uniform
 
 
 @dataclass
@@ -58,11 +59,14 @@ def _token_log_q(lprobs: Tensor, tokens: Tensor) -> Tensor:
 def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] = None, *,
                        num_samples: int = 1, start: int = 1,
                        segment_ids: Optional[Tensor] = None,
-                       backend: str = "auto") -> CausalEnergyOutput:
+                       backend: str = "auto",
+                       sample_keys: Optional[SampleKeys] = None) -> CausalEnergyOutput:
     """Score data tokens and candidates at positions start..T-1 of src_tokens (B, T).
 
     candidates: (B, K, T - start), or None to draw num_samples per position from the LM's
-    detached fp32 softmax (exact ancestral sampling at temperature 1).
+    detached fp32 softmax (exact ancestral sampling at temperature 1); with sample_keys
+    the draws are a function of (seed, update, example id, position, k), else they come
+    from torch's global RNG.
     """
     bsz, tgt_len = src_tokens.shape
     if not 0 <= start < tgt_len:
@@ -79,7 +83,10 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
             if proposer is None:
                 raise ValueError("sampling candidates needs start >= 1 (position 0 has no "
                                  "proposal)")
-            candidates = sample_tokens(proposer, num_samples).permute(0, 2, 1)  # (B, K, P)
+            uniforms = (keyed_uniform(sample_keys, positions, num_samples)
+                        if sample_keys is not None else None)  # (B, P, K)
+            candidates = sample_tokens(proposer, num_samples,
+                                       uniforms=uniforms).permute(0, 2, 1)  # (B, K, P)
         if candidates.dim() != 3 or candidates.shape[0] != bsz or candidates.shape[2] != num_pos:
             raise ValueError(f"candidates must be (B={bsz}, K, {num_pos}), got "
                              f"{tuple(candidates.shape)}")
@@ -124,12 +131,14 @@ def masked_positions(targets: Tensor, pad: int):
 
 
 def masked_energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates: Optional[Tensor] = None,
-                       *, num_samples: int = 1, backend: str = "auto") -> MaskedEnergyOutput:
+                       *, num_samples: int = 1, backend: str = "auto",
+                       sample_keys: Optional[SampleKeys] = None) -> MaskedEnergyOutput:
     """Score, at every masked position (targets != pad), the data token and candidates.
 
     src_tokens: (B, T) the masked input; targets: (B, T) the data tokens at masked
     positions, pad elsewhere. candidates: (B, K, S) in the layout of `masked_positions`,
-    or None to sample num_samples per position from the MLM head's detached fp32 softmax.
+    or None to sample num_samples per position from the MLM head's detached fp32 softmax
+    (keyed by sample_keys and the absolute position when given, as causal_energy_pass).
     """
     pad = model._trunk().padding_idx
     positions, valid = masked_positions(targets, pad)  # (B, S)
@@ -140,7 +149,10 @@ def masked_energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates: O
         state = features.gather(1, positions.unsqueeze(-1).expand(-1, -1, features.size(-1)))
         logits = model.output_layer(state)  # (B, S, V)
         if candidates is None:
-            candidates = sample_tokens(logits, num_samples).permute(0, 2, 1)  # (B, K, S)
+            uniforms = (keyed_uniform(sample_keys, positions, num_samples)
+                        if sample_keys is not None else None)  # (B, S, K)
+            candidates = sample_tokens(logits, num_samples,
+                                       uniforms=uniforms).permute(0, 2, 1)  # (B, K, S)
         if candidates.dim() != 3 or candidates.shape[0] != bsz or candidates.shape[2] != slots:
             raise ValueError(f"candidates must be (B={bsz}, K, {slots}), got "
                              f"{tuple(candidates.shape)}")

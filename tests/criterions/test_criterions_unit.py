@@ -26,6 +26,8 @@ def make_criterion(task, name, **overrides):
 
     cfg = OmegaConf.structured(CRITERION_DATACLASS_REGISTRY[name])
     cfg._name = name
+    if "seed" in cfg:  # II("common.seed") outside a full fairseq config
+        cfg.seed = 1
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return criterions.build_criterion(cfg, task)
@@ -43,7 +45,7 @@ def fixed_samples(monkeypatch):
     """Replace sampling by a recorded draw, so the test can recompute the loss."""
     drawn = {}
 
-    def sample(logits, num_samples=1, generator=None):
+    def sample(logits, num_samples=1, generator=None, uniforms=None):
         torch.manual_seed(123)
         out = torch.randint(4, logits.size(-1), (*logits.shape[:-1], num_samples))
         drawn["y"] = out
@@ -186,3 +188,45 @@ def test_monarc_bf16_autocast_300_updates_stay_finite(data_bin):
     assert math.isfinite(float(log["ebm_loss"])) and math.isfinite(float(log["z"]))
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert float(model.energy_head.proj.weight.abs().sum()) > 0  # the energy head trained
+
+
+def _split_batch(sample, rows):
+    """The sub-batch of `rows` of a collated sample (tensors indexed on dim 0)."""
+    def pick(value):
+        if isinstance(value, dict):
+            return {key: pick(v) for key, v in value.items()}
+        return value[rows] if torch.is_tensor(value) and value.dim() > 0 else value
+    return pick(sample)
+
+
+@pytest.mark.parametrize("arch,task_name", [("transformer_lm_alibi_tiny", "language_modeling"),
+                                            ("roberta_zero_clap_tiny", "masked_lm")])
+def test_samples_depend_on_the_example_not_on_the_batch_layout(data_bin, arch, task_name, monkeypatch):
+    """MonArc's candidates are keyed by (seed, update, sample id, position, k): the same
+    examples in one batch of 4 or in two batches of 2 (in another order) get the same
+    samples and the same summed loss; another update number gives other samples."""
+    model, task = build_model(data_bin, arch, task=task_name)
+    model = with_energy(model)
+    sample = first_batch(task, batch_size=4)
+    assert sample["id"].numel() == 4
+    crit = make_criterion(task, "monarc", num_candidates=2)
+    drawn = []
+    real = scoring.sample_tokens
+    monkeypatch.setattr(scoring, "sample_tokens",
+                        lambda *a, **kw: drawn.append(real(*a, **kw)) or drawn[-1])
+
+    def run(rows):
+        torch.manual_seed(len(drawn))  # a different global RNG state every call
+        loss, _, _ = crit(model, _split_batch(sample, rows))
+        return loss.double(), drawn[-1]
+
+    model.set_num_updates(7)
+    whole, y_whole = run(torch.arange(4))
+    second, y_second = run(torch.tensor([3, 2]))
+    first, y_first = run(torch.tensor([0, 1]))
+    torch.testing.assert_close(first + second, whole, rtol=1e-6, atol=1e-4)
+    if y_whole.size(1) == y_first.size(1):  # causal: positions align across layouts
+        assert torch.equal(y_first, y_whole[:2]) and torch.equal(y_second, y_whole[[3, 2]])
+    model.set_num_updates(8)
+    _, y_next = run(torch.arange(4))
+    assert not torch.equal(y_next, y_whole)
