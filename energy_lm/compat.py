@@ -47,9 +47,9 @@ class CpuAwareDistributedDataParallel(torch.nn.parallel.DistributedDataParallel)
 
     fairseq's `--ddp-backend pytorch_ddp` (its default) builds DistributedDataParallel
     with `device_ids=[args.device_id]`, which torch refuses for a CPU module ("device_ids
-    can only be None or contain a single element" / a CUDA device). A CPU module must
-    get `device_ids=None` and `output_device=None`; a CUDA module is passed through
-    unchanged."""
+    and output_device arguments only work with single-device/multiple-device GPU modules
+    or CPU modules"). A CPU module gets `device_ids=None` and `output_device=None`; the
+    device arguments of a CUDA module are passed through unchanged."""
 
     def __init__(self, module, *args, **kwargs):
         on_cpu = all(p.device.type == "cpu" for p in module.parameters())

@@ -120,6 +120,9 @@ class RobertaEnergyModel(EnergyModelMixin, RobertaModel):
     def _trunk(self):
         return self.encoder.sentence_encoder
 
+    def _head_modules(self):
+        return [self.energy_head, self.encoder.lm_head]
+
     def output_layer(self, features, masked_tokens=None, **unused):
         """The MLM head on features (..., C) -> logits (..., V) (fairseq's RobertaModel
         keeps it on the encoder only)."""

@@ -138,6 +138,9 @@ class TransformerLMEnergyModel(EnergyModelMixin, TransformerLanguageModel):
     def _trunk(self):
         return self.decoder
 
+    def _head_modules(self):
+        return [self.energy_head, self.decoder.output_projection]
+
     def score_candidates(self, tokens: Tensor, candidates: Tensor,
                          segment_ids: Optional[Tensor] = None, backend: str = "auto"):
         """LM log-probs, data energies and candidate energies in one call.
