@@ -3,16 +3,44 @@
 fairseq passes torch.load's error through unchanged. For a truncated or foreign file
 that is "[Errno 22] Invalid argument", "failed finding central directory" or, worse,
 "Weights only load failed ... Unsupported operand 0" with the advice to retry
-with safe loading switched off, none of which names the file or the cause. A refused type
-("Unsupported global: ...") is a different problem and keeps torch's own message.
+with safe loading switched off, none of which names the file or the cause.
+
+A refused type ("Unsupported global: GLOBAL os.system ...") means the file pickles
+something outside the allow-list: it is refused (nothing in it ran: the safe unpickler
+stops before calling anything) with one line naming the file and the global; when the
+global is one of omegaconf's (a legacy fairseq checkpoint), the line names the opt-in.
 """
 
 import functools
 import pickle
+import re
 
 
 class CheckpointReadError(RuntimeError):
     pass
+
+
+class CheckpointRefusedError(CheckpointReadError):
+    pass
+
+
+# torch words it "Unsupported global: GLOBAL x.y" or, for a module it blocks outright
+# (os, posix, subprocess, ...), "Trying to load unsupported GLOBAL posix.system ..."
+_GLOBAL = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)")
+
+
+def _refusal(path, err: Exception) -> CheckpointRefusedError:
+    from energy_lm.compat import OPT_IN_ENV
+
+    found = _GLOBAL.search(str(err))
+    name = found.group(1) if found else "a type outside the allow-list"
+    if name.startswith("omegaconf.") or name == "typing.Any":
+        advice = (f"it is a legacy fairseq checkpoint with an omegaconf config; if you trust "
+                  f"it, set {OPT_IN_ENV}=1 (README: Safe loading)")
+    else:
+        advice = "loading it could run code chosen by the file; it was not loaded"
+    return CheckpointRefusedError(f"refusing checkpoint {path}: it pickles {name}, which is not "
+                                  f"on energy_lm's allow-list of checkpoint types; {advice}")
 
 
 _TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
@@ -42,8 +70,8 @@ def install() -> None:
         except FileNotFoundError:
             raise
         except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as err:
-            if "Unsupported global" in str(err):
-                raise  # a type outside the allow-list: torch's message says which
+            if _GLOBAL.search(str(err)):
+                raise _refusal(path, err) from None
             raise CheckpointReadError(
                 f"cannot read checkpoint {path}: the file is truncated, corrupt or not a "
                 f"PyTorch checkpoint ({_reason(err)})") from err

@@ -6,6 +6,7 @@ files; nothing here turns off torch's safe loading.
 """
 
 import argparse
+import os
 import types
 
 import numpy as np
@@ -33,6 +34,31 @@ def allow_fairseq_checkpoint_globals() -> None:
     which the safe unpickler refuses ("Unsupported global: GLOBAL argparse.Namespace").
     Allow exactly those types. An omegaconf DictConfig is deliberately not allowed."""
     torch.serialization.add_safe_globals([argparse.Namespace] + _numpy_safe_globals())
+
+
+OPT_IN_ENV = "ENERGY_LM_ALLOW_OMEGACONF_CHECKPOINTS"
+
+
+def omegaconf_checkpoint_globals() -> list:
+    """What a checkpoint whose config was pickled as an omegaconf object (fairseq
+    checkpoints written before the config was stored as a plain dict) needs: omegaconf's
+    container and node classes, and the builtins they pickle by reference. Data classes
+    only: their unpickling runs no code of the file's choosing."""
+    import collections
+    import typing
+
+    from omegaconf import DictConfig, ListConfig, base, nodes
+
+    node_types = [cls for cls in vars(nodes).values()
+                  if isinstance(cls, type) and issubclass(cls, nodes.Node)]
+    return [DictConfig, ListConfig, base.Metadata, base.ContainerMetadata, *node_types,
+            collections.defaultdict, dict, list, int, float, str, bool, typing.Any]
+
+
+def allow_omegaconf_checkpoints() -> None:
+    """The explicit opt-in (environment variable ENERGY_LM_ALLOW_OMEGACONF_CHECKPOINTS=1,
+    or this call): loads stay `weights_only=True`, with omegaconf's types allowed too."""
+    torch.serialization.add_safe_globals(omegaconf_checkpoint_globals())
 
 
 def restore_numpy_compat() -> None:
@@ -68,5 +94,7 @@ def ddp_on_cpu() -> None:
 
 def apply() -> None:
     allow_fairseq_checkpoint_globals()
+    if os.environ.get(OPT_IN_ENV, "") == "1":
+        allow_omegaconf_checkpoints()
     restore_numpy_compat()
     ddp_on_cpu()
