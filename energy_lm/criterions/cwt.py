@@ -12,6 +12,7 @@ positions whose own target scores highest).
 import math
 from dataclasses import dataclass, field
 
+import torch
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
@@ -67,8 +68,16 @@ class CwtCriterion(FairseqCriterion):
         hidden = features[trained]  # (N, C)
         targets = target[trained]  # (N,)
         candidates, labels = cwt_candidates(targets, self.dedup)  # (U,), (N,)
+        if candidates.numel() < 2:
+            raise ValueError(
+                f"cwt: this batch has {targets.numel()} trained position(s) and "
+                f"{candidates.numel()} candidate target(s): in-batch negatives need at least "
+                f"2 (use larger batches{'' if not self.dedup else ', or drop --cwt-dedup'})")
         rows = input_embedding(model)(candidates)  # (U or N, C): only the needed rows
         loss, correct = cwt_loss_from_rows(hidden, rows, labels, reduction="sum")
+        if not bool(torch.isfinite(loss.detach())):  # one sync: name the failing term
+            raise FloatingPointError(f"cwt: non-finite loss {loss.item()} (the contrastive "
+                                     f"cross-entropy over in-batch embeddings)")
         sample_size = targets.numel()
         logging_output = {
             "loss": loss.data,

@@ -84,6 +84,25 @@ class ResidualEnergyCriterion(FairseqCriterion):
             return self._forward_masked(model, sample)
         return self._forward_causal(model, sample)
 
+    def _check_finite(self, ce, energy, cand_energy, z, scored) -> None:
+        """A NaN or inf loss stops the run with one line naming the term: the LM's
+        cross-entropy, the energies E(x) or E(y), or the Z estimate mean exp(-E(y)).
+        One host sync per step (fairseq's trainer syncs on the gradient norm anyway);
+        otherwise the run would stop later at "gradients are Nan/Inf", naming nothing."""
+        mask = scored.unsqueeze(1)
+        terms = torch.stack([ce.detach().float(),
+                             (energy.detach().float() * scored).sum(),
+                             (cand_energy.detach().float() * mask).sum(),
+                             z.detach().float()])
+        finite = torch.isfinite(terms)
+        if bool(finite.all()):
+            return
+        names = ["CE (the LM's cross-entropy)", "energy E(x) of the data",
+                 "energy E(y) of the samples", "Z (mean exp(-E(y)))"]
+        bad = [f"{name} = {value}" for name, value, ok in zip(names, terms.tolist(), finite.tolist())
+               if not ok]
+        raise FloatingPointError(f"{self.name}: non-finite loss term(s): {'; '.join(bad)}")
+
     def _sample_keys(self, model, sample) -> Optional[SampleKeys]:
         """The samples of example `id` at update u depend on (seed, u, id) only, not on
         the batch layout (rank, position in the batch); without ids (a hand-made sample)
@@ -119,6 +138,8 @@ class ResidualEnergyCriterion(FairseqCriterion):
         terms = self.energy_terms(energy.unsqueeze(1), cand_energy)  # each (B, K, P)
         weight = scored.unsqueeze(1).float() / cand_energy.size(1)  # averages over K
         ebm = (terms["ebm"] * weight).sum()
+        z = (terms["z"] * weight).sum()
+        self._check_finite(ce, energy, cand_energy, z, scored)
         loss = ce + self.cfg.energy_weight * ebm
         n_scored = scored.sum()
         logging_output = {
@@ -126,7 +147,7 @@ class ResidualEnergyCriterion(FairseqCriterion):
             "lm_loss": ce.data,
             "ebm_loss": ebm.data,
             "energy_data": (energy * scored).sum().data,
-            "z": (terms["z"] * weight).sum().data,
+            "z": z.data,
             "energy_acc": (terms["correct"] * weight).sum().data,
             "guarded": (terms["guarded"].float() * weight).sum().data,
             "n_scored": n_scored.data,

@@ -79,15 +79,36 @@ def binarize(bpe_files: Dict[str, Path], dest: Path, workers: int = 1,
 
 
 def _encode_splits(documents: Dict[str, Iterable[str]], encode, text_dir: Path) -> Dict[str, Path]:
+    """Write text_dir/{split}.bpe. All or nothing: each split goes to a .part file,
+    renamed only when every split is complete, so a failure (bad input, an empty split)
+    leaves no half-written output behind."""
     text_dir.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for split, docs in documents.items():
-        files[split] = text_dir / f"{split}.bpe"
-        count = bpe.write_bpe_lines(docs, encode, files[split])
-        logger.info("%s: %d documents", split, count)
-        if count == 0:
-            raise PrepareError(f"no documents in the {split} split")
+    parts = {split: text_dir / f"{split}.bpe.part" for split in documents}
+    try:
+        for split, docs in documents.items():
+            count = bpe.write_bpe_lines(docs, encode, parts[split])
+            logger.info("%s: %d documents", split, count)
+            if count == 0:
+                raise PrepareError(f"no documents in the {split} split")
+    except BaseException:
+        for part in parts.values():
+            part.unlink(missing_ok=True)
+        raise
+    files = {split: part.with_suffix("") for split, part in parts.items()}
+    for split, part in parts.items():
+        part.replace(files[split])
     return files
+
+
+def utf8_lines(stream, name) -> Iterator[str]:
+    """The lines of a binary stream, decoded as strict UTF-8; invalid bytes stop with
+    one line naming the file, the line and the byte."""
+    for lineno, raw in enumerate(stream, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise PrepareError(f"{name}: line {lineno} is not UTF-8 text (byte {err.start} of "
+                               f"the line: {raw[err.start:err.start + 1]!r})") from None
 
 
 # ---------------------------------------------------------------- embedded corpus
@@ -165,7 +186,8 @@ def prepare_wikitext103(out: Path, raw_dir: Path, gpt2_dir: Path, workers: int =
                         srcdict: Optional[Path] = None) -> Path:
     raw = _wikitext_raw_files(raw_dir)
     encode = bpe.gpt2_encoder(gpt2_dir)
-    docs = {split: wikitext_articles(io.open(path, encoding="utf-8")) for split, path in raw.items()}
+    docs = {split: wikitext_articles(utf8_lines(open(path, "rb"), path))
+            for split, path in raw.items()}
     return binarize(_encode_splits(docs, encode, out / "text"), out / "data-bin",
                     workers=workers, srcdict=srcdict)
 
@@ -177,16 +199,19 @@ def pile_documents(path: Path, max_documents: int = 0) -> Iterator[str]:
     if path.suffix == ".zst":
         import zstandard
 
-        stream = io.TextIOWrapper(
-            zstandard.ZstdDecompressor().stream_reader(open(path, "rb")), encoding="utf-8")
+        stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
     else:
-        stream = open(path, encoding="utf-8")
+        stream = open(path, "rb")
     with stream:
-        for count, line in enumerate(stream):
+        for count, line in enumerate(utf8_lines(stream, path)):
             if max_documents and count >= max_documents:
                 break
             if line.strip():
-                text = json.loads(line)["text"]
+                try:
+                    text = json.loads(line)["text"]
+                except (json.JSONDecodeError, KeyError, TypeError) as err:
+                    raise PrepareError(f"{path}: line {count + 1} is not a JSON object with a "
+                                       f"\"text\" field ({type(err).__name__}: {err})") from None
                 if text.strip():
                     yield text
 

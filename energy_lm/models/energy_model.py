@@ -46,8 +46,14 @@ class EnergyModelMixin:
         and the output head (cwt). Models add their output head."""
         return [self.energy_head]
 
-    def forward(self, *args, **kwargs):
-        out = super().forward(*args, **kwargs)
+    def forward(self, src_tokens, *args, **kwargs):
+        limit = self.max_positions()
+        if src_tokens.size(1) > limit:
+            raise ValueError(
+                f"input of {src_tokens.size(1)} tokens is longer than the {limit} positions "
+                f"this model learned (learned absolute positions do not extrapolate; the ALiBi "
+                f"archs, *_alibi_* and *_zero_clap_*, evaluate longer inputs)")
+        out = super().forward(src_tokens, *args, **kwargs)
         if self.training and torch.is_grad_enabled() and _data_parallel():
             # DistributedDataParallel requires every parameter to get a gradient in every
             # step ("did not receive grad"); a criterion that leaves a head unused breaks
@@ -91,6 +97,19 @@ class EnergyModelMixin:
         """cand_tokens, cand_pos: (B, M). Returns the candidates' final states (B, M, C)."""
         stream.start_candidates(cand_pos)
         return self._trunk().candidate_features(src_tokens, cand_tokens, cand_pos)
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        """fairseq's load, with one line when the checkpoint's vocabulary is not the data's
+        (torch lists every mismatching tensor over many lines)."""
+        own = self._trunk().embed_tokens.weight
+        for key, value in state_dict.items():
+            if key.endswith("embed_tokens.weight") and value.dim() == 2 and \
+                    value.size(0) != own.size(0) and value.size(1) == own.size(1):
+                raise ValueError(
+                    f"the checkpoint's vocabulary has {value.size(0)} symbols but this data's "
+                    f"dict.txt has {own.size(0)}: the data was binarized with another "
+                    f"dictionary than the one the model was trained on")
+        return super().load_state_dict(state_dict, *args, **kwargs)
 
     def upgrade_state_dict_named(self, state_dict, name):
         """Checkpoints written before the energy head existed load with E = 0."""

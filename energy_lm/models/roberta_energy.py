@@ -21,7 +21,7 @@ from fairseq.utils import safe_getattr, safe_hasattr
 
 from energy_lm.models.energy_model import EnergyModelMixin
 from energy_lm.models.energy_options import add_energy_args, check_energy_args
-from energy_lm.modules.alibi import ENCODER_ALIBI_CHOICES
+from energy_lm.modules.alibi import ALIBI_MAX_POSITIONS, ENCODER_ALIBI_CHOICES
 from energy_lm.modules.attention import AttentionPattern
 from energy_lm.modules.clap import ClapEmbedding, ClapHead, LinearHead
 from energy_lm.modules.energy_head import EnergyHead
@@ -85,6 +85,9 @@ def init_positions_sinusoidal(embed_positions, unit_token_rows: bool) -> None:
 
 
 class RobertaEnergyEncoder(RobertaEncoder):
+    def max_positions(self):
+        return ALIBI_MAX_POSITIONS if self.args.alibi != "none" else self.args.max_positions
+
     def build_embedding(self, vocab_size, embedding_dim, padding_idx):
         args = self.args
         zero_index = self.dictionary.index("<mask>") if args.mask_embedding == "zero" else None

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from energy_lm.models.energy_model import EnergyModelMixin
 from energy_lm.models.energy_options import check_energy_args
-from energy_lm.modules.alibi import DECODER_ALIBI_CHOICES
+from energy_lm.modules.alibi import ALIBI_MAX_POSITIONS, DECODER_ALIBI_CHOICES
 from energy_lm.modules.attention import AttentionPattern
 from energy_lm.modules.clap import ClapEmbedding, ClapHead
 from energy_lm.modules.energy_head import ENERGY_HEAD_CHOICES, EnergyHead
@@ -58,6 +58,11 @@ class TransformerLMEnergyConfig(TransformerLanguageModelConfig):
 class EnergyTransformerDecoder(TransformerDecoder):
     """fairseq's TransformerDecoder with SDPA self-attention, causal ALiBi, CLAP head and
     packed-document masks."""
+
+    def max_positions(self):
+        if str(self.args.alibi) != "none":
+            return ALIBI_MAX_POSITIONS
+        return super().max_positions()
 
     # fairseq's base class calls the build_* hooks with its TransformerConfig, which
     # does not carry our fields; the legacy wrapper keeps the namespace in self.args.

@@ -13,6 +13,10 @@ import torch
 ALIBI_MODES = ("causal", "symmetric", "shifted")
 DECODER_ALIBI_CHOICES = ("none", "causal")
 ENCODER_ALIBI_CHOICES = ("none", "symmetric", "shifted")
+# What an ALiBi model reports as its max_positions: it has no learned limit (evaluating
+# beyond the training length is ALiBi's point); fairseq takes the minimum with the
+# task's --tokens-per-sample, which then sets the length.
+ALIBI_MAX_POSITIONS = 1 << 20
 
 
 def _geometric_slopes(n: int) -> List[float]:
