@@ -20,6 +20,26 @@ from energy_lm.modules.energy_head import EnergyHead
 from energy_lm.modules.paired_stream import PairedStream
 
 
+def check_task_length(model, task) -> None:
+    """A model with learned positions cannot take blocks longer than it learned: fairseq
+    would silently drop every longer sample (fairseq-eval-lm then reports loss 0) or
+    index past the position table. Refuse at build time, in one line."""
+    try:
+        wanted = task.max_positions()
+    except (AttributeError, NotImplementedError):
+        wanted = None
+    if wanted is None:  # fairseq's language_modeling task reports none: its block length
+        task_cfg = getattr(task, "cfg", None) or getattr(task, "args", None)
+        wanted = getattr(task_cfg, "tokens_per_sample", None)
+    limit = model.max_positions()
+    if isinstance(wanted, int) and isinstance(limit, int) and wanted > limit:
+        raise ValueError(
+            f"this model learned {limit} positions but the task asks for {wanted} "
+            f"(--tokens-per-sample / --max-positions): learned absolute positions do not "
+            f"extrapolate; evaluate at <= {limit} tokens, or train an ALiBi arch "
+            f"(*_alibi_*, *_zero_clap_*), which evaluates longer inputs")
+
+
 def _data_parallel() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized() and \
         torch.distributed.get_world_size() > 1

@@ -19,7 +19,7 @@ from fairseq.models.transformer import TransformerConfig, TransformerEncoder
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr, safe_hasattr
 
-from energy_lm.models.energy_model import EnergyModelMixin
+from energy_lm.models.energy_model import EnergyModelMixin, check_task_length
 from energy_lm.models.energy_options import add_energy_args, check_energy_args
 from energy_lm.modules.alibi import ALIBI_MAX_POSITIONS, ENCODER_ALIBI_CHOICES
 from energy_lm.modules.attention import AttentionPattern
@@ -173,7 +173,9 @@ class RobertaEnergyModel(EnergyModelMixin, RobertaModel):
         encoder = RobertaEnergyEncoder(args, task.source_dictionary)
         if OmegaConf.is_config(args):
             OmegaConf.set_struct(args, True)
-        return cls(args, encoder)
+        model = cls(args, encoder)
+        check_task_length(model, task)
+        return model
 
 
 @register_model_architecture("roberta_energy", "roberta_energy")

@@ -25,7 +25,7 @@ from fairseq.utils import safe_getattr
 from omegaconf import II
 from torch import Tensor, nn
 
-from energy_lm.models.energy_model import EnergyModelMixin
+from energy_lm.models.energy_model import EnergyModelMixin, check_task_length
 from energy_lm.models.energy_options import check_energy_args
 from energy_lm.modules.alibi import ALIBI_MAX_POSITIONS, DECODER_ALIBI_CHOICES
 from energy_lm.modules.attention import AttentionPattern
@@ -191,7 +191,9 @@ class TransformerLMEnergyModel(EnergyModelMixin, TransformerLanguageModel):
         embed_tokens = cls.build_embedding(args, task.source_dictionary, args.decoder_input_dim)
         decoder = EnergyTransformerDecoder(
             args, task.target_dictionary, embed_tokens, no_encoder_attn=True)
-        return cls(decoder)
+        model = cls(decoder)
+        check_task_length(model, task)
+        return model
 
     @classmethod
     def build_embedding(cls, args, dictionary, embed_dim, path=None):
