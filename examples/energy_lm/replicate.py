@@ -48,6 +48,10 @@ MLM_ARCHS = {  # label: arch flags (the baseline is fairseq's own RoBERTa)
     "zero-clap": ["--arch", "roberta_zero_clap_tiny"],
 }
 CAUSAL_ARCH = ["--arch", "transformer_lm_alibi_tiny"]
+# CWT scores raw input embeddings (no L2 norm, as the original); ALiBi lets a tiny
+# encoder learn context in minutes on 2 cores
+ENCODER_ARCH = ["--arch", "roberta_alibi_tiny"]
+RESET = ["--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader", "--reset-meters"]
 
 
 def train(data: Path, save_dir: Path, args: List[str], seed: int) -> dict:
@@ -160,6 +164,77 @@ def compare_causal(data: Path, out: Path, seeds: List[int], updates: int, num_sa
     return rows
 
 
+# ---------------------------------------------------------------- comparison 3
+def glue_fixture_bins(data: Path, out: Path) -> List[Path]:
+    """The docstring classification fixtures in GLUE's formats, binarized with the
+    pretraining corpus's BPE and dictionary (built once)."""
+    from energy_lm.glue import fixtures, preprocess
+
+    bins = sorted(out.glob("*-bin"))
+    if not bins:
+        folders = fixtures.build_fixtures(out / "fixtures")
+        bins = preprocess.main([str(out / "fixtures"), "--out", str(out), "--tasks", *folders,
+                                "--pretrain-bin", str(data)])
+    return bins
+
+
+def fixture_accuracy(task_bin: Path, checkpoint: Path, run: Path, seed: int, updates: int) -> float:
+    from energy_lm.glue import collect, finetune
+
+    if not (run / "run.json").exists():
+        finetune.main([str(task_bin), "--out", str(run), "--checkpoint", str(checkpoint), "--cpu",
+                       "--max-update", str(updates), "--seed", str(seed), "--overwrite"])
+    task, scores = collect.read_run(run)
+    return collect.cell_numbers(task, scores)[-1] if scores else float("nan")  # percent
+
+
+def compare_cwt(data: Path, out: Path, seeds: List[int], updates: int,
+                glue_updates: int) -> Dict[str, List[float]]:
+    """Masked LM by CE for `updates` steps vs CWT for the same training time minus that of
+    its head fine-tune (a tenth of `updates` CE steps)."""
+    rows: Dict[str, List[float]] = {}
+
+    def add(key, value):
+        rows.setdefault(key, []).append(value)
+
+    base = out / "cwt"
+    bins = glue_fixture_bins(data, base / "glue")
+    head_updates = max(1, updates // 10)
+    for seed in seeds:
+        ce = train(data, base / f"ce_seed{seed}", [*MLM, "--criterion", "masked_lm", *ENCODER_ARCH,
+                                                   "--max-update", str(updates),
+                                                   "--total-num-update", str(updates)], seed)
+        budget_h = ce["train_wall"] * (1 - head_updates / updates) / 3600
+        cwt = train(data, base / f"cwt_seed{seed}",
+                    [*MLM, "--criterion", "cwt", *ENCODER_ARCH, "--stop-time-hours",
+                     f"{budget_h:.6f}", "--max-update", str(4 * updates), "--total-num-update",
+                     str(4 * updates)], seed)
+        with_head = base / f"cwt_seed{seed}" / "with_head.pt"
+        if not with_head.exists():
+            subprocess.run([str(BIN / "energy-lm-add-head"),
+                            str(base / f"cwt_seed{seed}" / "checkpoint_best.pt"), str(with_head)],
+                           check=True, capture_output=True)
+        head = train(data, base / f"cwt_head_seed{seed}",
+                     [*MLM, "--criterion", "masked_lm", *ENCODER_ARCH, "--untied-head",
+                      "--restore-file", str(with_head), *RESET, "--max-update", str(head_updates),
+                      "--total-num-update", str(head_updates)], seed)
+        add("ce:updates", ce["updates"])
+        add("ce:seconds", ce["train_wall"])
+        add("cwt:updates", cwt["updates"])
+        add("cwt:seconds", cwt["train_wall"] + head["train_wall"])
+        add("ce:mlm_ppl", ppl(ce["valid_loss"]))
+        add("cwt:mlm_ppl", ppl(head["valid_loss"]))
+        for name in ("ce", "cwt"):
+            checkpoint = base / f"{name}_seed{seed}" / "checkpoint_best.pt"
+            for task_bin in bins:
+                task = task_bin.name[:-len("-bin")]
+                acc = fixture_accuracy(task_bin, checkpoint,
+                                       base / "finetune" / f"{name}_{task}_seed{seed}", seed,
+                                       glue_updates)
+                add(f"{name}:{task}", acc)
+    return rows
+
+
 def print_tables(results: dict, args) -> None:
     if "mlm" in results:
         print(f"\n### MLM ({args.updates} updates, seeds {args.seeds}): valid MLM perplexity\n")
@@ -180,6 +255,17 @@ def print_tables(results: dict, args) -> None:
                       f"{mean_std(r[f'{name}:seconds'])} | {mean_std(r[f'{name}:lm'])} | "
                       f"{mean_std(r.get(f'{name}:elm_z1', []))} | "
                       f"{mean_std(r.get(f'{name}:elm_k', []))} |")
+    if "cwt" in results:
+        r = results["cwt"]
+        tasks = sorted({key.split(":")[1] for key in r} - {"updates", "seconds", "mlm_ppl"})
+        print(f"\n### CE vs CWT masked LM at equal training time (seeds {args.seeds})\n")
+        print("| pretraining | updates | train s | valid MLM ppl | " +
+              " | ".join(f"{t} dev acc" for t in tasks) + " |")
+        print("|---|---|---|---|" + "---|" * len(tasks))
+        for name, label in (("ce", "CE (masked_lm)"), ("cwt", "CWT + add-head fine-tune")):
+            print(f"| {label} | {mean_std(r[f'{name}:updates'])} | {mean_std(r[f'{name}:seconds'])} | "
+                  f"{mean_std(r[f'{name}:mlm_ppl'])} | " +
+                  " | ".join(mean_std(r[f"{name}:{t}"]) for t in tasks) + " |")
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
@@ -193,6 +279,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     parser.add_argument("--updates", type=int, default=500)
     parser.add_argument("--num-samples", type=int, default=8, help="K for the ELM's log Z")
     parser.add_argument("--eval-batches", type=int, default=50, help="valid batches of 4 blocks")
+    parser.add_argument("--glue-updates", type=int, default=300,
+                        help="fine-tuning updates on each fixture task (comparison cwt)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "results.json"
@@ -204,6 +292,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
         elif comparison == "causal":
             results["causal"] = compare_causal(args.data, args.out, args.seeds, args.updates,
                                                args.num_samples, args.eval_batches)
+        elif comparison == "cwt":
+            results["cwt"] = compare_cwt(args.data, args.out, args.seeds, args.updates,
+                                         args.glue_updates)
         results.setdefault("minutes", {})[comparison] = (time.time() - started) / 60
         results_file.write_text(json.dumps(results, indent=1))
     print_tables(results, args)
