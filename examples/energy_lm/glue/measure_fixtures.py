@@ -75,6 +75,7 @@ def main(argv=None) -> str:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--runs-dir", default="runs", help="sub-folder of OUT for the fine-tunes")
     parser.add_argument("--threads", type=int, default=1,
                         help="OMP_NUM_THREADS of every run (default 1: on a busy 2-core machine, "
@@ -107,13 +108,13 @@ def main(argv=None) -> str:
     sources = {"pretrained": ["--checkpoint", str(checkpoint)],
                "random init": ["--random-init", "--arch", ARCH]}
     for seed in args.seeds:
-        for task in TASKS:
+        for task in args.tasks:
             for name, source in sources.items():
                 run_dir = runs / name.replace(" ", "-") / f"{task}-seed{seed}"
                 done = run_dir / "run.json"
                 if done.exists() and json.loads(done.read_text())["returncode"] == 0:
                     continue
-                timed(timings, f"{name} {task} seed {seed}", finetune.main,
+                timed(timings, f"{args.runs_dir}: {name} {task} seed {seed}", finetune.main,
                       [str(glue_bin / f"{task}-bin"), *source, "--out", str(run_dir), "--overwrite",
                        *settings, "--seed", str(seed)])
                 timings_file.write_text(json.dumps(timings, indent=1) + "\n")
@@ -123,14 +124,17 @@ def main(argv=None) -> str:
             for name in sources]
     lines = [collect.format_table(rows), "", "Every run (dev, at its best validation):"]
     for name, row_runs in rows:
-        for task in TASKS:
+        for task in args.tasks:
             numbers = [collect.cell_numbers(t, s) for t, s in row_runs if t.name == task and s]
             shown = "  ".join("/".join(f"{x:.1f}" for x in n) for n in numbers)
             means = [statistics.fmean(col) for col in zip(*numbers)]
             lines.append(f"  {name:12} {task:6} {shown}   mean {'/'.join(f'{m:.1f}' for m in means)}")
-    total = {kind: sum(t[kind] for t in timings.values()) for kind in ("wall", "cpu")}
+    # the shared stages, and this runs-dir's fine-tunes
+    shown = {k.removeprefix(f"{args.runs_dir}: "): v for k, v in timings.items()
+             if ": " not in k or k.startswith(f"{args.runs_dir}: ")}
+    total = {kind: sum(t[kind] for t in shown.values()) for kind in ("wall", "cpu")}
     lines += ["", "Seconds (wall / CPU): " + ", ".join(
-        f"{k} {v['wall']:.0f}/{v['cpu']:.0f}" for k, v in timings.items()),
+        f"{k} {v['wall']:.0f}/{v['cpu']:.0f}" for k, v in shown.items()),
         f"Total: {total['wall'] / 60:.1f} min wall, {total['cpu'] / 60:.1f} min CPU"]
     report = "\n".join(lines)
     (out / f"{args.runs_dir}-table.md").write_text(report + "\n")
