@@ -117,12 +117,18 @@ def prepare_embedded(out: Path, vocab_size: int = 2000, max_documents: int = 0,
     from energy_lm.data import embedded_corpus
 
     raw = embedded_corpus.write_splits(out / "raw", max_documents=max_documents)
+    return _own_bpe_data_bin(raw, out, vocab_size, workers)
+
+
+def _own_bpe_data_bin(raw: Dict[str, Path], out: Path, vocab_size: int, workers: int) -> Path:
+    """raw {split}.txt (one document per line) -> a byte-level BPE trained on train,
+    OUT/text/{split}.bpe and OUT/data-bin, which travels with its BPE files."""
     bpe_dir = bpe.train_byte_level_bpe(raw["train"], out / "bpe", vocab_size=vocab_size)
     encode = bpe.byte_level_encoder(bpe_dir)
     docs = {split: path.read_text(encoding="utf-8").splitlines() for split, path in raw.items()}
     files = _encode_splits(docs, encode, out / "text")
     data_bin = binarize(files, out / "data-bin", workers=workers)
-    for name in (bpe.VOCAB_FILE, bpe.MERGES_FILE):  # data-bin travels with its BPE
+    for name in (bpe.VOCAB_FILE, bpe.MERGES_FILE):
         shutil.copy(bpe_dir / name, data_bin / name)
     return data_bin
 
@@ -134,14 +140,7 @@ def prepare_debian(out: Path, debs_dir: Optional[Path] = None, vocab_size: int =
     from energy_lm.data import debian_corpus
 
     raw = debian_corpus.write_splits(out, packages or debian_corpus.PACKAGES, debs_dir)
-    bpe_dir = bpe.train_byte_level_bpe(raw["train"], out / "bpe", vocab_size=vocab_size)
-    encode = bpe.byte_level_encoder(bpe_dir)
-    docs = {split: path.read_text(encoding="utf-8").splitlines() for split, path in raw.items()}
-    files = _encode_splits(docs, encode, out / "text")
-    data_bin = binarize(files, out / "data-bin", workers=workers)
-    for name in (bpe.VOCAB_FILE, bpe.MERGES_FILE):
-        shutil.copy(bpe_dir / name, data_bin / name)
-    return data_bin
+    return _own_bpe_data_bin(raw, out, vocab_size, workers)
 
 
 # ---------------------------------------------------------------- WikiText-103
