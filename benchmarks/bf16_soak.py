@@ -3,11 +3,12 @@
     python benchmarks/bf16_soak.py --out /tmp/soak                  # 2,000 updates each
     python benchmarks/bf16_soak.py --updates 200 --criteria monarc  # a quick look
 
-Each criterion trains `transformer_lm_zero_clap_tiny` (2 layers x 256 by default: bf16
-matmuls are slow on a CPU without bf16 units) on the embedded corpus in-process,
+Each criterion trains `transformer_lm_zero_clap_tiny` (2 layers x 256 and 4 blocks
+of 64 tokens per update by default: all three criteria in ~5 minutes on one core) on the embedded corpus in-process,
 under `torch.autocast(bfloat16)` with fp32 master weights (what fairseq's --amp does; on
 a GPU pass --device cuda), Adam, clipping at 1.0. Every `--every` updates it records the
-loss terms, the largest |E| of data and samples, the mean of exp(-E(y)) (Z, should stay
+loss terms, the largest |E| of data and samples (for cwt, which has no energies: the
+largest contrastive logit |h . e|), the mean of exp(-E(y)) (Z, should stay
 near 1) and the share of exp(-E) values that needed the overflow guard. It stops at the
 first non-finite loss (the criterions name the term). Prints a table and writes
 OUT/soak.json. The unit tests keep a short version
@@ -53,7 +54,20 @@ def soak(data_bin: Path, criterion: str, updates: int, every: int, batch: int, l
     def record_energy(module, inputs, output):  # the largest |E| the head produced
         energies["max"] = max(energies.get("max", 0.0), float(output.detach().abs().max()))
 
-    hook = model.energy_head.register_forward_hook(record_energy)
+    if criterion == "cwt":  # no energies: record the largest contrastive logit |h . e|
+        import energy_lm.criterions.cwt as cwt_criterion
+
+        plain_loss = cwt_criterion.cwt_loss_from_rows
+
+        def loss_recording_scores(hidden, rows, *args, **kwargs):
+            scores = hidden.detach() @ rows.detach().t()
+            energies["max"] = max(energies.get("max", 0.0), float(scores.abs().max()))
+            return plain_loss(hidden, rows, *args, **kwargs)
+
+        cwt_criterion.cwt_loss_from_rows = loss_recording_scores
+        hook = None
+    else:
+        hook = model.energy_head.register_forward_hook(record_energy)
     rows, window, done, start = [], [], 0, time.time()
     epoch_itr = itr.next_epoch_itr(shuffle=True)
     while done < updates:
@@ -81,7 +95,8 @@ def soak(data_bin: Path, criterion: str, updates: int, every: int, batch: int, l
             size = total["sample_size"]
             row = {"update": done, "loss_bits": total["loss"] / size / math.log(2),
                    "grad_norm_max": max(w["grad_norm"] for w in window),
-                   "max_abs_energy": energies.pop("max", float("nan"))}
+                   ("max_abs_score" if criterion == "cwt" else "max_abs_energy"):
+                       energies.pop("max", float("nan"))}
             if "z" in total:
                 n = max(total["n_scored"], 1.0)
                 row.update(lm_bits=total["lm_loss"] / size / math.log(2), z=total["z"] / n,
@@ -90,7 +105,10 @@ def soak(data_bin: Path, criterion: str, updates: int, every: int, batch: int, l
                 row.update(cwt_acc=total["correct"] / size)
             rows.append(row)
             window = []
-    hook.remove()
+    if hook is None:
+        cwt_criterion.cwt_loss_from_rows = plain_loss
+    else:
+        hook.remove()
     finite = all(torch.isfinite(p).all() for p in model.parameters())
     return {"criterion": criterion, "updates": done, "seconds": time.time() - start,
             "params_finite": bool(finite), "rows": rows}
@@ -106,9 +124,13 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--batch", type=int, default=4, help="blocks per update")
     parser.add_argument("--tokens", type=int, default=64, help="tokens per block")
-    parser.add_argument("--layers", type=int, default=2, help="decoder layers (width 256)")
+    parser.add_argument("--layers", type=int, default=2,
+                        help="decoder layers (width 256; the tiny arch has 4: --layers 4 "
+                             "--batch 8 --tokens 128 is ~5x slower)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="CPU threads (1 when another job shares a 2-core machine)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.data
@@ -118,7 +140,7 @@ def main() -> None:
         data = args.out / "corpus" / "data-bin"
         if not (data / "dict.txt").exists():
             prepare_embedded(args.out / "corpus", workers=2)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     results = []
     for criterion in args.criteria:
         result = soak(data, criterion, args.updates, args.every, args.batch, args.lr, args.device,
