@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from energy_lm.data.embedded_corpus import split_of
+from energy_lm.data.embedded_corpus import split_of, write_documents
 from energy_lm.data.prepare import PrepareError
 
 PACKAGES = ("python3.11-doc", "wordnet-base", "fortunes")
@@ -189,10 +189,4 @@ def write_splits(out_dir: Path, packages=PACKAGES, debs_dir: Optional[Path] = No
     """Fetch, unpack and extract; write out_dir/raw/{split}.txt, one document per line."""
     debs = fetch_debs(out_dir / "debs", packages, debs_dir)
     unpacked = {package: unpack(deb, out_dir / "unpacked" / package) for package, deb in debs.items()}
-    raw = out_dir / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for split, docs in build_splits(unpacked).items():
-        paths[split] = raw / f"{split}.txt"
-        paths[split].write_text("".join(doc + "\n" for doc in docs), encoding="utf-8")
-    return paths
+    return write_documents(out_dir / "raw", build_splits(unpacked))

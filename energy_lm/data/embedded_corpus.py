@@ -135,10 +135,15 @@ def build_splits(max_documents: int = 0) -> Dict[str, List[str]]:
     return splits
 
 
-def write_splits(out_dir: Path, max_documents: int = 0) -> Dict[str, Path]:
+def write_documents(out_dir: Path, splits: Dict[str, List[str]]) -> Dict[str, Path]:
+    """out_dir/{split}.txt, one document per line (the raw-text layout prepare reads)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for split, docs in build_splits(max_documents).items():
+    for split, docs in splits.items():
         paths[split] = out_dir / f"{split}.txt"
         paths[split].write_text("".join(doc + "\n" for doc in docs), encoding="utf-8")
     return paths
+
+
+def write_splits(out_dir: Path, max_documents: int = 0) -> Dict[str, Path]:
+    return write_documents(out_dir, build_splits(max_documents))
