@@ -25,6 +25,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from energy_lm.kernels.reference import row_positions
+
 
 @functools.lru_cache(maxsize=None)
 def _flex_attention(device_type: str):
@@ -40,8 +42,7 @@ def _batch_layout(cand_pos: Tensor, n: int, b: int, causal: bool, segment_ids, k
 
     m = cand_pos.size(1)
     device = cand_pos.device
-    # position of every query/key row of [data; candidates]: data i at i, candidate at p
-    row_pos = torch.cat([torch.arange(n, device=device).expand(b, n), cand_pos.long()], dim=1)
+    row_pos = row_positions(cand_pos, n)  # (B, L)
     seg = segment_ids.long() if segment_ids is not None else torch.zeros(b, n, dtype=torch.long,
                                                                          device=device)
     row_seg = seg.gather(1, row_pos)  # (B, L): the document of each row's position

@@ -30,6 +30,13 @@ from energy_lm.modules.alibi import alibi_bias
 from energy_lm.modules.attention import attention
 
 
+def row_positions(cand_pos: Tensor, n: int) -> Tensor:
+    """(B, N + M) long: the data position of every row of `[data; candidates]` (data row
+    i stands at i, candidate m at cand_pos[:, m]); the reference and flex share it."""
+    b = cand_pos.size(0)
+    return torch.cat([torch.arange(n, device=cand_pos.device).expand(b, n), cand_pos.long()], 1)
+
+
 def paired_mask(
     cand_pos: Tensor,
     n: int,
@@ -53,8 +60,7 @@ def paired_mask(
     b, m = cand_pos.shape
     device = cand_pos.device
     length = n + m
-    # every query row stands at a data position: data row i at i, candidate m at cand_pos
-    q_pos = torch.cat([torch.arange(n, device=device).expand(b, n), cand_pos.long()], 1)  # (B, L)
+    q_pos = row_positions(cand_pos, n)  # (B, L)
     is_cand = (torch.arange(length, device=device) >= n)[None, :, None]  # (1, L, 1)
     j = torch.arange(n, device=device)  # (N,) data key positions
     p = q_pos[:, :, None]  # (B, L, 1)
