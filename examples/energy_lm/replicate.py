@@ -14,6 +14,10 @@ Comparisons (tiny 4 x 256 models, blocks of 128 tokens, batch 16, 2 CPU cores):
           the time of its head fine-tune), then: accuracy on the docstring
           classification fixtures (examples/energy_lm/glue) fine-tuned from each
           encoder, and valid MLM ppl after CWT's add-head fine-tune.
+Threads: runs inherit OMP_NUM_THREADS. On a 2-core machine, run two comparisons side by
+side with OMP_NUM_THREADS=1 each rather than one with 2 threads beside anything else
+(oversubscribed cores made runs up to 6x slower here); the equal-wall-clock rows are fair
+only if the load stays the same through a seed's runs.
 Every run goes through the real fairseq-train; a finished run (its `done` marker) is
 not run again, so an interrupted replication resumes. Results: OUT/results.json and a
 markdown table on stdout (mean ± std over seeds).
