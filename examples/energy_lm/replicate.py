@@ -2,7 +2,7 @@
 
     energy-lm-prepare debian --out debian --workers 2          # ~2.5M words, offline
     python examples/energy_lm/replicate.py --data debian/data-bin --out replication \
-        --comparisons mlm causal cwt
+        --comparisons mlm causal cwt --jobs 2
 
 Comparisons (tiny 4 x 256 models, blocks of 128 tokens, batch 16, 2 CPU cores):
   mlm     RoBERTa baseline (stock fairseq head, learned positions) vs learned-clap vs
@@ -14,10 +14,11 @@ Comparisons (tiny 4 x 256 models, blocks of 128 tokens, batch 16, 2 CPU cores):
           the time of its head fine-tune), then: accuracy on the docstring
           classification fixtures (examples/energy_lm/glue) fine-tuned from each
           encoder, and valid MLM ppl after CWT's add-head fine-tune.
-Threads: runs inherit OMP_NUM_THREADS. On a 2-core machine, run two comparisons side by
-side with OMP_NUM_THREADS=1 each rather than one with 2 threads beside anything else
-(oversubscribed cores made runs up to 6x slower here); the equal-wall-clock rows are fair
-only if the load stays the same through a seed's runs.
+Threads: runs inherit OMP_NUM_THREADS. `--jobs 2` runs two seeds side by side, each in
+its own process with one thread (the runs of one seed stay in order, so its
+equal-wall-clock rows see one load); on a 2-core machine that beats one run with 2
+threads, and anything else on the machine slows every run (oversubscribed cores made
+runs up to 6x slower here).
 Every run goes through the real fairseq-train; a finished run (its `done` marker) is
 not run again, so an interrupted replication resumes. Results: OUT/results.json and a
 markdown table on stdout (mean ± std over seeds).
@@ -25,11 +26,13 @@ markdown table on stdout (mean ± std over seeds).
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -272,6 +275,46 @@ def print_tables(results: dict, args) -> None:
                   " | ".join(mean_std(r[f"{name}:{t}"]) for t in tasks) + " |")
 
 
+def seeds_side_by_side(comparison: str, args) -> Dict[str, List[float]]:
+    """Run each seed of a comparison as its own process of this script, `args.jobs` at a
+    time with one thread each (the runs of one seed stay sequential, so its equal-time
+    rows see one load), and merge their rows in seed order."""
+    if comparison == "cwt":  # shared by every seed: build it once, before the children
+        glue_fixture_bins(args.data, args.out / "cwt" / "glue")
+    rows_dir = args.out / comparison
+    rows_dir.mkdir(parents=True, exist_ok=True)
+
+    def one_seed(seed: int) -> dict:
+        rows_file = rows_dir / f"rows_seed{seed}.json"
+        cmd = [sys.executable, __file__, "--data", str(args.data), "--out", str(args.out),
+               "--comparisons", comparison, "--seeds", str(seed), "--updates", str(args.updates),
+               "--num-samples", str(args.num_samples), "--eval-batches", str(args.eval_batches),
+               "--glue-updates", str(args.glue_updates), "--rows-only", str(rows_file)]
+        with open(rows_dir / f"seed{seed}.log", "w") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+        return json.loads(rows_file.read_text())
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        per_seed = list(pool.map(one_seed, args.seeds))
+    merged: Dict[str, List[float]] = {}
+    for rows in per_seed:
+        for key, values in rows.items():
+            merged.setdefault(key, []).extend(values)
+    return merged
+
+
+def run_comparison(comparison: str, args) -> Dict[str, List[float]]:
+    if args.jobs > 1 and len(args.seeds) > 1:
+        return seeds_side_by_side(comparison, args)
+    if comparison == "mlm":
+        return compare_mlm(args.data, args.out, args.seeds, args.updates)
+    if comparison == "causal":
+        return compare_causal(args.data, args.out, args.seeds, args.updates, args.num_samples,
+                              args.eval_batches)
+    return compare_cwt(args.data, args.out, args.seeds, args.updates, args.glue_updates)
+
+
 def main(argv: Optional[List[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -285,20 +328,22 @@ def main(argv: Optional[List[str]] = None) -> dict:
     parser.add_argument("--eval-batches", type=int, default=50, help="valid batches of 4 blocks")
     parser.add_argument("--glue-updates", type=int, default=300,
                         help="fine-tuning updates on each fixture task (comparison cwt)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds run side by side, one thread each (2 on a 2-core machine)")
+    parser.add_argument("--rows-only", type=Path, help=argparse.SUPPRESS)  # one seed's child
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.rows_only:  # a child of seeds_side_by_side: its rows, no table
+        if len(args.comparisons) != 1 or args.jobs != 1:
+            parser.error("--rows-only takes one comparison and --jobs 1")
+        rows = run_comparison(args.comparisons[0], args)
+        args.rows_only.write_text(json.dumps(rows))
+        return rows
     results_file = args.out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     for comparison in args.comparisons:
         started = time.time()
-        if comparison == "mlm":
-            results["mlm"] = compare_mlm(args.data, args.out, args.seeds, args.updates)
-        elif comparison == "causal":
-            results["causal"] = compare_causal(args.data, args.out, args.seeds, args.updates,
-                                               args.num_samples, args.eval_batches)
-        elif comparison == "cwt":
-            results["cwt"] = compare_cwt(args.data, args.out, args.seeds, args.updates,
-                                         args.glue_updates)
+        results[comparison] = run_comparison(comparison, args)
         results.setdefault("minutes", {})[comparison] = (time.time() - started) / 60
         results_file.write_text(json.dumps(results, indent=1))
     print_tables(results, args)
