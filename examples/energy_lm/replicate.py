@@ -9,7 +9,7 @@ Comparisons (tiny 4 x 256 models, blocks of 128 tokens, batch 16, 2 CPU cores):
           alibi vs zero-clap at equal updates: valid MLM perplexity.
   causal  CE vs MonArc vs NCE at equal updates (LM ppl; ELM ppl with Z = 1 and with
           log Z from K samples), and CE at MonArc's wall-clock (CE gets the time MonArc
-          took, as many updates as fit).
+          took, as many updates as fit). ~38 min of one core per seed.
   cwt     masked LM with CE vs headless CWT at equal training time (CWT's share minus
           the time of its head fine-tune), then: accuracy on the docstring
           classification fixtures (examples/energy_lm/glue) fine-tuned from each
