@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import LM_SMALL, TRAIN_SMALL, run_cli
+from conftest import LM_SMALL, TRAIN_SMALL, error_line, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -50,5 +50,5 @@ def test_alibi_evaluates_longer_blocks_learned_positions_refuse(data_bin, tmp_pa
     checkpoint = trained(data_bin, tmp_path, learned, family)
     refused = evaluate(data_bin, checkpoint, family, 128, check=False)
     assert refused.returncode != 0
-    last = refused.stderr.strip().splitlines()[-1]
+    last = error_line(refused.stderr)
     assert "this model learned 64 positions but the task asks for 128" in last

@@ -5,7 +5,7 @@ import pytest
 import torch
 from fairseq import checkpoint_utils
 
-from conftest import LM_SMALL, TRAIN_SMALL, run_cli
+from conftest import LM_SMALL, TRAIN_SMALL, error_line, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_document_attention_with_a_stock_model_fails_clearly(data_bin, tmp_path)
                      "--document-attention", "--arch", "transformer_lm", *LM_SMALL,
                      "--max-update", "1", "--save-dir", tmp_path, check=False)
     assert result.returncode != 0
-    assert "--document-attention needs a model" in result.stderr.strip().splitlines()[-1]
+    assert "--document-attention needs a model" in error_line(result.stderr)
 
 
 def test_hub_interfaces_load_our_checkpoints(data_bin, tmp_path):

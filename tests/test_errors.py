@@ -2,13 +2,13 @@
 
 import pytest
 
-from conftest import LM_SMALL, TRAIN_SMALL, run_cli
+from conftest import LM_SMALL, TRAIN_SMALL, error_line, run_cli
 
 pytestmark = pytest.mark.slow
 
 
 def last_line(result):
-    return result.stderr.strip().splitlines()[-1]
+    return error_line(result.stderr)
 
 
 def test_alibi_shifted_on_a_causal_lm(data_bin, tmp_path):
@@ -57,3 +57,10 @@ def test_corrupt_checkpoint_restore_and_hub(data_bin, tmp_path):
     (tmp_path / "cut.pt").write_bytes((good / "checkpoint_last.pt").read_bytes()[:5000])
     with pytest.raises(CheckpointReadError, match="cut.pt"):
         RobertaModel.from_pretrained(str(tmp_path), "cut.pt", str(data_bin))
+
+
+def test_error_line_skips_a_cpp_teardown_abort():
+    stderr = ("Traceback (most recent call last):\n  ...\nValueError: --criterion cwt: output dim "
+              "16 != embedding dim 32\nterminate called without an active exception\n")
+    assert error_line(stderr) == "ValueError: --criterion cwt: output dim 16 != embedding dim 32"
+    assert error_line("fairseq-train: error: bad flag\n") == "fairseq-train: error: bad flag"

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from conftest import LM_SMALL, build_model, run_cli
+from conftest import LM_SMALL, build_model, error_line, run_cli
 from energy_lm.eval_elm import evaluate, exact_log_z_batch
 from energy_lm.sampling import sir_sample
 
@@ -98,7 +98,7 @@ def test_eval_elm_cli_and_hub_sampling_on_a_trained_checkpoint(data_bin, tmp_pat
     for label in ("lm", r"elm \(Z=1\)", r"elm \(K\)", r"elm \(exact Z\)"):
         assert re.search(rf"{label}\s+[0-9.]+ bits\s+ppl [0-9.]+", out), (label, out)
     bad = run_cli("energy-lm-eval-elm", data_bin, "--path", tmp_path / "missing.pt", check=False)
-    assert bad.returncode == 2 and "checkpoint not found" in bad.stderr.strip().splitlines()[-1]
+    assert bad.returncode == 2 and "checkpoint not found" in error_line(bad.stderr)
 
     from energy_lm.models.transformer_lm_energy import TransformerLMEnergyModel
 

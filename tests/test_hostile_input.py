@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LM_SMALL, build_model, run_cli
+from conftest import LM_SMALL, build_model, error_line, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ TRAIN = ["--task", "language_modeling", "--arch", "transformer_lm_zero_clap_tiny
 
 
 def last_line(result) -> str:
-    return result.stderr.strip().splitlines()[-1]
+    return error_line(result.stderr)
 
 
 def copy_bin(data_bin: Path, dest: Path) -> Path:

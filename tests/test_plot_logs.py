@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import LM_SMALL, run_cli
+from conftest import LM_SMALL, error_line, run_cli
 from energy_lm.plot_logs import PlotLogsError, crc32c, main, parse_json_log, parse_tensorboard_dir
 
 # what fairseq-train prints with --log-format json (stdout), and the bare lines its
@@ -154,7 +154,7 @@ def test_cli_error_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "energy_lm.plot_logs", str(tmp_path / "nope.log")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == f"energy-lm-plot: error: log not found: {tmp_path / 'nope.log'}"
+    assert error_line(result.stderr) == f"energy-lm-plot: error: log not found: {tmp_path / 'nope.log'}"
 
 
 # ---------------------------------------------------------------- real runs

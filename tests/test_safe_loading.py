@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import LM_SMALL, run_cli
+from conftest import LM_SMALL, error_line, run_cli
 
 WRITE_EVIL = """
 import os, sys, torch
@@ -59,7 +59,7 @@ def test_command_line_tools_refuse_it_in_one_line(evil_checkpoint, data_bin, tmp
         args = [data_bin, "--path", path, "--cpu"]
     result = run_cli(tool, *args, check=False)
     assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
+    last = error_line(result.stderr)
     assert "refusing checkpoint" in last and str(path) in last, result.stderr[-2000:]
     assert not marker.exists()
 
@@ -84,7 +84,7 @@ def test_legacy_omegaconf_checkpoint_needs_the_opt_in(legacy_checkpoint):
     refused = subprocess.run([sys.executable, "-c", LOAD, str(legacy_checkpoint)],
                              capture_output=True, text=True, env=env)
     assert refused.returncode != 0
-    last = refused.stderr.strip().splitlines()[-1]
+    last = error_line(refused.stderr)
     assert "omegaconf" in last and "ENERGY_LM_ALLOW_OMEGACONF_CHECKPOINTS=1" in last
     allowed = subprocess.run([sys.executable, "-c", LOAD, str(legacy_checkpoint)],
                              capture_output=True, text=True,

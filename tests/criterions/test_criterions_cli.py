@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import LM_SMALL, TRAIN_SMALL, run_cli
+from conftest import LM_SMALL, TRAIN_SMALL, error_line, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,7 @@ def test_energy_criterion_on_a_stock_model_fails_clearly(data_bin, tmp_path, cri
                      "transformer_lm", *LM_SMALL, "--criterion", criterion, "--max-update", "1",
                      "--save-dir", tmp_path, check=False)
     assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
+    last = error_line(result.stderr)
     assert f"--criterion {criterion} needs a model with a candidate stream" in last
 
 
@@ -75,7 +75,7 @@ def test_cwt_with_an_output_dim_unlike_the_embedding_fails_clearly(data_bin, tmp
                      "transformer_lm_clap_tiny", *LM_SMALL, "--decoder-output-dim", "16",
                      "--criterion", "cwt", "--max-update", "1", "--save-dir", tmp_path, check=False)
     assert result.returncode != 0
-    assert "output dim 16 != embedding dim 32" in result.stderr.strip().splitlines()[-1]
+    assert "output dim 16 != embedding dim 32" in error_line(result.stderr)
 
 
 def test_headless_checkpoint_gets_a_head_and_fine_tunes_with_cross_entropy(data_bin, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, SHARED_DATA, TRAIN_SMALL, run_cli
+from conftest import REPO, SHARED_DATA, TRAIN_SMALL, error_line, run_cli
 from energy_lm.glue import collect, finetune, preprocess
 from energy_lm.glue.fixtures import build_fixtures, stdlib_docstrings
 from energy_lm.glue.reader import read_split
@@ -179,7 +179,7 @@ def test_missing_file_is_a_one_line_cli_error(tmp_path, data_bin):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert error_line(result.stderr) == (
         f"energy_lm.glue.preprocess: error: {folder / 'dev.tsv'}: no such file "
         f"(RTE needs train.tsv, dev.tsv)")
     assert not (tmp_path / "out" / "RTE-bin").exists()
