@@ -28,7 +28,7 @@ def run_cli(tool: str, *args, env=None, check=True, timeout=600) -> subprocess.C
 
 
 # What a C++ runtime may print after Python's own error when the interpreter exits with a
-# data-prefetch thread still inside torch (seen once in ~20 CI-sized runs: rc 134 instead
+# data-prefetch thread still inside torch (seen once in a full suite run: rc 134 instead
 # of 1, the error line just above it)
 TEARDOWN_NOISE = ("terminate called without an active exception", "Aborted")
 
