@@ -6,8 +6,12 @@ files; nothing here turns off torch's safe loading.
 """
 
 import argparse
+import atexit
 import os
+import queue
+import threading
 import types
+import weakref
 
 import numpy as np
 import torch
@@ -92,9 +96,65 @@ def ddp_on_cpu() -> None:
     distributed_fairseq_model.DistributedDataParallel = CpuAwareDistributedDataParallel
 
 
+_PREFETCH_STOP = threading.Event()
+_PREFETCH_THREADS: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _stoppable_consumer_run(self) -> None:
+    """fairseq's BackgroundConsumer.run, but it stops when `_PREFETCH_STOP` is set: it
+    never blocks on a full queue for long and it checks the flag between batches."""
+    _PREFETCH_THREADS.add(self)
+    if self.cuda_device is not None:
+        torch.cuda.set_device(self.cuda_device)
+    try:
+        for item in self._source:
+            while not _PREFETCH_STOP.is_set():
+                try:
+                    self._queue.put(item, timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+            if _PREFETCH_STOP.is_set():
+                return
+            self.count += 1
+            if self._max_len is not None and self.count >= self._max_len:
+                break
+        self._queue.put(_fairseq_sentinel())
+    except Exception as err:  # handed to the training loop, as fairseq does
+        self._queue.put(err)
+
+
+def _fairseq_sentinel():
+    from fairseq.data import iterators
+
+    return iterators._sentinel
+
+
+def stop_prefetch_threads(timeout: float = 10.0) -> None:
+    """Stop and join the batch-prefetch threads (run at interpreter exit)."""
+    _PREFETCH_STOP.set()
+    for thread in list(_PREFETCH_THREADS):
+        thread.join(timeout)
+
+
+def stop_prefetch_at_exit() -> None:
+    """fairseq's BufferedIterator prefetches batches in a daemon thread that is still
+    running when fairseq-train returns (it stops at --max-update in mid-epoch). If Python
+    finalizes while that thread is inside torch, the C++ runtime aborts: `terminate called
+    without an active exception`, exit -6 after a successful run (seen in the test suite
+    on torch 2.13). The thread now stops at a flag that an atexit hook sets, and is joined
+    before finalization."""
+    from fairseq.data import iterators
+
+    if iterators.BackgroundConsumer.run is not _stoppable_consumer_run:
+        iterators.BackgroundConsumer.run = _stoppable_consumer_run
+        atexit.register(stop_prefetch_threads)
+
+
 def apply() -> None:
     allow_fairseq_checkpoint_globals()
     if os.environ.get(OPT_IN_ENV, "") == "1":
         allow_omegaconf_checkpoints()
     restore_numpy_compat()
     ddp_on_cpu()
+    stop_prefetch_at_exit()

@@ -106,3 +106,35 @@ def test_pytorch_ddp_wraps_a_cpu_module_without_device_ids(tmp_path):
         assert torch.equal(inner.module.weight.grad, torch.full((2, 3), 4.0))
     finally:
         dist.destroy_process_group()
+
+
+def test_prefetch_thread_stops_and_joins_before_exit():
+    """fairseq-train returns at --max-update with its prefetch thread mid-epoch; the
+    atexit hook must stop and join it (else torch may abort during finalization)."""
+    import time
+
+    from fairseq.data.iterators import BufferedIterator
+
+    from energy_lm import compat
+
+    def batches():
+        for i in range(1000):
+            yield torch.full((4,), i)
+
+    buffered = BufferedIterator(2, list(batches()))
+    assert int(next(buffered)[0]) == 0  # the consumer thread runs and fills its queue
+    thread = buffered._consumer
+    time.sleep(0.2)
+    assert thread.is_alive()  # blocked on the full queue, as in a real run's end
+    try:
+        compat.stop_prefetch_threads(timeout=5.0)
+        assert not thread.is_alive()
+    finally:
+        compat._PREFETCH_STOP.clear()  # later tests in this process train in-process
+
+
+def test_prefetch_still_delivers_every_batch():
+    from fairseq.data.iterators import BufferedIterator
+
+    items = [torch.tensor([i]) for i in range(50)]
+    assert [int(x) for x in BufferedIterator(3, items)] == list(range(50))
