@@ -21,6 +21,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from energy_lm.cli_errors import run_reporting_errors
+
 LN2 = math.log(2)
 logger = logging.getLogger("energy_lm.eval_elm")
 
@@ -159,12 +161,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
 
 
 def cli_main() -> None:
-    import sys
-
-    try:
-        main()
-    except ValueError as err:  # wrong checkpoint or data: one line, no traceback
-        sys.exit(f"energy-lm-eval-elm: error: {err}")
+    run_reporting_errors("energy-lm-eval-elm", main, ValueError)  # wrong checkpoint or data
 
 
 if __name__ == "__main__":

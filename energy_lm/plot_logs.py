@@ -40,6 +40,8 @@ from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
+from energy_lm.cli_errors import run_reporting_errors
+
 # tag -> num_updates -> {metric: value}
 Points = Dict[str, Dict[int, Dict[str, float]]]
 
@@ -379,10 +381,7 @@ def cli_main() -> None:
     # importing fairseq leaves the root logger at DEBUG (its text-to-speech tasks call
     # basicConfig); matplotlib's font search would then flood stderr
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    try:
-        main()
-    except PlotLogsError as err:  # a wrong input: one line, no traceback
-        sys.exit(f"energy-lm-plot: error: {err}")
+    run_reporting_errors("energy-lm-plot", main, PlotLogsError)
 
 
 if __name__ == "__main__":

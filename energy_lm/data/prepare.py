@@ -25,6 +25,7 @@ import zipfile
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional
 
+from energy_lm.cli_errors import log_to_stdout, run_reporting_errors
 from energy_lm.data import bpe
 
 logger = logging.getLogger("energy_lm.prepare")
@@ -288,12 +289,8 @@ def main(argv: Optional[List[str]] = None) -> Path:
 
 
 def cli_main() -> None:
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        level=logging.INFO, stream=sys.stdout)
-    try:
-        data_bin = main()
-    except PrepareError as err:
-        sys.exit(f"energy-lm-prepare: error: {err}")
+    log_to_stdout()
+    data_bin = run_reporting_errors("energy-lm-prepare", main, PrepareError)
     print(f"binarized data in {data_bin}")
 
 

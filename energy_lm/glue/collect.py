@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from energy_lm.cli_errors import run_reporting_errors
 from energy_lm.glue.tasks import TABLE_ORDER, GlueError, GlueTask, get_task
 
 logger = logging.getLogger("energy_lm.glue.collect")
@@ -188,10 +189,7 @@ def main(argv: Optional[List[str]] = None) -> str:
 
 def cli_main() -> None:
     logging.basicConfig(format="%(levelname)s | %(name)s | %(message)s", level=logging.INFO)
-    try:
-        print(main())
-    except GlueError as err:
-        sys.exit(f"energy_lm.glue.collect: error: {err}")
+    print(run_reporting_errors("energy_lm.glue.collect", main, GlueError))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from energy_lm.cli_errors import log_to_stdout, run_reporting_errors
 from energy_lm.glue.tasks import GlueError, GlueTask, get_task
 
 logger = logging.getLogger("energy_lm.glue.finetune")
@@ -235,12 +236,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
 
 def cli_main() -> None:
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        level=logging.INFO, stream=sys.stdout)
-    try:
-        record = main()
-    except GlueError as err:
-        sys.exit(f"energy_lm.glue.finetune: error: {err}")
+    log_to_stdout()
+    record = run_reporting_errors("energy_lm.glue.finetune", main, GlueError)
     from energy_lm.glue.collect import format_table, read_run
 
     print(format_table([(Path(record["out"]).name, [read_run(Path(record["out"]))])]))

@@ -30,6 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from energy_lm.cli_errors import log_to_stdout, run_reporting_errors
 from energy_lm.data import bpe as bpe_lib
 from energy_lm.glue.reader import read_split, task_folder
 from energy_lm.glue.tasks import STSB_MAX_SCORE, TASKS, GlueError, GlueTask, get_task
@@ -214,14 +215,10 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
 
 
 def cli_main() -> None:
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
-                        level=logging.INFO, stream=sys.stdout)
+    log_to_stdout()
     logging.getLogger("fairseq_cli.preprocess").setLevel(logging.WARNING)
-    try:
-        for path in main():
-            print(path)
-    except GlueError as err:
-        sys.exit(f"energy_lm.glue.preprocess: error: {err}")
+    for path in run_reporting_errors("energy_lm.glue.preprocess", main, GlueError):
+        print(path)
 
 
 if __name__ == "__main__":
