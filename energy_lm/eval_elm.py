@@ -1,25 +1,34 @@
-"""`energy-lm-eval-elm`: evaluate a causal residual energy-based LM on a binarized split.
+"""`energy-lm-eval-elm`: evaluate a residual energy-based LM on a binarized split.
 
-    energy-lm-eval-elm DATA_BIN --path checkpoints/checkpoint_best.pt --num-samples 16
+    energy-lm-eval-elm DATA_BIN --path checkpoints/checkpoint_best.pt
+    energy-lm-eval-elm DATA_BIN --path checkpoints/checkpoint_best.pt --exact-z --exact-z-batches 4
 
-Reports, per scored token (every target but the last of each block, where the energy is
-defined; see energy_lm.models.scoring), in bits and as perplexities:
-  lm        -log2 q(x)                        the LM alone
-  elm_z1    -log2 q(x) + E(x)/ln 2            the ELM assuming Z = 1
-  elm_k     elm_z1 + log2 Z_hat               Z_hat = mean_k exp(-E(y_k)), y_k ~ q (K samples)
-  elm_exact elm_z1 + log2 Z                   Z summed over the whole vocabulary (--exact-z)
-log Z_hat is biased low (Jensen: E[log Z_hat] <= log Z), so elm_k is optimistic for small
-K; the standard error printed is that of the mean log2 Z_hat over positions (delta
-method per position, positions independent).
+Causal models (transformer_lm_energy family): every target of the split, each with its
+energy in the context the LM predicted it from. Masked models (roberta_energy family):
+the masked positions of a fixed, seeded masking of the split (the task's --seed).
+Figures per scored token, in bits, each labelled for what it is:
+  lm              exact         -log2 q(x)
+  elm (Z = 1)     convention    -log2 q(x) + E(x)/ln 2: the seed's figure, log Z taken as 0
+                                (not normalised: neither an estimate nor a bound)
+  elm estimate    estimate      with log Z from the exact sum over q's top-k tokens plus
+                  +- std error  K importance samples of q's tail (biased low by about
+                                stderr^2 / 2 per position)
+  elm lower bnd   bound         with log Z >= log(top-k part): the ELM's NLL is at least this
+  elm (exact Z)   exact         with Z summed over the whole vocabulary (--exact-z, on the
+                                first --exact-z-batches batches, beside the estimate there)
 """
 
 import argparse
 import logging
 import math
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
+from torch import Tensor
 
 from energy_lm.cli_errors import run_reporting_errors
 
@@ -27,82 +36,205 @@ LN2 = math.log(2)
 logger = logging.getLogger("energy_lm.eval_elm")
 
 
-def exact_log_z_batch(model, src_tokens: torch.Tensor, segment_ids=None, chunk: int = 256):
-    """log Z at positions 1..T-1 by scoring every vocabulary entry: (B, T-1) fp32."""
-    from energy_lm.losses import exact_log_z
-    from energy_lm.models.scoring import causal_energy_pass
+@dataclass
+class ScoredBatch:
+    """One batch scored by the energy pass, in the layout of its scored positions P."""
+    lprobs: Tensor       # (B, P, V) log q(. | context of p)
+    tokens: Tensor       # (B, P) the data token at p
+    scored: Tensor       # (B, P) bool
+    energy: Tensor       # (B, P) E(x_p)
+    cand_tokens: Tensor  # (B, K, P)
+    cand_energy: Tensor  # (B, K, P)
 
-    bsz, tgt_len = src_tokens.shape
-    vocab = model.decoder.embed_tokens.num_embeddings
+
+def is_masked(model) -> bool:
+    from energy_lm.models.scoring import is_masked_model
+
+    return is_masked_model(model)
+
+
+def score_batch(model, sample, candidates) -> ScoredBatch:
+    """The energy pass of either family; candidates as `causal_energy_pass` takes them."""
+    from energy_lm.models.scoring import causal_energy_pass, masked_energy_pass
+
+    src = sample["net_input"]["src_tokens"]
+    if is_masked(model):
+        out = masked_energy_pass(model, src, sample["target"], candidates)
+        logits, tokens, scored = out.logits, out.targets, out.valid
+    else:
+        out = causal_energy_pass(model, src, candidates, targets=sample["target"],
+                                 segment_ids=sample["net_input"].get("segment_ids"))
+        logits, tokens, scored = out.logits, out.tokens, out.scored  # logits[:, p-1] -> p
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    return ScoredBatch(torch.log_softmax(logits.to(acc), dim=-1), tokens, scored, out.energy,
+                       out.cand_tokens, out.cand_energy)
+
+
+def head_and_tail(topk: int, num_samples: int, generator: Optional[torch.Generator]) -> Callable:
+    """Candidates from the proposal logits (B, P, V): q's top-k tokens, then num_samples
+    draws from q restricted to the other tokens -> (B, topk + K, P)."""
+    from energy_lm.losses import sample_tokens
+
+    def choose(logits: Tensor) -> Tensor:
+        head = logits.topk(topk, dim=-1).indices  # (B, P, k)
+        tail_logits = logits.float().scatter(-1, head, float("-inf"))
+        tail = sample_tokens(tail_logits, num_samples, generator=generator)  # (B, P, K)
+        return torch.cat([head, tail], dim=-1).permute(0, 2, 1)
+
+    return choose
+
+
+def exact_log_z_of(model, sample, chunk: int = 256) -> Tensor:
+    """log Z at every scored position by scoring each vocabulary entry there: (B, P)."""
+    from energy_lm.losses import exact_log_z
+
+    vocab = model._trunk().embed_tokens.num_embeddings
     energies, lprobs = [], None
     for first in range(0, vocab, chunk):
-        ids = torch.arange(first, min(first + chunk, vocab), device=src_tokens.device)
-        cands = ids.view(1, -1, 1).expand(bsz, -1, tgt_len - 1)  # (B, c, T-1)
-        out = causal_energy_pass(model, src_tokens, cands, start=1, segment_ids=segment_ids)
+        ids = torch.arange(first, min(first + chunk, vocab), device=sample["target"].device)
+
+        def every(logits: Tensor, ids=ids) -> Tensor:  # (B, P, V) -> (B, c, P)
+            return ids.view(1, -1, 1).expand(logits.size(0), -1, logits.size(1))
+
+        out = score_batch(model, sample, every)
         energies.append(out.cand_energy)
-        if lprobs is None:
-            lprobs = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    all_energies = torch.cat(energies, dim=1).permute(0, 2, 1)  # (B, T-1, V)
-    return exact_log_z(lprobs, all_energies)
+        lprobs = out.lprobs if lprobs is None else lprobs
+    return exact_log_z(lprobs, torch.cat(energies, dim=1).permute(0, 2, 1))
 
 
-def evaluate(model, batches, num_samples: int, exact_z: bool = False,
-             pad: int = 1) -> Dict[str, float]:
-    from energy_lm.losses import log_z_estimate
-    from energy_lm.models.scoring import causal_energy_pass
+def _gather(lprobs: Tensor, tokens: Tensor) -> Tensor:
+    return lprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
-    sums = {"lm": 0.0, "elm_z1": 0.0, "log_z_hat": 0.0, "log_z_var": 0.0, "log_z": 0.0}
-    count = 0
+
+class Totals:
+    """Sums over scored tokens (nats) of each figure, on the whole run and on the
+    exact-Z subset."""
+
+    KEYS = ("nll", "energy", "log_z_est", "log_z_var", "log_z_lower", "log_z")
+
+    def __init__(self):
+        self.all = dict.fromkeys(self.KEYS, 0.0)
+        self.exact = dict.fromkeys(self.KEYS, 0.0)
+        self.count = self.exact_count = 0
+
+    def add(self, into: dict, mask: Tensor, **values: Tensor) -> None:
+        m = mask.to(next(iter(values.values())).dtype)
+        for key, value in values.items():
+            into[key] += float((value * m).sum())
+
+
+def evaluate(model, batches: Iterable, num_samples: int = 16, topk: int = 16,
+             exact_z_batches: int = 0, generator: Optional[torch.Generator] = None,
+             chunk: int = 256, progress: Optional[Callable[[int, int], None]] = None
+             ) -> Dict[str, float]:
+    """Figures in bits per scored token (see the module docstring); `exact_z_batches`:
+    how many leading batches also get the exact Z (-1: all)."""
+    from energy_lm.losses import topk_tail_log_z
+
+    vocab = model._trunk().embed_tokens.num_embeddings
+    if not 1 <= topk < vocab - 1:
+        raise ValueError(f"--topk must be in [1, {vocab - 2}] (a tail of at least two tokens "
+                         f"must remain to sample), got {topk}")
+    if num_samples < 2:
+        raise ValueError(f"--num-samples must be >= 2 (the standard error needs two), got "
+                         f"{num_samples}")
+    totals = Totals()
     model.eval()
     with torch.no_grad():
-        for sample in batches:
-            src = sample["net_input"]["src_tokens"]
-            segment_ids = sample["net_input"].get("segment_ids")
-            target = sample["target"]
-            if src.size(1) < 2:
-                continue
-            out = causal_energy_pass(model, src, num_samples=num_samples, start=1,
-                                     segment_ids=segment_ids)
-            lprobs = torch.log_softmax(out.logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-            tgt = target[:, :-1]
-            scored = tgt.ne(pad)
-            nll = -lprobs.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
-            log_z_hat, stderr = log_z_estimate(out.cand_energy, dim=1)  # (B, T-1) each
-            mask = scored.float()
-            sums["lm"] += float((nll * mask).sum())
-            sums["elm_z1"] += float(((nll + out.energy) * mask).sum())
-            sums["log_z_hat"] += float((log_z_hat * mask).sum())
-            sums["log_z_var"] += float((stderr ** 2 * mask).sum())
-            if exact_z:
-                sums["log_z"] += float((exact_log_z_batch(model, src, segment_ids) * mask).sum())
-            count += int(scored.sum())
-    if count == 0:
-        raise ValueError("no token to score: the split is empty or its blocks are shorter "
-                         "than two tokens")
-    bits = {
-        "lm": sums["lm"] / count / LN2,
-        "elm_z1": sums["elm_z1"] / count / LN2,
-        "elm_k": (sums["elm_z1"] + sums["log_z_hat"]) / count / LN2,
-        "elm_k_stderr": math.sqrt(sums["log_z_var"]) / count / LN2,
-        "tokens": count,
+        for i, sample in enumerate(batches):
+            out = score_batch(model, sample, head_and_tail(topk, num_samples, generator))
+            head_tokens, tail_energy = out.cand_tokens[:, :topk], out.cand_energy[:, topk:]
+            head_log_q = out.lprobs.gather(-1, head_tokens.permute(0, 2, 1))  # (B, P, k)
+            log_z, stderr, lower = topk_tail_log_z(
+                head_log_q, out.cand_energy[:, :topk].permute(0, 2, 1),
+                tail_energy.permute(0, 2, 1))
+            figures = dict(nll=-_gather(out.lprobs, out.tokens), energy=out.energy,
+                           log_z_est=log_z, log_z_var=stderr ** 2, log_z_lower=lower)
+            totals.add(totals.all, out.scored, **figures)
+            totals.count += int(out.scored.sum())
+            if exact_z_batches < 0 or i < exact_z_batches:
+                totals.add(totals.exact, out.scored, log_z=exact_log_z_of(model, sample, chunk),
+                           **figures)
+                totals.exact_count += int(out.scored.sum())
+            if progress is not None:
+                progress(i + 1, totals.count)
+    if totals.count == 0:
+        raise ValueError("no token to score: the split is empty (or, for a masked model, "
+                         "no position was masked)")
+    return summarize(totals)
+
+
+def summarize(totals: Totals) -> Dict[str, float]:
+    def bits(sums: dict, count: int, *keys: str) -> float:
+        return sum(sums[k] for k in keys) / count / LN2
+
+    a, n = totals.all, totals.count
+    result = {
+        "tokens": n,
+        "lm": bits(a, n, "nll"),
+        "elm_z1": bits(a, n, "nll", "energy"),
+        "elm_est": bits(a, n, "nll", "energy", "log_z_est"),
+        "elm_est_stderr": math.sqrt(a["log_z_var"]) / n / LN2,
+        "elm_lower": bits(a, n, "nll", "energy", "log_z_lower"),
     }
-    if exact_z:
-        bits["elm_exact"] = (sums["elm_z1"] + sums["log_z"]) / count / LN2
-    return bits
+    e, m = totals.exact, totals.exact_count
+    if m:
+        result.update({
+            "exact_tokens": m,
+            "lm_on_exact": bits(e, m, "nll"),
+            "elm_exact": bits(e, m, "nll", "energy", "log_z"),
+            "elm_est_on_exact": bits(e, m, "nll", "energy", "log_z_est"),
+            "elm_est_stderr_on_exact": math.sqrt(e["log_z_var"]) / m / LN2,
+            "elm_lower_on_exact": bits(e, m, "nll", "energy", "log_z_lower"),
+        })
+    return result
 
 
-def load(path: Path, data_bin: Path, split: str, tokens_per_sample: Optional[int], cpu: bool):
+def ppl_text(bits: float) -> str:
+    """A perplexity, or why there is none: below 0 bits no distribution can be."""
+    return f"{2 ** bits:9.2f}" if bits >= 0 else "      n/a"
+
+
+def report(result: Dict[str, float], split: str, family: str, topk: int, num_samples: int) -> str:
+    what = ("every target, each in its own context" if family == "causal"
+            else "the masked positions of a fixed seeded masking")
+    lines = [f"split {split}: {result['tokens']} scored tokens ({what})",
+             f"  {'figure':<28}{'bits':>9}{'ppl':>10}  what it is"]
+
+    def row(name: str, bits: float, kind: str) -> None:
+        note = "" if bits >= 0 else "  [below 0 bits: impossible for a distribution]"
+        lines.append(f"  {name:<28}{bits:9.4f}{ppl_text(bits)}  {kind}{note}")
+
+    row("lm", result["lm"], "exact")
+    row("elm (Z = 1)", result["elm_z1"], "the seed's convention, log Z = 0: not normalised, "
+        "neither an estimate nor a bound")
+    row(f"elm (top-{topk} + tail, K={num_samples})", result["elm_est"],
+        f"estimate +- {result['elm_est_stderr']:.4f} (std error; biased low by ~stderr^2/2)")
+    row("elm lower bound", result["elm_lower"], f"bound: NLL >= this (Z >= its top-{topk} part)")
+    if "exact_tokens" in result:
+        lines.append(f"  on the first {result['exact_tokens']} scored tokens (exact Z):")
+        row("  lm", result["lm_on_exact"], "exact")
+        row("  elm (exact Z)", result["elm_exact"], "exact")
+        row("  elm estimate there", result["elm_est_on_exact"],
+            f"estimate +- {result['elm_est_stderr_on_exact']:.4f}; bias vs exact "
+            f"{result['elm_est_on_exact'] - result['elm_exact']:+.4f}")
+    return "\n".join(lines)
+
+
+def load(path: Path, data_bin: Path, split: str, tokens_per_sample: Optional[int], cpu: bool,
+         seed: int):
     from fairseq import checkpoint_utils
 
+    overrides = {"data": str(data_bin), "seed": seed}
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(path)], arg_overrides={"data": str(data_bin)})
+        [str(path)], arg_overrides=overrides)
     model = models[0]
-    if not getattr(model, "supports_candidate_stream", False) or hasattr(model, "encoder"):
-        raise ValueError(f"{path} is not a causal energy_lm model (transformer_lm_energy "
-                         f"family); got {type(model).__name__}")
+    if not getattr(model, "supports_candidate_stream", False):
+        raise ValueError(f"{path} is not an energy_lm model with an energy head "
+                         f"(transformer_lm_energy or roberta_energy family); got "
+                         f"{type(model).__name__}")
     if tokens_per_sample:  # the evaluation block size (the model's positions are unchanged)
-        learned = model.decoder.embed_positions is not None  # ALiBi models extrapolate
-        if learned and tokens_per_sample > model.max_positions():
+        if tokens_per_sample > model.max_positions():
             raise ValueError(f"--tokens-per-sample {tokens_per_sample} exceeds the model's "
                              f"{model.max_positions()} positions")
         task.args.tokens_per_sample = tokens_per_sample
@@ -112,51 +244,87 @@ def load(path: Path, data_bin: Path, split: str, tokens_per_sample: Optional[int
     return model, task
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="energy-lm-eval-elm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data_bin", type=Path)
+    parser.add_argument("data_bin", type=Path, help="binarized data (fairseq-preprocess output)")
     parser.add_argument("--path", type=Path, required=True, help="checkpoint file")
-    parser.add_argument("--split", default="valid")
-    parser.add_argument("--num-samples", type=int, default=16, help="K samples per position")
+    parser.add_argument("--split", default="valid", help="split to score (default: valid)")
+    parser.add_argument("--num-samples", type=int, default=16,
+                        help="K samples of q's tail per position (default 16)")
+    parser.add_argument("--topk", type=int, default=16,
+                        help="q's k most likely tokens summed exactly (default 16)")
     parser.add_argument("--exact-z", action="store_true",
-                        help="also sum Z over the whole vocabulary (small vocabularies)")
-    parser.add_argument("--tokens-per-sample", type=int, default=None)
+                        help="also sum Z over the whole vocabulary (on --exact-z-batches)")
+    parser.add_argument("--exact-z-batches", type=int, default=0,
+                        help="with --exact-z: the number of leading batches that get it "
+                             "(0: all); the cost is printed before it starts")
+    parser.add_argument("--vocab-chunk", type=int, default=256,
+                        help="vocabulary entries scored per pass by --exact-z (memory)")
+    parser.add_argument("--tokens-per-sample", type=int, default=None,
+                        help="block length (default: the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batches", type=int, default=0, help="0: the whole split")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seed of the tail samples and of a masked model's masking")
     parser.add_argument("--cpu", action="store_true")
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.num_samples < 2:
-        parser.error("--num-samples must be >= 2 (the standard error needs two samples)")
+    for flag in ("num_samples", "topk", "batch_size", "vocab_chunk"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.max_batches < 0 or args.exact_z_batches < 0:
+        parser.error("--max-batches and --exact-z-batches must be >= 0")
     for required, what in ((args.path, "checkpoint"), (args.data_bin / "dict.txt", "dictionary")):
         if not required.exists():
             parser.error(f"{what} not found: {required}")
     logging.getLogger("fairseq").setLevel(logging.WARNING)
     torch.manual_seed(args.seed)
-    model, task = load(args.path, args.data_bin, args.split, args.tokens_per_sample, args.cpu)
-    iterator = task.get_batch_iterator(dataset=task.dataset(args.split), max_sentences=args.batch_size,
+    model, task = load(args.path, args.data_bin, args.split, args.tokens_per_sample, args.cpu,
+                       args.seed)
+    dataset = task.dataset(args.split)
+    iterator = task.get_batch_iterator(dataset=dataset, max_sentences=args.batch_size,
                                        max_positions=task.args.tokens_per_sample, seed=args.seed
                                        ).next_epoch_itr(shuffle=False)
+    total_batches = len(iterator) if not args.max_batches else min(args.max_batches, len(iterator))
     device = next(model.parameters()).device
+    exact_batches = 0
+    if args.exact_z:
+        exact_batches = total_batches if not args.exact_z_batches else min(
+            args.exact_z_batches, total_batches)
+        vocab = model._trunk().embed_tokens.num_embeddings
+        print(f"exact Z: {vocab} vocabulary entries scored at every position of "
+              f"{exact_batches} batch(es) of {args.batch_size}, "
+              f"{math.ceil(vocab / args.vocab_chunk)} passes each; the first batch's time "
+              f"gives the estimate", file=sys.stderr, flush=True)
 
     from fairseq import utils
 
     def batches():
         for i, sample in enumerate(iterator):
-            if args.max_batches and i >= args.max_batches:
+            if i >= total_batches:
                 return
             yield utils.move_to_cuda(sample) if device.type == "cuda" else sample
 
-    result = evaluate(model, batches(), args.num_samples, args.exact_z,
-                      pad=task.source_dictionary.pad())
-    print(f"split {args.split}: {result['tokens']} scored tokens, K = {args.num_samples}")
-    print(f"  lm         {result['lm']:.4f} bits  ppl {2 ** result['lm']:.2f}")
-    print(f"  elm (Z=1)  {result['elm_z1']:.4f} bits  ppl {2 ** result['elm_z1']:.2f}")
-    print(f"  elm (K)    {result['elm_k']:.4f} bits  ppl {2 ** result['elm_k']:.2f}"
-          f"  (log2 Z_hat stderr {result['elm_k_stderr']:.4f})")
-    if args.exact_z:
-        print(f"  elm (exact Z) {result['elm_exact']:.4f} bits  ppl {2 ** result['elm_exact']:.2f}")
+    started = time.monotonic()
+
+    def progress(done: int, tokens: int) -> None:
+        elapsed = time.monotonic() - started
+        if done == 1 or done % 10 == 0 or done == total_batches:
+            left = elapsed / done * (total_batches - done)
+            print(f"  batch {done}/{total_batches}, {tokens} tokens, {elapsed:.0f} s, "
+                  f"~{left:.0f} s left", file=sys.stderr, flush=True)
+
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    result = evaluate(model, batches(), args.num_samples, args.topk,
+                      exact_z_batches=exact_batches, generator=generator,
+                      chunk=args.vocab_chunk, progress=progress)
+    family = "masked" if is_masked(model) else "causal"
+    print(report(result, args.split, family, args.topk, args.num_samples))
     return result
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import LM_SMALL, build_model, error_line, run_cli
-from energy_lm.eval_elm import evaluate, exact_log_z_batch
+from energy_lm.eval_elm import evaluate, exact_log_z_of, report
 from energy_lm.sampling import sir_sample
 
 
@@ -20,32 +20,81 @@ def energy_lm(data_bin, seed=0, std=0.5):
     return model, task
 
 
+def lm_batch(src, target):
+    return {"net_input": {"src_tokens": src}, "target": target}
+
+
 def test_exact_log_z_by_enumeration_matches_a_direct_sum(data_bin):
     model, task = energy_lm(data_bin)
     src = torch.randint(4, 300, (1, 4))
-    log_z = exact_log_z_batch(model, src, chunk=97)  # (1, 3); an odd chunk size on purpose
-    vocab = len(task.source_dictionary)
-    all_tokens = torch.arange(vocab).view(1, -1, 1).expand(1, vocab, 3)
-    lprobs, _, cand_energy = model.score_candidates(
-        src, torch.cat([src[:, None, :1].expand(1, vocab, 1), all_tokens], dim=2))
+    target = torch.cat([src[:, 1:], torch.randint(4, 300, (1, 1))], dim=1)
+    with torch.no_grad():
+        log_z = exact_log_z_of(model, lm_batch(src, target), chunk=97)  # (1, 4); odd chunk
+        vocab = len(task.source_dictionary)
+        full = torch.cat([src, target[:, -1:]], dim=1)  # position 4 follows the block
+        all_tokens = torch.arange(vocab).view(1, -1, 1).expand(1, vocab, 4)
+        lprobs, _, cand_energy = model.score_candidates(
+            full, torch.cat([full[:, None, :1].expand(1, vocab, 1), all_tokens], dim=2))
     direct = torch.logsumexp(lprobs[:, :-1] - cand_energy[:, :, 1:].permute(0, 2, 1), dim=-1)
     torch.testing.assert_close(log_z, direct, rtol=1e-5, atol=1e-5)
 
 
-def test_k_sample_elm_estimate_approaches_exact_z(data_bin):
+def test_elm_estimate_approaches_exact_z_and_is_labelled(data_bin):
     model, task = energy_lm(data_bin)
     torch.manual_seed(3)
     src = torch.randint(4, 300, (2, 6))
     target = torch.cat([src[:, 1:], torch.randint(4, 300, (2, 1))], dim=1)
-    batch = {"net_input": {"src_tokens": src}, "target": target}
-    result = evaluate(model, [batch], num_samples=400, exact_z=True, pad=task.source_dictionary.pad())
-    assert result["tokens"] == 10
+    batch = lm_batch(src, target)
+    g = torch.Generator().manual_seed(0)
+    result = evaluate(model, [batch], num_samples=400, topk=8, exact_z_batches=1, generator=g)
+    assert result["tokens"] == result["exact_tokens"] == 12  # every target, the last too
     # the energies are far from zero, so Z is far from 1 ...
     assert abs(result["elm_exact"] - result["elm_z1"]) > 0.05
-    # ... and the K-sample estimate finds it, within its standard error (plus Jensen's bias)
-    assert abs(result["elm_k"] - result["elm_exact"]) < 4 * result["elm_k_stderr"] + 0.01
-    few = evaluate(model, [batch], num_samples=4, exact_z=False, pad=task.source_dictionary.pad())
-    assert few["elm_k_stderr"] > result["elm_k_stderr"]
+    # ... the estimate finds it within its standard error (plus Jensen's bias) ...
+    assert abs(result["elm_est"] - result["elm_exact"]) < 4 * result["elm_est_stderr"] + 0.01
+    # ... and the head-only bound is below the exact figure, for certain
+    assert result["elm_lower"] <= result["elm_exact"] + 1e-6
+    few = evaluate(model, [batch], num_samples=4, topk=8, generator=g)
+    assert few["elm_est_stderr"] > result["elm_est_stderr"]
+    text = report(result, "valid", "causal", 8, 400)
+    for label in ("exact", "estimate +-", "bound: NLL >=", "the seed's convention", "bias vs exact"):
+        assert label in text, (label, text)
+
+
+def test_a_figure_below_zero_bits_prints_no_perplexity():
+    result = {"tokens": 3, "lm": 1.0, "elm_z1": -0.6, "elm_est": -0.61, "elm_est_stderr": 0.01,
+              "elm_lower": -0.7}
+    text = report(result, "valid", "causal", 4, 8)
+    line = next(l for l in text.splitlines() if "Z = 1" in l)
+    assert "n/a" in line and "impossible" in line
+
+
+def test_eval_counts_do_not_depend_on_batch_size_or_padding(data_bin):
+    """One eos-mode split (right-padded rows of different lengths) scored at batch size 1
+    and 3: the same tokens and the same exact figures."""
+    model, task = energy_lm(data_bin)
+    d = task.source_dictionary
+    docs = [[10, 11, 12, 13, 14], [20, 21], [30, 31, 32]]
+    rows = []
+    for doc in docs:
+        row = torch.tensor([d.eos()] + doc + [d.eos()])
+        rows.append((row[:-1], row[1:]))
+
+    def batch(items):
+        n = max(len(s) for s, _ in items)
+        src = torch.full((len(items), n), d.pad())
+        tgt = torch.full((len(items), n), d.pad())
+        for b, (s, t) in enumerate(items):
+            src[b, : len(s)], tgt[b, : len(t)] = s, t
+        return lm_batch(src, tgt)
+
+    one = evaluate(model, [batch([r]) for r in rows], topk=4, num_samples=2,
+                   exact_z_batches=-1, generator=torch.Generator().manual_seed(0))
+    three = evaluate(model, [batch(rows)], topk=4, num_samples=2, exact_z_batches=-1,
+                     generator=torch.Generator().manual_seed(0))
+    assert one["tokens"] == three["tokens"] == sum(len(doc) + 1 for doc in docs)
+    for key in ("lm", "elm_z1", "elm_exact", "elm_lower"):
+        assert one[key] == pytest.approx(three[key], abs=1e-5), key
 
 
 def plain_sample(model, prefix, steps, generator, pad):
@@ -92,11 +141,14 @@ def test_eval_elm_cli_and_hub_sampling_on_a_trained_checkpoint(data_bin, tmp_pat
             "transformer_lm_clap_tiny", *LM_SMALL, "--criterion", "monarc", "--max-update", "3",
             "--save-dir", tmp_path)
     result = run_cli("energy-lm-eval-elm", data_bin, "--path", tmp_path / "checkpoint_last.pt",
-                     "--num-samples", "4", "--max-batches", "2", "--batch-size", "2",
-                     "--tokens-per-sample", "16", "--exact-z")
+                     "--num-samples", "4", "--topk", "4", "--max-batches", "2", "--batch-size",
+                     "2", "--tokens-per-sample", "16", "--exact-z", "--exact-z-batches", "1")
     out = result.stdout
-    for label in ("lm", r"elm \(Z=1\)", r"elm \(K\)", r"elm \(exact Z\)"):
-        assert re.search(rf"{label}\s+[0-9.]+ bits\s+ppl [0-9.]+", out), (label, out)
+    for label, kind in (("lm", "exact"), (r"elm \(Z = 1\)", "convention"),
+                        (r"elm \(top-4 \+ tail, K=4\)", "estimate"),
+                        ("elm lower bound", "bound"), (r"elm \(exact Z\)", "exact")):
+        assert re.search(rf"{label}\s+[0-9.]+\s+[0-9.]+\s+.*{kind}", out), (label, out)
+    assert "exact Z:" in result.stderr and "batch 1/2" in result.stderr  # cost, progress
     bad = run_cli("energy-lm-eval-elm", data_bin, "--path", tmp_path / "missing.pt", check=False)
     assert bad.returncode == 2 and "checkpoint not found" in error_line(bad.stderr)
 

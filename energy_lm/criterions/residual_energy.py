@@ -10,10 +10,13 @@ model's data and candidate streams (`energy_lm.models.scoring`), masks padding, 
 logs, in base 2 as fairseq does:
   lm_loss    the LM's own cross-entropy
   ebm_loss   the true value of the energy term (not a surrogate)
-  elm_loss   the ELM's NLL assuming Z = 1: CE + E(x) (E counted where it is defined:
-             every target of a masked model; all but the last target of each causal block)
+  elm_loss   the ELM's NLL assuming Z = 1 (the seed's convention, not a bound): CE + E(x)
+             over the same targets (every target, each in its own context: see
+             energy_lm.models.scoring)
   z          mean exp(-E(y)), the one-sample estimate of Z (should stay near 1)
-  energy_acc share of positions with E(x) < E(y)
+  energy_acc share of samples y != x with E(x) < E(y) (ties y = x carry no signal)
+  energy_gap mean E(y) - E(x) over the samples y != x (> 0: the energy prefers the data)
+  tie_share  share of samples equal to the data token
   guarded    share of exp(-E(y)) values that needed the overflow guard
 Each sample is a function of (--seed, update number, the example's id, its position, k)
 (energy_lm.losses.keyed_random): the same example draws the same candidates whatever
@@ -113,15 +116,16 @@ class ResidualEnergyCriterion(FairseqCriterion):
 
     def _forward_causal(self, model, sample):
         net_input, target = sample["net_input"], sample["target"]  # target (B, T)
-        out = causal_energy_pass(model, net_input["src_tokens"], num_samples=self.cfg.num_candidates,
-                                 start=1, segment_ids=net_input.get("segment_ids"),
+        # every target is scored, its energy in the context the LM predicted it from
+        out = causal_energy_pass(model, net_input["src_tokens"], targets=target,
+                                 num_samples=self.cfg.num_candidates,
+                                 segment_ids=net_input.get("segment_ids"),
                                  backend=self.cfg.attention_backend,
                                  sample_keys=self._sample_keys(model, sample))
         ce = F.cross_entropy(out.logits.float().flatten(0, 1), target.flatten(),
                              ignore_index=self.padding_idx, reduction="sum")
-        # the data token at position p is target[:, p - 1], proposed by logits[:, p - 1]
-        scored = target[:, :-1].ne(self.padding_idx)  # (B, T-1)
-        return self._finish(ce, out.energy, out.cand_energy, scored, sample["ntokens"], sample)
+        return self._finish(ce, out.energy, out.cand_energy, out.tokens, out.cand_tokens,
+                            out.scored, sample["ntokens"], sample)
 
     def _forward_masked(self, model, sample):
         out = masked_energy_pass(model, sample["net_input"]["src_tokens"], sample["target"],
@@ -131,26 +135,33 @@ class ResidualEnergyCriterion(FairseqCriterion):
         ce = F.cross_entropy(out.logits.float().flatten(0, 1), out.targets.flatten(),
                              ignore_index=self.padding_idx, reduction="sum")
         sample_size = sample["target"].ne(self.padding_idx).int().sum()
-        return self._finish(ce, out.energy, out.cand_energy, out.valid, sample_size, sample)
+        return self._finish(ce, out.energy, out.cand_energy, out.targets, out.cand_tokens,
+                            out.valid, sample_size, sample)
 
-    def _finish(self, ce, energy, cand_energy, scored, sample_size, sample):
-        """energy (B, P), cand_energy (B, K, P), scored (B, P) bool."""
+    def _finish(self, ce, energy, cand_energy, tokens, cand_tokens, scored, sample_size, sample):
+        """energy (B, P), cand_energy (B, K, P), tokens (B, P), cand_tokens (B, K, P),
+        scored (B, P) bool. CE and E(x) cover the same targets (every scored one)."""
         terms = self.energy_terms(energy.unsqueeze(1), cand_energy)  # each (B, K, P)
         weight = scored.unsqueeze(1).float() / cand_energy.size(1)  # averages over K
         ebm = (terms["ebm"] * weight).sum()
         z = (terms["z"] * weight).sum()
         self._check_finite(ce, energy, cand_energy, z, scored)
         loss = ce + self.cfg.energy_weight * ebm
-        n_scored = scored.sum()
+        # a sample equal to the data token (y = x) has nothing to learn: accuracy and the
+        # energy gap are over y != x, the share of ties apart
+        untied = weight * cand_tokens.ne(tokens.unsqueeze(1)).float()
+        gap = (cand_energy.detach().float() - energy.detach().float().unsqueeze(1))
         logging_output = {
             "loss": loss.data,
             "lm_loss": ce.data,
             "ebm_loss": ebm.data,
-            "energy_data": (energy * scored).sum().data,
+            "energy_data": (energy.float() * scored).sum().data,
             "z": z.data,
-            "energy_acc": (terms["correct"] * weight).sum().data,
+            "energy_acc": (terms["correct"] * untied).sum().data,
+            "energy_gap": (gap * untied).sum().data,
+            "n_untied": untied.sum().data,
             "guarded": (terms["guarded"].float() * weight).sum().data,
-            "n_scored": n_scored.data,
+            "n_scored": scored.sum().data,
             "ntokens": sample["ntokens"],
             "nsentences": sample["nsentences"],
             "sample_size": sample_size,
@@ -171,7 +182,11 @@ class ResidualEnergyCriterion(FairseqCriterion):
         metrics.log_scalar("elm_loss", (total("lm_loss") + total("energy_data")) / sample_size / LN2,
                            sample_size, round=3)
         metrics.log_scalar("z", total("z") / n_scored_safe, n_scored, round=4)
-        metrics.log_scalar("energy_acc", total("energy_acc") / n_scored_safe, n_scored, round=4)
+        n_untied = total("n_untied")
+        n_untied_safe = max(float(n_untied), 1e-9)
+        metrics.log_scalar("energy_acc", total("energy_acc") / n_untied_safe, n_untied, round=4)
+        metrics.log_scalar("energy_gap", total("energy_gap") / n_untied_safe, n_untied, round=4)
+        metrics.log_scalar("tie_share", 1.0 - float(n_untied) / n_scored_safe, n_scored, round=4)
         metrics.log_scalar("guarded", total("guarded") / n_scored_safe, n_scored, round=5)
 
     @staticmethod

@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from energy_lm.kernels.reference import row_positions
+from energy_lm.kernels.reference import row_positions, segment_positions
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,7 +45,7 @@ def _batch_layout(cand_pos: Tensor, n: int, b: int, causal: bool, segment_ids, k
     row_pos = row_positions(cand_pos, n)  # (B, L)
     seg = segment_ids.long() if segment_ids is not None else torch.zeros(b, n, dtype=torch.long,
                                                                          device=device)
-    row_seg = seg.gather(1, row_pos)  # (B, L): the document of each row's position
+    row_seg = seg.gather(1, segment_positions(row_pos, n, n, causal))  # (B, L): each row's document
     pad = (key_padding_mask.bool() if key_padding_mask is not None
            else torch.zeros(b, n, dtype=torch.bool, device=device))
     key_pad = torch.cat([pad, torch.zeros(b, m, dtype=torch.bool, device=device)], dim=1)

@@ -83,7 +83,7 @@ def _resolve_backend(backend: str, q: Tensor, dropout_p: float) -> str:
     return chosen
 
 
-def _check_inputs(q, k, v, q_c, k_c, v_c, cand_pos, alibi_slopes, alibi_mode,
+def _check_inputs(q, k, v, q_c, k_c, v_c, cand_pos, causal, alibi_slopes, alibi_mode,
                   segment_ids, key_padding_mask, dropout_p) -> None:
     """One ValueError line per bad input (shapes, dtypes, modes, candidate positions)."""
     def fail(msg: str) -> None:
@@ -124,8 +124,10 @@ def _check_inputs(q, k, v, q_c, k_c, v_c, cand_pos, alibi_slopes, alibi_mode,
     # training must not wait for it (there an out-of-range index fails in the kernel)
     if m > 0 and cand_pos.device.type == "cpu":
         lo, hi = int(cand_pos.min()), int(cand_pos.max())
-        if lo < 0 or hi >= n:
-            fail(f"cand_pos must lie in [0, N) = [0, {n}), got values in [{lo}, {hi}]")
+        top = n + 1 if causal else n  # causal: p = N scores the target after the last token
+        if lo < 0 or hi >= top:
+            fail(f"cand_pos must lie in [0, {top}) ({'causal: p <= N' if causal else 'p < N'}),"
+                 f" got values in [{lo}, {hi}]")
 
 
 def paired_attention(
@@ -146,15 +148,18 @@ def paired_attention(
     """Attention of a data stream and of candidates standing at data positions.
 
     q, k, v: (B, H, N, D) data stream; q_c, k_c, v_c: (B, H, M, D) candidates;
-    cand_pos: (B, M) int, the data position p of each candidate, 0 <= p < N.
+    cand_pos: (B, M) int, the data position p of each candidate, 0 <= p < N (causal:
+    0 <= p <= N; p = N scores the target that follows the block's last token).
     Scores are q.k * D ** -0.5, plus `alibi_bias(alibi_slopes, i, j, alibi_mode)` when
     alibi_slopes (H,) is given.
 
     - data query i sees data keys j with j <= i (causal) or any j, in the same segment
       (segment_ids (B, N)), not padding (key_padding_mask (B, N), True = pad); never a
       candidate key;
-    - candidate m at p sees data keys j with j < p (causal) or j != p, in p's segment,
-      not padding, with the ALiBi bias of a data query at p; plus its own key
+    - candidate m at p sees data keys j with j < p (causal) or j != p, not padding, with
+      the ALiBi bias of a data query at p, in the segment of p (bidirectional) or of p - 1
+      (causal: the candidate stands in for the token data query p - 1 proposes, so a
+      `</s>` closing a document is scored in that document); plus its own key
       (k_c, v_c at m) at distance 0 (bias 0); never another candidate's key.
     So a candidate that is a copy of data token p (at a real, non-pad position) gets
     exactly data query p's output. A query that sees no key returns 0.
@@ -169,7 +174,7 @@ def paired_attention(
     the reference; the choice is logged once) or one of `_BACKENDS`.
     """
     chosen = _resolve_backend(backend, q, dropout_p)
-    _check_inputs(q, k, v, q_c, k_c, v_c, cand_pos, alibi_slopes, alibi_mode,
+    _check_inputs(q, k, v, q_c, k_c, v_c, cand_pos, causal, alibi_slopes, alibi_mode,
                   segment_ids, key_padding_mask, dropout_p)
     keywords = dict(causal=causal, alibi_slopes=alibi_slopes, alibi_mode=alibi_mode,
                     segment_ids=segment_ids, key_padding_mask=key_padding_mask,

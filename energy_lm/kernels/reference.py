@@ -37,6 +37,22 @@ def row_positions(cand_pos: Tensor, n: int) -> Tensor:
     return torch.cat([torch.arange(n, device=cand_pos.device).expand(b, n), cand_pos.long()], 1)
 
 
+def segment_positions(row_pos: Tensor, n: int, num_data_rows: int, causal: bool) -> Tensor:
+    """(B, R) long: the data position whose document (segment id) each query row belongs to.
+
+    row_pos (B, R): positions of rows whose first `num_data_rows` are data rows. A data row
+    and a bidirectional candidate belong to the document of their own position. A causal
+    candidate at p stands in for the token that data row p - 1 proposes, so it belongs to
+    row p - 1's document: a `</s>` that closes a document is scored inside it, although as
+    an input it opens the next one; and p = N (the target after a block's last token)
+    needs no position N. Position 0 has no context (it sees only its own key).
+    """
+    if not causal:
+        return row_pos
+    is_cand = torch.arange(row_pos.size(1), device=row_pos.device) >= num_data_rows
+    return torch.where(is_cand[None, :], (row_pos - 1).clamp(min=0), row_pos).clamp(max=n - 1)
+
+
 def paired_mask(
     cand_pos: Tensor,
     n: int,
@@ -49,7 +65,8 @@ def paired_mask(
 ) -> Tuple[Tensor, Tensor]:
     """The mask of queries `[data; candidates]` on keys `[data; candidates]`.
 
-    cand_pos: (B, M) int, the data position of each candidate; n: the data length N.
+    cand_pos: (B, M) int, the data position of each candidate (0 <= p < N; causal: p <= N);
+    n: the data length N.
     Returns (mask, live), with L = N + M:
       - mask: (B, 1, L, L) bool (True = may attend) without ALiBi, or (B, H, L, L) fp32
         additive (ALiBi bias, -inf = may not attend) with it;
@@ -72,7 +89,7 @@ def paired_mask(
     else:
         see_data = (j != p) | ~is_cand  # (B, L, N)
     if segment_ids is not None:
-        seg_q = segment_ids.gather(1, q_pos)  # (B, L): the document of each query's position
+        seg_q = segment_ids.gather(1, segment_positions(q_pos, n, n, causal))  # (B, L)
         see_data = see_data & (seg_q[:, :, None] == segment_ids[:, None, :])
     if key_padding_mask is not None:
         see_data = see_data & ~key_padding_mask.bool()[:, None, :]
@@ -150,7 +167,7 @@ def candidate_attention_reference(
     p = cand_pos.long()[:, :, None]  # (B, M, 1)
     see = (j < p) if causal else (j != p)  # (B, M, N)
     if segment_ids is not None:
-        seg_c = segment_ids.gather(1, cand_pos.long())  # (B, M)
+        seg_c = segment_ids.gather(1, segment_positions(cand_pos.long(), n, 0, causal))  # (B, M)
         see = see & (seg_c[:, :, None] == segment_ids[:, None, :])
     if key_padding_mask is not None:
         see = see & ~key_padding_mask.bool()[:, None, :]

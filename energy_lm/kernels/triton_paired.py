@@ -5,7 +5,8 @@
 (j <= i when causal, else every j) in its segment and not padding; candidate m at
 p = cand_pos[b, m] sees the data keys a data query at p would see, minus key p itself
 (causal: j < p; bidirectional: j != p), plus its OWN key k_c[m], v_c[m] with bias 0,
-and never another candidate. A query that sees no key returns 0 with zero gradient.
+and never another candidate. A causal candidate belongs to the document of row p - 1
+(the row whose proposal it stands in for) and may stand at p = N. A query that sees no key returns 0 with zero gradient.
 
 Supports: causal and bidirectional attention; ALiBi in the modes "causal", "symmetric"
 and "shifted", computed in the kernel from the (H,) slopes and the positions (no bias
@@ -113,6 +114,21 @@ def _query_rows(pid_m, b, N, M, CP, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def _query_segment(SEG, b, N, pos, row_ok, is_cand, CAUSAL: tl.constexpr, HAS_SEG: tl.constexpr):
+    """The document id of query rows at positions `pos` (the reference's
+    `segment_positions`): a causal candidate at p belongs to row p - 1's document (it
+    stands in for the token that row proposes; p may be N), any other row to its own."""
+    if HAS_SEG:
+        if CAUSAL:
+            at = tl.minimum(tl.maximum(pos - is_cand, 0), N - 1)
+        else:
+            at = pos
+        return tl.load(SEG + b.to(tl.int64) * N + at, mask=row_ok, other=-2)
+    else:
+        return pos
+
+
+@triton.jit
 def _tile_scores(q, k, pos, row_ok, seg_q, offs_n, b, is_cand, N, SEG, PAD, slope, sm_scale,
                  CAUSAL: tl.constexpr, ALIBI: tl.constexpr, HAS_SEG: tl.constexpr,
                  HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
@@ -163,10 +179,7 @@ def _fwd_kernel(Q, K, V, QC, KC, VC, CP, SEG, PAD, SLOPES, O, OC, LSE,
         slope = tl.load(SLOPES + bh % H)
     else:
         slope = 0.0
-    if HAS_SEG:
-        seg_q = tl.load(SEG + b * N + pos, mask=row_ok, other=-2)
-    else:
-        seg_q = pos
+    seg_q = _query_segment(SEG, b, N, pos, row_ok, is_cand, CAUSAL, HAS_SEG)
 
     # initial online-softmax state: a candidate row holds its own key (bias 0)
     if is_cand == 1:
@@ -254,10 +267,7 @@ def _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, QS, DOS, LSE, DELTA, CP, SEG
         else:
             visit = start_m < n_rows
         if visit:
-            if HAS_SEG:
-                seg_q = tl.load(SEG + b * N + pos, mask=row_ok, other=-2)
-            else:
-                seg_q = pos
+            seg_q = _query_segment(SEG, b, N, pos, row_ok, IS_CAND, CAUSAL, HAS_SEG)
             rows = (bh * n_rows + local)[:, None] * D + offs_d[None, :]
             row_mask = row_ok[:, None] & d_ok
             q = tl.load(QS + rows, mask=row_mask, other=0.0)
@@ -333,10 +343,7 @@ def _bwd_dq_kernel(Q, K, V, QC, KC, VC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPE
         slope = tl.load(SLOPES + bh % H)
     else:
         slope = 0.0
-    if HAS_SEG:
-        seg_q = tl.load(SEG + b * N + pos, mask=row_ok, other=-2)
-    else:
-        seg_q = pos
+    seg_q = _query_segment(SEG, b, N, pos, row_ok, is_cand, CAUSAL, HAS_SEG)
     if is_cand == 1:
         rows = (bh * M + local)[:, None] * D + offs_d[None, :]
         q = tl.load(QC + rows, mask=row_mask, other=0.0)

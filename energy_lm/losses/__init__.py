@@ -3,13 +3,13 @@
 
 from energy_lm.losses.cwt import cwt_candidates, cwt_loss, cwt_loss_from_rows
 from energy_lm.losses.energy import (
-    exact_log_z,
     guarded_exp_neg,
     log_z_estimate,
     monarc_terms,
     nce_terms,
     sample_tokens,
 )
+from energy_lm.losses.partition import exact_log_z, topk_tail_log_z
 
 __all__ = [
     "cwt_candidates",
@@ -21,4 +21,5 @@ __all__ = [
     "monarc_terms",
     "nce_terms",
     "sample_tokens",
+    "topk_tail_log_z",
 ]

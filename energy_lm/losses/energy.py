@@ -7,7 +7,8 @@ Z = E_{y~q}[exp(-E(y))]. This module holds the arithmetic only (no fairseq, no m
 - `monarc_terms`:    E(x) + exp(-E(y)) - 1, the Z - log Z - 1 penalty with a one-sample Z.
 - `nce_terms`:       softplus(E(x)) + softplus(-E(y)), data vs LM samples with logit -E.
 - `sample_tokens`:   exact ancestral sampling from the detached LM logits.
-- `log_z_estimate`, `exact_log_z`: log Z from K samples of q, or by enumerating V.
+- `log_z_estimate`:  log Z from K samples of q (see `energy_lm.losses.partition` for
+                     the exact sum and the top-k + tail estimator).
 
 Precision: every function computes in fp32 (float64 inputs stay float64, so
 `gradcheck` sees exact arithmetic) and returns that dtype, whatever the input dtype
@@ -177,16 +178,3 @@ def log_z_estimate(energy_samples: Tensor, dim: int = -1) -> Tuple[Tensor, Tenso
     ratios = torch.exp(neg - log_z.unsqueeze(dim))  # exp(-E(y_k)) / mean_k: mean 1
     stderr = ratios.std(dim=dim, correction=1) / math.sqrt(num)
     return log_z, stderr
-
-
-def exact_log_z(lm_logprobs: Tensor, energies: Tensor) -> Tensor:
-    """log Z = log sum_y q(y) exp(-E(y)) = logsumexp_y(log q(y) - E(y)), by enumeration.
-
-    Args:
-        lm_logprobs: (..., V) log q(y); energies: (..., V) E(y); the two broadcast.
-    Returns:
-        (...) fp32 (float64 for float64 input). Costs O(V) energies per position: for
-        small vocabularies (tests, toy models).
-    """
-    dtype = compute_dtype(lm_logprobs, energies)
-    return torch.logsumexp(lm_logprobs.to(dtype) - energies.to(dtype), dim=-1)

@@ -2,11 +2,14 @@
 candidate energies in one call (a data pass and a candidate pass that reuses the data
 stream's keys/values; see energy_lm.models.energy_model).
 
-Causal models (METHODS.md section 4): for tokens x (B, T), position p's candidate y
+Causal models (docs/methods.md): for tokens x (B, T), position p's candidate y
 stands where x_p stands and sees x_<p (and itself); its energy is E(y, x_<p). The LM
-proposal for position p is logits[:, p - 1]. Position 0 has no proposal inside the
-block: its candidates see only themselves, and a rich energy head gets a zero context
-and log q = 0 there.
+proposal for position p is logits[:, p - 1]. Scoring rule, shared by the criterions,
+energy-lm-eval-elm and SIR: every target is scored with exactly the context the LM used
+to predict it, including a block's last target (position T, past the input) and the
+`</s>` that closes a packed document. Position 0 has no proposal inside the block: its
+candidates see only themselves, and a rich energy head gets a zero context and log q = 0
+there.
 
 Masked models: at each masked position i (target != pad), the data token and each
 candidate stand at i, see every other position of the masked input and themselves; the
@@ -27,8 +30,10 @@ from energy_lm.losses.keyed_random import SampleKeys, keyed_uniform
 @dataclass
 class CausalEnergyOutput:
     logits: Tensor       # (B, T, V) LM logits; logits[:, t] proposes the token at t + 1
-    positions: Tensor    # (P,) the scored positions start..T-1
-    energy: Tensor       # (B, P) fp32: E(x_p | x_<p)
+    positions: Tensor    # (P,) the scored positions: 1..T with targets, else start..T-1
+    tokens: Tensor       # (B, P) the token scored at each position
+    scored: Tensor       # (B, P) bool: not padding
+    energy: Tensor       # (B, P) fp32: E(x_p | x_<p), every one in its own context
     cand_tokens: Tensor  # (B, K, P)
     cand_energy: Tensor  # (B, K, P) fp32: E(y_kp | x_<p)
 
@@ -56,29 +61,83 @@ def _token_log_q(lprobs: Tensor, tokens: Tensor) -> Tensor:
     return gathered.squeeze(-1)
 
 
+def _fixup_slots(needs: Tensor):
+    """needs (B, P) bool -> (slots (B, F) int64 indices into P, valid (B, F) bool): the
+    positions whose energy the data stream cannot give, left-aligned, F = the largest
+    count in a row (one host sync, as `masked_positions`)."""
+    counts = needs.sum(dim=1)
+    num = int(counts.max()) if needs.numel() else 0
+    order = torch.sort((~needs).to(torch.int8), dim=1, stable=True).indices  # needed first
+    slots = order[:, :num]
+    valid = torch.arange(num, device=needs.device)[None, :] < counts[:, None]
+    return slots, valid
+
+
 def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] = None, *,
-                       num_samples: int = 1, start: int = 1,
+                       targets: Optional[Tensor] = None, num_samples: int = 1, start: int = 1,
                        segment_ids: Optional[Tensor] = None,
                        backend: str = "auto",
                        sample_keys: Optional[SampleKeys] = None) -> CausalEnergyOutput:
-    """Score data tokens and candidates at positions start..T-1 of src_tokens (B, T).
+    """Score every target in the context the LM used to predict it, with candidates.
 
-    candidates: (B, K, T - start), or None to draw num_samples per position from the LM's
-    detached fp32 softmax (exact ancestral sampling at temperature 1); with sample_keys
+    Two layouts:
+    - targets (B, T) given (a language-modelling batch: targets[:, t] follows
+      src_tokens[:, :t+1]): the scored positions are p = 1..T, the token at p is
+      targets[:, p - 1], proposed by logits[:, p - 1]. Position T lies past the input: the
+      block's last target is scored there, in the candidate stream.
+    - targets None (scoring a sequence): positions p = start..T-1, the token at p is
+      src_tokens[:, p].
+    The data stream gives E(x_p) where its state at p has exactly that context (src_tokens
+    holds the token at p, and p opens no document of a packed block); everywhere else (the
+    last target of a block or of a right-padded row, the `</s>` that closes a packed
+    document) the token goes through the candidate stream, which sees x_<p inside row
+    p - 1's document (energy_lm.kernels.paired_attention). Padding, batch size and
+    packing therefore never change a target's energy.
+
+    candidates: (B, K, P); a function of the detached proposal logits (B, P, V) that
+    returns them; or None to draw num_samples per position from the LM's detached fp32
+    softmax (exact ancestral sampling at temperature 1); with sample_keys
     the draws are a function of (seed, update, example id, position, k), else they come
     from torch's global RNG.
     """
     bsz, tgt_len = src_tokens.shape
-    if not 0 <= start < tgt_len:
-        raise ValueError(f"start must be in [0, {tgt_len}), got {start}")
-    positions = torch.arange(start, tgt_len, device=src_tokens.device)  # (P,)
+    device = src_tokens.device
+    pad = model._trunk().padding_idx
+    if targets is not None:
+        if targets.shape != src_tokens.shape:
+            raise ValueError(f"targets must have the shape of src_tokens {tuple(src_tokens.shape)}, "
+                             f"got {tuple(targets.shape)}")
+        start = 1
+        positions = torch.arange(1, tgt_len + 1, device=device)  # (P,) P = T
+        tokens = targets
+    else:
+        if not 0 <= start < tgt_len:
+            raise ValueError(f"start must be in [0, {tgt_len}), got {start}")
+        positions = torch.arange(start, tgt_len, device=device)  # (P,)
+        tokens = src_tokens[:, start:]
     num_pos = positions.numel()
+    in_stream = positions.clamp(max=tgt_len - 1)  # the data-stream row read at p
+    # the data stream's state at p is the target's own context iff the token stands there
+    # and p opens no new document (then the stream saw x_<p of that same document)
+    from_stream = (positions < tgt_len)[None, :] & src_tokens[:, in_stream].eq(tokens)
+    if segment_ids is not None:
+        before = (positions - 1).clamp(min=0)
+        from_stream = from_stream & segment_ids[:, in_stream].eq(segment_ids[:, before])
+    scored = tokens.ne(pad)  # (B, P)
+    fix_slots, fix_valid = _fixup_slots(~from_stream & scored)  # (B, F)
+    fix_tokens = tokens.gather(1, fix_slots).masked_fill(~fix_valid, pad)  # (B, F)
+    fix_pos = positions[fix_slots]  # (B, F)
+
     with model.paired_stream(src_tokens, segment_ids, backend=backend) as stream:
         extra = {} if segment_ids is None else {"segment_ids": segment_ids}
         features, _ = model(src_tokens, features_only=True, **extra)  # (B, T, C)
         logits = model.output_layer(features)  # (B, T, V)
         # the proposal of position p is logits[:, p - 1]; position 0 has none
         proposer = logits[:, positions - 1] if start > 0 else None  # (B, P, V)
+        if callable(candidates):  # chosen from the proposal itself (top-k, tail samples)
+            if proposer is None:
+                raise ValueError("choosing candidates from the proposal needs start >= 1")
+            candidates = candidates(proposer.detach())
         if candidates is None:
             if proposer is None:
                 raise ValueError("sampling candidates needs start >= 1 (position 0 has no "
@@ -91,29 +150,38 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
             raise ValueError(f"candidates must be (B={bsz}, K, {num_pos}), got "
                              f"{tuple(candidates.shape)}")
         k = candidates.size(1)
-        cand_pos = positions.repeat(k).unsqueeze(0).expand(bsz, -1)  # (B, K*P)
-        cand_features = model.candidate_features(
-            stream, src_tokens, candidates.reshape(bsz, k * num_pos), cand_pos)
-        cand_features = cand_features.view(bsz, k, num_pos, -1)  # (B, K, P, C)
+        cand_tokens = torch.cat([candidates.reshape(bsz, k * num_pos), fix_tokens], dim=1)
+        cand_pos = torch.cat([positions.repeat(k).unsqueeze(0).expand(bsz, -1), fix_pos], dim=1)
+        cand_features = model.candidate_features(stream, src_tokens, cand_tokens, cand_pos)
+        fix_features = cand_features[:, k * num_pos:]  # (B, F, C)
+        cand_features = cand_features[:, : k * num_pos].view(bsz, k, num_pos, -1)  # (B, K, P, C)
 
     head = model.energy_head
-    state = features[:, positions]  # (B, P, C)
-    context = log_q = cand_log_q = None
+    state = features[:, in_stream]  # (B, P, C); replaced below where it is not the context
+    context = log_q = cand_log_q = fix_context = fix_log_q = None
     if head.needs_context:
         context = features.new_zeros(state.shape)
-        lprobs = features.new_zeros(bsz, num_pos, logits.size(-1), dtype=torch.float32)
+        acc = torch.promote_types(logits.dtype, torch.float32)  # fp32; float64 stays
+        lprobs = features.new_zeros(bsz, num_pos, logits.size(-1), dtype=acc)
         if start > 0:
             context = features[:, positions - 1]
-            lprobs = F.log_softmax(proposer.float(), dim=-1)
+            lprobs = F.log_softmax(proposer.to(acc), dim=-1)
         else:  # position 0: zero context and log q
             context[:, 1:] = features[:, positions[1:] - 1]
-            lprobs[:, 1:] = F.log_softmax(logits[:, positions[1:] - 1].float(), dim=-1)
-        log_q = _token_log_q(lprobs, src_tokens[:, positions].unsqueeze(1)).squeeze(1)
+            lprobs[:, 1:] = F.log_softmax(logits[:, positions[1:] - 1].to(acc), dim=-1)
+        log_q = _token_log_q(lprobs, tokens.unsqueeze(1)).squeeze(1)
         cand_log_q = _token_log_q(lprobs, candidates)
+        fix_context = context.gather(1, fix_slots.unsqueeze(-1).expand(-1, -1, context.size(-1)))
+        fix_log_q = log_q.gather(1, fix_slots)
     energy = head(state, context, log_q)  # (B, P)
+    if fix_slots.size(1) > 0:
+        fix_energy = head(fix_features, fix_context, fix_log_q)  # (B, F)
+        placed = torch.zeros_like(energy).scatter_add(
+            1, fix_slots, torch.where(fix_valid, fix_energy, torch.zeros_like(fix_energy)))
+        energy = torch.where(from_stream, energy, placed)
     cand_energy = head(cand_features, None if context is None else context.unsqueeze(1),
                        cand_log_q)  # (B, K, P)
-    return CausalEnergyOutput(logits, positions, energy, candidates, cand_energy)
+    return CausalEnergyOutput(logits, positions, tokens, scored, energy, candidates, cand_energy)
 
 
 def masked_positions(targets: Tensor, pad: int):
@@ -137,7 +205,7 @@ def masked_energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates: O
 
     src_tokens: (B, T) the masked input; targets: (B, T) the data tokens at masked
     positions, pad elsewhere. candidates: (B, K, S) in the layout of `masked_positions`,
-    or None to sample num_samples per position from the MLM head's detached fp32 softmax
+    a function of the detached MLM logits (B, S, V) returning them, or None to sample num_samples per position from the MLM head's detached fp32 softmax
     (keyed by sample_keys and the absolute position when given, as causal_energy_pass).
     """
     pad = model._trunk().padding_idx
@@ -148,6 +216,8 @@ def masked_energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates: O
         features, _ = model(src_tokens, features_only=True)  # (B, T, C)
         state = features.gather(1, positions.unsqueeze(-1).expand(-1, -1, features.size(-1)))
         logits = model.output_layer(state)  # (B, S, V)
+        if callable(candidates):
+            candidates = candidates(logits.detach())
         if candidates is None:
             uniforms = (keyed_uniform(sample_keys, positions, num_samples)
                         if sample_keys is not None else None)  # (B, S, K)
@@ -167,7 +237,8 @@ def masked_energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates: O
     context = log_q = None
     if head.needs_context:
         context = state.unsqueeze(1)  # (B, 1, S, C): the state whose head proposed
-        log_q = _token_log_q(F.log_softmax(logits.float(), dim=-1), cand_tokens)
+        acc = torch.promote_types(logits.dtype, torch.float32)
+        log_q = _token_log_q(F.log_softmax(logits.to(acc), dim=-1), cand_tokens)
     energies = head(cand_features, context, log_q)  # (B, 1+K, S)
     return MaskedEnergyOutput(positions, valid, logits, data_tokens, energies[:, 0],
                               candidates, energies[:, 1:])

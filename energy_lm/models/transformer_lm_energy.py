@@ -8,6 +8,7 @@ The decoder accepts `segment_ids` (B, T) so that packed documents attend only wi
 themselves (`--task energy_language_modeling --document-attention`).
 """
 
+import logging
 from dataclasses import dataclass, field, make_dataclass
 from typing import Optional
 
@@ -21,6 +22,7 @@ from fairseq.models.transformer_lm import (
     TransformerLanguageModelConfig,
     base_lm_architecture,
 )
+from fairseq.modules import LearnedPositionalEmbedding
 from fairseq.utils import safe_getattr
 from omegaconf import II
 from torch import Tensor, nn
@@ -32,6 +34,8 @@ from energy_lm.modules.attention import AttentionPattern
 from energy_lm.modules.clap import ClapEmbedding, ClapHead
 from energy_lm.modules.energy_head import ENERGY_HEAD_CHOICES, EnergyHead
 from energy_lm.modules.layers import DecoderLayer, wrap_layer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,10 +63,23 @@ class EnergyTransformerDecoder(TransformerDecoder):
     """fairseq's TransformerDecoder with SDPA self-attention, causal ALiBi, CLAP head and
     packed-document masks."""
 
+    def __init__(self, args, dictionary, embed_tokens, no_encoder_attn=False):
+        super().__init__(args, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn)
+        if isinstance(self.embed_positions, LearnedPositionalEmbedding):
+            self.embed_positions = with_energy_position(self.embed_positions)
+
     def max_positions(self):
         if str(self.args.alibi) != "none":
             return ALIBI_MAX_POSITIONS
         return super().max_positions()
+
+    def candidate_positions(self, cand_pos: Tensor, length: int) -> Tensor:
+        """Position embeddings (B, M, C) of candidates at cand_pos (B, M), positions
+        counted from the start of the row whatever the padding (p = length is the energy
+        position of a block's last target)."""
+        row = cand_pos.new_full((1, length + 1), self.padding_idx + 1)  # no padding
+        table = self.embed_positions(row)[0]  # (length + 1, C)
+        return table[cand_pos]
 
     # fairseq's base class calls the build_* hooks with its TransformerConfig, which
     # does not carry our fields; the legacy wrapper keeps the namespace in self.args.
@@ -116,8 +133,7 @@ class EnergyTransformerDecoder(TransformerDecoder):
         if self.project_in_dim is not None:
             x = self.project_in_dim(x)
         if self.embed_positions is not None:
-            positions = self.embed_positions(prev_output_tokens)  # (B, N, C)
-            x = x + positions.gather(1, cand_pos.unsqueeze(-1).expand(-1, -1, positions.size(-1)))
+            x = x + self.candidate_positions(cand_pos, prev_output_tokens.size(1))
         if self.layernorm_embedding is not None:
             x = self.layernorm_embedding(x)
         x = self.dropout_module(x).transpose(0, 1)  # (M, B, C)
@@ -142,6 +158,10 @@ class TransformerLMEnergyModel(EnergyModelMixin, TransformerLanguageModel):
 
     def _trunk(self):
         return self.decoder
+
+    def upgrade_state_dict_named(self, state_dict, name):
+        super().upgrade_state_dict_named(state_dict, name)
+        upgrade_energy_position(state_dict, name + "." if name else "", self)
 
     def _head_modules(self):
         return [self.energy_head, self.decoder.output_projection]
@@ -205,6 +225,34 @@ class TransformerLMEnergyModel(EnergyModelMixin, TransformerLanguageModel):
         with torch.no_grad():
             embedding.weight[dictionary.pad()].zero_()
         return embedding
+
+
+def with_energy_position(embed: LearnedPositionalEmbedding) -> LearnedPositionalEmbedding:
+    """The learned table plus one row: the energy of a block's last target is read with
+    that target as the input at position T, one past the LM's T positions (the LM's
+    `max_positions()` is unchanged). The new row starts as fairseq starts a position."""
+    grown = LearnedPositionalEmbedding(embed.num_embeddings + 1, embed.embedding_dim,
+                                       embed.padding_idx)
+    with torch.no_grad():
+        grown.weight[:-1].copy_(embed.weight)
+        nn.init.normal_(grown.weight[-1:], mean=0.0, std=embed.embedding_dim ** -0.5)
+    grown.max_positions = embed.max_positions  # the LM's limit, not the table's size
+    return grown
+
+
+def upgrade_energy_position(state_dict, prefix: str, own: nn.Module) -> None:
+    """A checkpoint written before the energy position existed (or by stock fairseq) has
+    one row fewer: append a copy of its last position, a neighbour's starting point for
+    the energy of each block's last target (trained by MonArc/NCE from there)."""
+    key = prefix + "decoder.embed_positions.weight"
+    embed = getattr(own.decoder, "embed_positions", None)
+    if key not in state_dict or not isinstance(embed, LearnedPositionalEmbedding):
+        return
+    saved = state_dict[key]
+    if saved.size(0) + 1 == embed.weight.size(0):
+        state_dict[key] = torch.cat([saved, saved[-1:]], dim=0)
+        logger.info("%s: added the energy position (row %d, a copy of the last learned "
+                    "position)", key, saved.size(0))
 
 
 def transformer_lm_energy_architecture(args):

@@ -6,7 +6,8 @@
 `h_token` is the final (normed) state at the position where the scored token is the
 input; `h_context` the state whose LM head proposed it; `log q(token)` the detached
 LM log-probability of the scored token. Every parameter starts at zero, so a model that
-never trains its energy head has E = 0 and its ELM equals its LM. Energies are fp32.
+never trains its energy head has E = 0 and its ELM equals its LM. Energies are fp32
+(float64 in a float64 model).
 """
 
 from typing import Optional
@@ -38,13 +39,15 @@ class EnergyHead(nn.Module):
 
     def forward(self, state: Tensor, context: Optional[Tensor] = None,
                 log_q: Optional[Tensor] = None) -> Tensor:
-        """state, context: (..., d); log_q: (...). Returns E: (...) fp32."""
-        energy = self.proj(state).squeeze(-1).float()
+        """state, context: (..., d); log_q: (...). Returns E: (...) fp32 (float64 for a
+        float64 model, so that exactness tests see exact arithmetic)."""
+        acc = torch.promote_types(state.dtype, torch.float32)
+        energy = self.proj(state).squeeze(-1).to(acc)
         if self.kind == "rich":
             if context is None or log_q is None:
                 raise ValueError("the rich energy head needs the context state and log q")
-            energy = energy + self.log_q_weight * log_q.detach().float()
-            energy = energy + (context * self.bilinear(state)).sum(-1).float()
+            energy = energy + self.log_q_weight.to(acc) * log_q.detach().to(acc)
+            energy = energy + (context * self.bilinear(state)).sum(-1).to(acc)
         return energy
 
     def extra_repr(self) -> str:

@@ -127,7 +127,7 @@ def compare_mlm(data: Path, out: Path, seeds: List[int], updates: int) -> Dict[s
 
 # ---------------------------------------------------------------- comparison 2
 def eval_elm(data: Path, checkpoint: Path, num_samples: int, batches: int) -> dict:
-    cached = checkpoint.with_suffix(".eval.json")
+    cached = checkpoint.with_suffix(".elm-eval.json")  # the every-target scoring rule
     if cached.exists():
         return json.loads(cached.read_text())
     from energy_lm.eval_elm import main as eval_main
@@ -167,7 +167,7 @@ def compare_causal(data: Path, out: Path, seeds: List[int], updates: int, num_sa
             add(f"{name}:lm", ppl(result["lm"]))
             if name in ("monarc", "nce"):
                 add(f"{name}:elm_z1", ppl(result["elm_z1"]))
-                add(f"{name}:elm_k", ppl(result["elm_k"]))
+                add(f"{name}:elm_est", ppl(result["elm_est"]))
     return rows
 
 
@@ -261,7 +261,7 @@ def print_tables(results: dict, args) -> None:
                 print(f"| {label} | {mean_std(r[f'{name}:updates'])} | "
                       f"{mean_std(r[f'{name}:seconds'])} | {mean_std(r[f'{name}:lm'])} | "
                       f"{mean_std(r.get(f'{name}:elm_z1', []))} | "
-                      f"{mean_std(r.get(f'{name}:elm_k', []))} |")
+                      f"{mean_std(r.get(f'{name}:elm_est', []))} |")
     if "cwt" in results:
         r = results["cwt"]
         tasks = sorted({key.split(":")[1] for key in r} - {"updates", "seconds", "mlm_ppl"})

@@ -64,17 +64,22 @@ def test_causal_energy_criterion_equals_closed_form(data_bin, name, fixed_sample
     loss, sample_size, log = crit(model, sample)
 
     src, target = sample["net_input"]["src_tokens"], sample["target"]
-    y = fixed_samples["y"].permute(0, 2, 1)  # (B, K, T-1), candidates for positions 1..T-1
+    y = fixed_samples["y"].permute(0, 2, 1)  # (B, K, T), candidates for positions 1..T
     pad = task.source_dictionary.pad()
-    full = torch.cat([src[:, :1].unsqueeze(1).expand(-1, 2, -1), y], dim=2)  # dummy at 0
-    lprobs, energy, cand_energy = model.score_candidates(src, full)
-    ce = F.nll_loss(lprobs.flatten(0, 1), target.flatten(), ignore_index=pad, reduction="sum")
-    e_x, e_y = energy[:, 1:].double(), cand_energy[:, :, 1:].double()  # positions 1..T-1
+    # (B, T+1) with target t at position t + 1: every target in its own context, the last
+    # real one of a right-padded row too (its input position holds <pad> in src)
+    assert target.eq(pad).any()  # the batch has a short, padded row
+    seq = torch.cat([src[:, :1], target], dim=1)
+    full = torch.cat([seq[:, :1].unsqueeze(1).expand(-1, 2, -1), y], dim=2)  # dummy at 0
+    lprobs, energy, cand_energy = model.score_candidates(seq, full)
+    ce = F.nll_loss(lprobs[:, :-1].flatten(0, 1), target.flatten(), ignore_index=pad,
+                    reduction="sum")
+    e_x, e_y = energy[:, 1:].double(), cand_energy[:, :, 1:].double()  # positions 1..T
     if name == "monarc":
         per_pos = e_x + torch.exp(-e_y).mean(1) - 1
     else:
         per_pos = F.softplus(e_x) + F.softplus(-e_y).mean(1)
-    scored = target[:, :-1].ne(pad)
+    scored = target.ne(pad)
     expected = ce.double() + 1.5 * (per_pos * scored).sum()
     assert sample_size == sample["ntokens"]
     torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-4)

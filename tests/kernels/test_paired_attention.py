@@ -43,10 +43,14 @@ SHAPES = {"n1": (1, 1, 8), "k2": (3, 7, 6), "m5": (3, 13, 8), "m0": (1, 13, 6)} 
 MASKS = ["none", "padding", "segments", "both"]
 
 
-def make_case(shape: str, masks: str = "none", dtype=torch.float32, seed: int = 0):
-    """Six random (B, H, ., D) tensors, cand_pos, and the optional masks."""
+def make_case(shape: str, masks: str = "none", dtype=torch.float32, seed: int = 0,
+              causal: bool = False):
+    """Six random (B, H, ., D) tensors, cand_pos, and the optional masks. Causal "m5"
+    puts its last candidates at p = N (the target after a block's last token)."""
     b, n, d = SHAPES[shape]
     cand_pos = positions(shape)
+    if causal and shape == "m5":
+        cand_pos[:, -1] = n
     m = cand_pos.size(1)
     g = torch.Generator().manual_seed(seed)
     qkv = [torch.randn(b, HEADS, n, d, generator=g).to(dtype) for _ in range(3)]
@@ -74,8 +78,9 @@ def naive_paired(q, k, v, q_c, k_c, v_c, cand_pos, causal, mode, seg, pad):
             ok = j < i or (j == i and not candidate)
         else:
             ok = j != i or not candidate
-        if seg is not None:
-            ok = ok and bool(seg[b, i] == seg[b, j])
+        if seg is not None:  # a causal candidate at i belongs to row i - 1's document
+            home = max(i - 1, 0) if (causal and candidate) else i
+            ok = ok and bool(seg[b, home] == seg[b, j])
         if pad is not None:
             ok = ok and not bool(pad[b, j])
         return ok
@@ -141,7 +146,7 @@ def compare_with_naive(tensors, cand_pos, causal, mode, seg, pad, atol, rtol):
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("causal,mode", MODES, ids=MODE_IDS)
 def test_fp32_matches_naive_forward_and_grads(causal, mode, shape, masks):
-    tensors, cand_pos, seg, pad = make_case(shape, masks)
+    tensors, cand_pos, seg, pad = make_case(shape, masks, causal=causal)
     compare_with_naive(tensors, cand_pos, causal, mode, seg, pad, atol=1e-5, rtol=1e-5)
 
 
@@ -150,7 +155,7 @@ def test_fp32_matches_naive_forward_and_grads(causal, mode, shape, masks):
 # and outputs, which is what plain bf16 PyTorch attention achieves.
 @pytest.mark.parametrize("causal,mode", MODES, ids=MODE_IDS)
 def test_bf16_matches_naive_within_loose_tolerance(causal, mode):
-    tensors, cand_pos, seg, pad = make_case("m5", "both", dtype=torch.bfloat16)
+    tensors, cand_pos, seg, pad = make_case("m5", "both", dtype=torch.bfloat16, causal=causal)
     compare_with_naive(tensors, cand_pos, causal, mode, seg, pad, atol=3e-2, rtol=3e-2)
 
 
@@ -160,7 +165,7 @@ def test_gradcheck_float64(causal, mode):
     b, n, m, d = 2, 5, 4, 3
     six = [torch.randn(b, 2, length, d, generator=g, dtype=torch.float64, requires_grad=True)
            for length in (n, n, n, m, m, m)]
-    cand_pos = torch.tensor([[0, 4, 2, 2], [3, 1, 1, 4]])
+    cand_pos = torch.tensor([[0, 4, 2, 2], [3, 1, 1, 5 if causal else 4]])
     pad = torch.tensor([[False] * 4 + [True], [False] * 5])
     seg = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 1, 1, 1]])
     slopes = alibi_slopes(2) if mode else None
@@ -176,12 +181,17 @@ def test_gradcheck_float64(causal, mode):
 @pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
 @pytest.mark.parametrize("causal,mode", MODES, ids=MODE_IDS)
 def test_candidate_copy_of_data_gets_the_data_output(causal, mode, dtype, atol):
-    """A candidate equal to data token p (q, k, v at p) is data query p, exactly."""
+    """A candidate equal to data token p (q, k, v at p) is data query p, exactly, except
+    (causal) at a document's first position: there the candidate belongs to the document
+    of p - 1 (it stands in for the token row p - 1 proposes), the data query to its own."""
     (q, k, v, *_), _, seg, pad = make_case("m5", "both", dtype=dtype, seed=3)
     b, h, n, d = q.shape
     g = torch.Generator().manual_seed(4)
     # candidates stand at real (non-pad) positions, each up to twice, in random order
-    real = [torch.nonzero(~pad[i])[:, 0] for i in range(b)]
+    usable = ~pad
+    if causal:
+        usable[:, 1:] &= seg[:, 1:] == seg[:, :-1]
+    real = [torch.nonzero(usable[i])[:, 0] for i in range(b)]
     cand_pos = torch.stack([r.repeat(2)[torch.randperm(2 * len(r), generator=g)][:8]
                             for r in real])  # (B, 8)
     index = cand_pos[:, None, :, None].expand(b, h, cand_pos.size(1), d)  # (B, H, M, D)
@@ -326,8 +336,8 @@ def _bad_inputs():
         ("dtype", with_arg(2, v.double()), r"one dtype and device"),
         ("cand_pos shape", with_arg(6, cand_pos[:, :-1]), r"cand_pos must be a \(B, M\)"),
         ("cand_pos float", with_arg(6, cand_pos.float()), r"integer tensor"),
-        ("cand_pos negative", with_arg(6, cand_pos - 1), r"\[0, N\) = \[0, 13\)"),
-        ("cand_pos too large", with_arg(6, cand_pos + 1), r"\[0, N\) = \[0, 13\)"),
+        ("cand_pos negative", with_arg(6, cand_pos - 1), r"\[0, 14\) \(causal: p <= N\)"),
+        ("cand_pos too large", with_arg(6, cand_pos + 2), r"\[0, 14\) \(causal: p <= N\)"),
         ("alibi mode", dict(ok, alibi_mode="sinusoidal"), r"unknown alibi_mode 'sinusoidal'"),
         ("alibi slopes", dict(ok, alibi_slopes=alibi_slopes(HEADS + 1)), r"alibi_slopes"),
         ("segment ids", dict(ok, segment_ids=torch.zeros(3, 12, dtype=torch.long)), r"segment_ids"),
@@ -373,3 +383,30 @@ def test_candidates_only_path_equals_the_full_call(causal, mode, shape, masks):
     torch.testing.assert_close(alone, full, rtol=1e-12, atol=1e-12)
     for name, a, b in zip(["dq", "dk", "dv", "dq_c", "dk_c", "dv_c"], alone_grads, full_grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_candidate_positions_out_of_range_fail_in_one_line(causal):
+    """Causal candidates may stand at p = N (past the block); bidirectional ones may not."""
+    tensors, _, _, _ = make_case("k2")
+    n = tensors[0].size(2)
+    too_far = torch.full((3, tensors[3].size(2)), n + (1 if causal else 0))
+    with pytest.raises(ValueError, match=r"cand_pos must lie in \[0, " + str(n + causal)):
+        paired_attention(*tensors, too_far, causal=causal)
+
+
+def test_a_causal_candidate_after_a_document_start_sees_the_previous_document():
+    """Row 0 packs documents [0, 3) and [3, 6): a candidate at p = 3 stands in for the
+    token proposed by row 2 (the `</s>` closing document 0) and sees keys 0..2 of it."""
+    tensors, _, _, _ = make_case("k2")
+    q, k, v, q_c, k_c, v_c = (t[:1, :, :6] for t in tensors)
+    seg = torch.tensor([[0, 0, 0, 1, 1, 1]])
+    cand_pos = torch.tensor([[3, 6]])
+    _, out_c = paired_attention(q, k, v, q_c[:, :, :2], k_c[:, :, :2], v_c[:, :, :2], cand_pos,
+                                causal=True, segment_ids=seg)
+    _, alone = paired_attention(q[:, :, :3], k[:, :, :3], v[:, :, :3], q_c[:, :, :1],
+                                k_c[:, :, :1], v_c[:, :, :1], torch.tensor([[3]]), causal=True)
+    torch.testing.assert_close(out_c[:, :, :1], alone)
+    _, second = paired_attention(q[:, :, 3:], k[:, :, 3:], v[:, :, 3:], q_c[:, :, 1:2],
+                                 k_c[:, :, 1:2], v_c[:, :, 1:2], torch.tensor([[3]]), causal=True)
+    torch.testing.assert_close(out_c[:, :, 1:], second)  # p = N: inside the last document

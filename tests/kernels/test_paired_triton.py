@@ -44,11 +44,12 @@ def few_threads():
     torch.set_num_threads(threads)
 
 
-def make_case(b, h, n, d, cand, masks="none", dtype=torch.float32, seed=0):
+def make_case(b, h, n, d, cand, masks="none", dtype=torch.float32, seed=0, causal=False):
     """Six random (B, H, ., D) tensors, cand_pos (B, M) and the optional masks.
 
     cand: "m0" no candidates; "kK" K candidates at every position (M = K * N); an int M:
-    M random positions, with repeats, always including positions 0 and N - 1.
+    M random positions, with repeats, always including positions 0 and N - 1 (causal: N,
+    the energy position of a block's last target).
     """
     g = torch.Generator().manual_seed(seed)
     if cand == "m0":
@@ -57,7 +58,7 @@ def make_case(b, h, n, d, cand, masks="none", dtype=torch.float32, seed=0):
         cand_pos = torch.arange(n).repeat_interleave(int(cand[1:])).expand(b, -1).clone()
     else:
         cand_pos = torch.randint(0, n, (b, cand), generator=g)
-        cand_pos[:, 0], cand_pos[:, -1] = 0, n - 1
+        cand_pos[:, 0], cand_pos[:, -1] = 0, n if causal else n - 1
     m = cand_pos.size(1)
     six = [torch.randn(b, h, length, d, generator=g).to(dtype)
            for length in (n, n, n, m, m, m)]
@@ -130,7 +131,7 @@ CASES = [
 
 @pytest.mark.parametrize("name,b,h,n,d,cand,causal,mode,masks", CASES, ids=[c[0] for c in CASES])
 def test_fp32_matches_reference_forward_and_all_grads(name, b, h, n, d, cand, causal, mode, masks):
-    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks)
+    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks, causal=causal)
     upstream = upstream_for(six)
     kwargs = keywords(h, causal, mode, seg, pad)
     got = run(triton_paired.paired_attention_triton, six, cand_pos, upstream, **kwargs)
@@ -148,7 +149,7 @@ LOW_CASES = CASES
                          ids=[c[0] for c in LOW_CASES])
 def test_bf16_error_at_most_twice_the_reference_in_bf16(name, b, h, n, d, cand, causal, mode,
                                                        masks):
-    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks, dtype=torch.bfloat16)
+    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks, dtype=torch.bfloat16, causal=causal)
     upstream = upstream_for(six)
     kwargs = keywords(h, causal, mode, seg, pad)
     got = run(triton_paired.paired_attention_triton, six, cand_pos, upstream, **kwargs)
@@ -161,7 +162,7 @@ def test_bf16_error_at_most_twice_the_reference_in_bf16(name, b, h, n, d, cand, 
                          ids=[CASES[i][0] for i in (1, 2, 8)])
 def test_fp16_error_at_most_twice_the_reference_in_fp16(name, b, h, n, d, cand, causal, mode,
                                                        masks):
-    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks, dtype=torch.float16)
+    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks, dtype=torch.float16, causal=causal)
     upstream = upstream_for(six)
     kwargs = keywords(h, causal, mode, seg, pad)
     got = run(triton_paired.paired_attention_triton, six, cand_pos, upstream, **kwargs)
@@ -235,7 +236,7 @@ GPU_SWEEP = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("b,h,n,d,cand,causal,mode,masks", GPU_SWEEP)
 def test_gpu_sweep(b, h, n, d, cand, causal, mode, masks, dtype):
-    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks, dtype=dtype)
+    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks, dtype=dtype, causal=causal)
     upstream = upstream_for(six)
     kwargs = keywords(h, causal, mode, seg, pad)
     got = run(triton_paired.paired_attention_triton, six, cand_pos, upstream, **kwargs)
@@ -310,7 +311,7 @@ def test_candidates_only_entry_matches_the_reference(name, b, h, n, d, cand, cau
     q_c, k_c, v_c, k, v equal the full reference's candidate rows (fp32 vs fp64)."""
     from energy_lm.kernels.reference import candidate_attention_reference
 
-    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks)
+    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks, causal=causal)
     u_c = upstream_for(six)[1]
     kwargs = keywords(h, causal, mode, seg, pad)
 

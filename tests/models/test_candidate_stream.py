@@ -42,13 +42,15 @@ def test_causal_candidate_energy_equals_full_forward_on_prefix_plus_candidate(da
     plain_logits, _ = model(tokens, **({} if segment_ids is None else {"segment_ids": segment_ids}))
     torch.testing.assert_close(lprobs, torch.log_softmax(plain_logits.float(), -1))
     for p in range(11):
-        prefix_seg = None if segment_ids is None else segment_ids[:, : p + 1]
+        prefix_seg = None
+        if segment_ids is not None:  # the token at p is scored in the document of p - 1
+            prefix_seg = torch.cat([segment_ids[:, :p], segment_ids[:, max(p - 1, 0): max(p, 1)]], 1)
         data = full_forward_energy(model, tokens[:, : p + 1], prefix_seg)
-        torch.testing.assert_close(energy[:, p], data.float(), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(energy[:, p], data, rtol=1e-9, atol=1e-9)
         for k in range(3):
             seq = torch.cat([tokens[:, :p], candidates[:, k, p: p + 1]], dim=1)
             expected = full_forward_energy(model, seq, prefix_seg)
-            torch.testing.assert_close(cand_energy[:, k, p], expected.float(), rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(cand_energy[:, k, p], expected, rtol=1e-9, atol=1e-9)
 
 
 def test_candidate_equal_to_the_data_token_scores_like_the_data_stream(data_bin):
@@ -93,7 +95,7 @@ def test_masked_candidate_energy_equals_full_forward_with_the_token_in_place(dat
             filled[0, i] = token
             features, _ = model(filled, features_only=True)
             expected = model.energy_head(features[0, i])
-            torch.testing.assert_close(energy, expected.float(), rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(energy, expected, rtol=1e-9, atol=1e-9)
     # the MLM logits at the masked positions are the model's own
     logits = model(src)[0]
     torch.testing.assert_close(out.logits[0, 1], logits[0, 7])
