@@ -221,6 +221,11 @@ def report(result: Dict[str, float], split: str, family: str, topk: int, num_sam
     return "\n".join(lines)
 
 
+def task_config(task):
+    """fairseq's legacy tasks keep their options in `args`, dataclass tasks in `cfg`."""
+    return getattr(task, "args", None) or task.cfg
+
+
 def load(path: Path, data_bin: Path, split: str, tokens_per_sample: Optional[int], cpu: bool,
          seed: int):
     from fairseq import checkpoint_utils
@@ -237,7 +242,7 @@ def load(path: Path, data_bin: Path, split: str, tokens_per_sample: Optional[int
         if tokens_per_sample > model.max_positions():
             raise ValueError(f"--tokens-per-sample {tokens_per_sample} exceeds the model's "
                              f"{model.max_positions()} positions")
-        task.args.tokens_per_sample = tokens_per_sample
+        task_config(task).tokens_per_sample = tokens_per_sample
     if torch.cuda.is_available() and not cpu:
         model = model.cuda()
     task.load_dataset(split)
@@ -288,7 +293,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
                        args.seed)
     dataset = task.dataset(args.split)
     iterator = task.get_batch_iterator(dataset=dataset, max_sentences=args.batch_size,
-                                       max_positions=task.args.tokens_per_sample, seed=args.seed
+                                       max_positions=task_config(task).tokens_per_sample,
+                                       seed=args.seed
                                        ).next_epoch_itr(shuffle=False)
     total_batches = len(iterator) if not args.max_batches else min(args.max_batches, len(iterator))
     device = next(model.parameters()).device

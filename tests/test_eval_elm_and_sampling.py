@@ -161,3 +161,40 @@ def test_eval_elm_cli_and_hub_sampling_on_a_trained_checkpoint(data_bin, tmp_pat
     first = lm.sample("Return the", num_candidates=4, max_new_tokens=5, seed=3)
     again = lm.sample("Return the", num_candidates=4, max_new_tokens=5, seed=3)
     assert isinstance(first, str) and first.startswith("Return the") and first == again
+
+
+def masked_batches(task, count=2):
+    task.load_dataset("valid")
+    itr = task.get_batch_iterator(dataset=task.dataset("valid"), max_sentences=2, seed=1)
+    return [b for _, b in zip(range(count), itr.next_epoch_itr(shuffle=False))]
+
+
+def test_masked_models_are_evaluated_at_their_masked_positions(data_bin):
+    model, task = build_model(data_bin, "roberta_zero_clap_tiny", "--encoder-layers", "1",
+                              "--tokens-per-sample", "32")
+    torch.manual_seed(0)
+    for p in model.energy_head.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    batches = masked_batches(task)
+    masked = sum(int(b["target"].ne(task.source_dictionary.pad()).sum()) for b in batches)
+    g = torch.Generator().manual_seed(0)
+    result = evaluate(model, batches, num_samples=64, topk=8, exact_z_batches=-1, generator=g)
+    assert result["tokens"] == result["exact_tokens"] == masked > 0
+    assert result["elm_lower"] <= result["elm_exact"] + 1e-6
+    assert abs(result["elm_est"] - result["elm_exact"]) < 4 * result["elm_est_stderr"] + 0.02
+    # the masking is the task's seeded one: a second pass over the split sees the same
+    again = evaluate(model, masked_batches(task), num_samples=64, topk=8, generator=g)
+    assert again["tokens"] == masked and again["lm"] == pytest.approx(result["lm"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_eval_elm_cli_on_a_masked_checkpoint(data_bin, tmp_path):
+    from conftest import TRAIN_SMALL
+
+    run_cli("fairseq-train", data_bin, "--task", "masked_lm", "--arch", "roberta_zero_clap_tiny",
+            *TRAIN_SMALL, "--criterion", "monarc", "--max-update", "2", "--save-dir", tmp_path)
+    result = run_cli("energy-lm-eval-elm", data_bin, "--path", tmp_path / "checkpoint_last.pt",
+                     "--num-samples", "4", "--topk", "4", "--max-batches", "2", "--batch-size",
+                     "2", "--exact-z")
+    assert "masked positions of a fixed seeded masking" in result.stdout
+    assert re.search(r"elm \(exact Z\)\s+[0-9.]+", result.stdout), result.stdout

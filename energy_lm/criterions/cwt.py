@@ -32,7 +32,8 @@ class CwtConfig(FairseqDataclass):
 
 
 def input_embedding(model):
-    """The module that embeds input tokens (the rows CWT scores against)."""
+    """The module that embeds input tokens. CWT scores against its raw rows (L2-normalised
+    on CLAP archs), without the LM family's sqrt(d) input scale, as the seed does."""
     if is_masked_model(model):
         return model.encoder.sentence_encoder.embed_tokens
     return model.decoder.embed_tokens

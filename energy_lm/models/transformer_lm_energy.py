@@ -9,6 +9,7 @@ themselves (`--task energy_language_modeling --document-attention`).
 """
 
 import logging
+import math
 from dataclasses import dataclass, field, make_dataclass
 from typing import Optional
 
@@ -53,6 +54,9 @@ class TransformerLMEnergyConfig(TransformerLanguageModelConfig):
         default=False, metadata={"help": "output head: an untied Linear(d, V, bias=False), "
                                          "replacing the preset's head (what energy-lm-add-head "
                                          "gives a headless CWT model)"})
+    proposal_uniform_mix: float = field(
+        default=0.0, metadata={"help": "handicap the LM on purpose: q = (1 - m) softmax + m "
+                                       "uniform (a known-answer test of the energy path; 0: off)"})
     energy_head: ChoiceEnum(ENERGY_HEAD_CHOICES) = field(
         default="linear", metadata={"help": "energy head of the residual EBM: linear "
                                             "(Linear(d, 1) on the final state) or rich (adds "
@@ -72,6 +76,17 @@ class EnergyTransformerDecoder(TransformerDecoder):
         if str(self.args.alibi) != "none":
             return ALIBI_MAX_POSITIONS
         return super().max_positions()
+
+    def output_layer(self, features):
+        """The head's logits; with --proposal-uniform-mix m, log((1 - m) softmax + m / V)
+        (normalised log-probabilities, so every consumer of logits sees the mixture)."""
+        logits = super().output_layer(features)
+        mix = float(getattr(self.args, "proposal_uniform_mix", 0.0) or 0.0)
+        if mix == 0.0:
+            return logits
+        log_q = torch.log_softmax(logits.float(), dim=-1) + math.log1p(-mix)
+        uniform = math.log(mix / logits.size(-1))
+        return torch.logaddexp(log_q, torch.full_like(log_q, uniform)).to(logits.dtype)
 
     def candidate_positions(self, cand_pos: Tensor, length: int) -> Tensor:
         """Position embeddings (B, M, C) of candidates at cand_pos (B, M), positions
@@ -263,6 +278,10 @@ def transformer_lm_energy_architecture(args):
     args.embed_norm = str(safe_getattr(args, "embed_norm", "auto"))
     args.energy_head = str(safe_getattr(args, "energy_head", "linear"))
     args.untied_head = safe_getattr(args, "untied_head", False)
+    args.proposal_uniform_mix = float(safe_getattr(args, "proposal_uniform_mix", 0.0) or 0.0)
+    if not 0.0 <= args.proposal_uniform_mix < 1.0:
+        raise ValueError(f"--proposal-uniform-mix must be in [0, 1), got "
+                         f"{args.proposal_uniform_mix}")
     if args.embed_norm == "auto":
         args.embed_norm = "l2" if args.clap_head else "none"
     if args.untied_head:  # replaces the preset's head; the trunk (embed_norm) is unchanged
