@@ -19,6 +19,7 @@ Figures per scored token, in bits, each labelled for what it is:
 """
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -84,12 +85,11 @@ def head_and_tail(topk: int, num_samples: int, generator: Optional[torch.Generat
     return choose
 
 
-def exact_log_z_of(model, sample, chunk: int = 256) -> Tensor:
-    """log Z at every scored position by scoring each vocabulary entry there: (B, P)."""
-    from energy_lm.losses import exact_log_z
-
+def vocabulary_energies(model, sample, chunk: int = 256):
+    """E(y) of every vocabulary entry y at every scored position, in passes of `chunk`
+    entries: (ScoredBatch of the last pass, energies (B, P, V))."""
     vocab = model._trunk().embed_tokens.num_embeddings
-    energies, lprobs = [], None
+    energies, out = [], None
     for first in range(0, vocab, chunk):
         ids = torch.arange(first, min(first + chunk, vocab), device=sample["target"].device)
 
@@ -98,8 +98,15 @@ def exact_log_z_of(model, sample, chunk: int = 256) -> Tensor:
 
         out = score_batch(model, sample, every)
         energies.append(out.cand_energy)
-        lprobs = out.lprobs if lprobs is None else lprobs
-    return exact_log_z(lprobs, torch.cat(energies, dim=1).permute(0, 2, 1))
+    return out, torch.cat(energies, dim=1).permute(0, 2, 1)
+
+
+def exact_log_z_of(model, sample, chunk: int = 256) -> Tensor:
+    """log Z at every scored position by scoring each vocabulary entry there: (B, P)."""
+    from energy_lm.losses import exact_log_z
+
+    out, energies = vocabulary_energies(model, sample, chunk)
+    return exact_log_z(out.lprobs, energies)
 
 
 def _gather(lprobs: Tensor, tokens: Tensor) -> Tensor:
@@ -273,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1,
                         help="seed of the tail samples and of a masked model's masking")
     parser.add_argument("--cpu", action="store_true")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the figures (bits) to this file as JSON")
     return parser
 
 
@@ -318,12 +327,25 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
 
     started = time.monotonic()
 
+    marks = {}
+
     def progress(done: int, tokens: int) -> None:
-        elapsed = time.monotonic() - started
-        if done == 1 or done % 10 == 0 or done == total_batches:
-            left = elapsed / done * (total_batches - done)
-            print(f"  batch {done}/{total_batches}, {tokens} tokens, {elapsed:.0f} s, "
-                  f"~{left:.0f} s left", file=sys.stderr, flush=True)
+        """Elapsed time and what is left; the exact-Z batches and the others are timed
+        apart (they differ by the vocabulary's size)."""
+        now = time.monotonic()
+        if done == exact_batches:
+            marks["exact_done"] = (now, done)
+        if done <= exact_batches:
+            left = (now - started) / done * (exact_batches - done)
+            phase = "exact Z"
+        else:
+            since, at = marks.get("exact_done", (started, 0))
+            left = (now - since) / (done - at) * (total_batches - done)
+            phase = "estimate"
+        if done == 1 or done % 10 == 0 or done == total_batches or done == exact_batches:
+            print(f"  batch {done}/{total_batches} ({phase}), {tokens} tokens, "
+                  f"{now - started:.0f} s, ~{left:.0f} s left in this phase",
+                  file=sys.stderr, flush=True)
 
     generator = torch.Generator(device=device).manual_seed(args.seed)
     result = evaluate(model, batches(), args.num_samples, args.topk,
@@ -331,6 +353,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
                       chunk=args.vocab_chunk, progress=progress)
     family = "masked" if is_masked(model) else "causal"
     print(report(result, args.split, family, args.topk, args.num_samples))
+    if args.json is not None:
+        args.json.write_text(json.dumps(dict(result, family=family, topk=args.topk,
+                                             num_samples=args.num_samples), indent=1))
     return result
 
 

@@ -40,7 +40,7 @@ def test_each_criterion_trains_each_family(data_bin, tmp_path, family, criterion
     if criterion == "cwt":
         assert logged(result, "cwt_acc")
     else:  # the energy metrics are logged, and Z = exp(-E(y)) starts at 1 (E = 0)
-        for key in ("lm_loss", "ebm_loss", "elm_loss", "z", "energy_acc"):
+        for key in ("lm_loss", "ebm_loss", "elm_loss", "z", "energy_acc", "energy_gap", "tie_share"):
             assert logged(result, key), key
         assert abs(logged(result, "z")[0] - 1.0) < 1e-3
     assert (tmp_path / "checkpoint_last.pt").exists()

@@ -235,3 +235,31 @@ def test_samples_depend_on_the_example_not_on_the_batch_layout(data_bin, arch, t
     model.set_num_updates(8)
     _, y_next = run(torch.arange(4))
     assert not torch.equal(y_next, y_whole)
+
+
+def test_energy_metrics_leave_ties_out_and_report_the_gap(data_bin, monkeypatch):
+    """Half the samples equal the data token: they count in tie_share and nowhere else;
+    energy_acc and energy_gap are over the other half."""
+    from energy_lm.models.scoring import causal_energy_pass
+
+    model, task = build_model(data_bin, "transformer_lm_alibi_tiny", task="language_modeling")
+    model = with_energy(model)
+    sample = first_batch(task)
+    target = sample["target"]
+    other = torch.where(target + 1 < 300, target + 1, target - 1)
+    drawn = torch.stack([target, other], dim=-1)  # (B, P = T, K = 2): k = 0 ties with x
+
+    def sample_fn(logits, num_samples=1, generator=None, uniforms=None):
+        return drawn
+
+    monkeypatch.setattr(scoring, "sample_tokens", sample_fn)
+    crit = make_criterion(task, "monarc", num_candidates=2)
+    _, _, log = crit(model, sample)
+    out = causal_energy_pass(model, sample["net_input"]["src_tokens"], drawn.permute(0, 2, 1),
+                             targets=target)
+    scored = out.scored
+    gap = (out.cand_energy[:, 1] - out.energy)[scored].double()
+    assert float(log["n_untied"]) == pytest.approx(0.5 * int(scored.sum()))
+    assert float(log["energy_acc"]) == pytest.approx(0.5 * float((gap > 0).sum()))
+    assert float(log["energy_gap"]) == pytest.approx(0.5 * float(gap.sum()), rel=1e-4, abs=1e-4)
+    assert float(gap.abs().sum()) > 0  # the energies differ: the check can fail
