@@ -37,15 +37,16 @@ def topk_tail_log_z(head_log_q: Tensor, head_energy: Tensor,
     Args:
         head_log_q: (..., k) log q of the k head tokens (distinct; k >= 1).
         head_energy: (..., k) their energies.
-        tail_energy: (..., K) energies of K >= 2 samples from q renormalised on the tail.
+        tail_energy: (..., K) energies of K >= 1 samples from q renormalised on the tail
+            (K = 1 has no standard error: NaN).
     Returns (each (...), fp32 or float64):
         log_z   the estimate log Z^
         stderr  its standard error (delta method: std_j(T_j) / sqrt(K) / Z^)
         lower   log S, a certain lower bound on log Z
     """
     num = tail_energy.size(-1)
-    if num < 2:
-        raise ValueError(f"topk_tail_log_z needs at least 2 tail samples, got {num}")
+    if num < 1:
+        raise ValueError(f"topk_tail_log_z needs at least 1 tail sample, got {num}")
     dtype = compute_dtype(head_log_q, head_energy, tail_energy)
     head_log_q, head_energy = head_log_q.to(dtype), head_energy.to(dtype)
     lower = torch.logsumexp(head_log_q - head_energy, dim=-1)  # log S
@@ -54,7 +55,8 @@ def topk_tail_log_z(head_log_q: Tensor, head_energy: Tensor,
     log_tail = torch.logsumexp(terms, dim=-1) - math.log(num)  # log T^ (-inf for no tail)
     log_z = torch.logaddexp(lower, log_tail)
     ratios = torch.exp(terms - log_z.unsqueeze(-1))  # T_j / Z^, finite whatever the scale
-    stderr = ratios.std(dim=-1, correction=1) / math.sqrt(num)
+    stderr = (ratios.std(dim=-1, correction=1) / math.sqrt(num) if num > 1
+              else torch.full_like(log_z, float("nan")))
     return log_z, stderr, lower
 
 
