@@ -9,9 +9,10 @@ from energy_lm import compat
 
 compat.apply()
 
-from energy_lm import checkpoint_errors, data_checks, optim_groups  # noqa: E402
+from energy_lm import checkpoint_errors, checkpoint_safety, data_checks, optim_groups  # noqa: E402
 
 checkpoint_errors.install()
+checkpoint_safety.install()
 data_checks.install()
 optim_groups.install()
 

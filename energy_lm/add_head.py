@@ -74,9 +74,25 @@ def add_head(state: dict) -> dict:
     return state
 
 
-def convert(src: Path, dest: Path) -> Path:
+def check_head_is_untrained(state: dict, src: Path) -> None:
+    """A head that training produced is not replaced without --force: the checkpoint's
+    criterion must be headless (cwt) and it must not carry an added head already."""
+    model_cfg = state["cfg"]["model"]
+    if _get(model_cfg, "untied_head"):
+        raise AddHeadError(f"{src} already has an untied head (it was made by "
+                           f"energy-lm-add-head or trained with --untied-head); --force "
+                           f"replaces it")
+    criterion = (state["cfg"].get("criterion") or {}).get("_name")
+    if criterion not in (None, "cwt"):
+        raise AddHeadError(f"{src} was trained with --criterion {criterion}, so its head is "
+                           f"trained; --force replaces it with a copy of the embeddings")
+
+
+def convert(src: Path, dest: Path, force: bool = False) -> Path:
     from fairseq import checkpoint_utils
     from omegaconf import OmegaConf
+
+    from energy_lm.checkpoint_safety import atomic_torch_save
 
     state = checkpoint_utils.load_checkpoint_to_cpu(str(src))
     cfg = state.get("cfg")
@@ -84,25 +100,31 @@ def convert(src: Path, dest: Path) -> Path:
         raise AddHeadError(f"{src} has no config")
     if OmegaConf.is_config(cfg):  # written as fairseq writes it: a plain container
         state["cfg"] = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    if not force:
+        check_head_is_untrained(state, src)
     state["args"] = None
     add_head(state)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(dest.suffix + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(dest)  # never a half-written checkpoint
+    atomic_torch_save(state, str(dest))  # never a half-written checkpoint
     return dest
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="energy-lm-add-head", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("output", type=Path)
+    parser.add_argument("checkpoint", type=Path, help="a headless (CWT) checkpoint")
+    parser.add_argument("output", type=Path, help="where to write the headed checkpoint")
+    parser.add_argument("--force", action="store_true",
+                        help="replace a trained or added head, and overwrite an existing output")
     args = parser.parse_args(argv)
-    if not args.checkpoint.exists():
+    if not args.checkpoint.is_file():
         parser.error(f"checkpoint not found: {args.checkpoint}")
+    if args.output.exists() and not args.force:
+        same = args.output.resolve() == args.checkpoint.resolve()
+        parser.error(f"{args.output} {'is the input checkpoint' if same else 'exists'}; "
+                     f"--force overwrites it (written atomically)")
     try:
-        out = convert(args.checkpoint, args.output)
+        out = convert(args.checkpoint, args.output, force=args.force)
     except AddHeadError as err:
         parser.error(str(err))
     print(f"wrote {out}")

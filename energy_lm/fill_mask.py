@@ -36,20 +36,61 @@ def load_roberta(checkpoint_dir: Path, data_bin: Path, checkpoint_file: str = "c
     return model.eval()
 
 
+class FillMaskError(ValueError):
+    pass
+
+
+MASK = "<mask>"
+
+
+def check_sentences(sentences: List[str]) -> None:
+    """fairseq's fill_mask takes exactly one <mask> per sentence (it asserts)."""
+    for sentence in sentences:
+        count = sentence.count(MASK)
+        if count != 1:
+            raise FillMaskError(f"each sentence needs exactly one {MASK}, got {count} in "
+                                f"{sentence!r}")
+
+
+def check_model(roberta, topk: int) -> None:
+    from energy_lm.models.scoring import is_masked_model
+
+    if not is_masked_model(roberta.model) or getattr(roberta.task, "mask_idx", None) is None:
+        raise FillMaskError(f"the checkpoint is a {type(roberta.model).__name__} trained with "
+                            f"the {type(roberta.task).__name__}: fill-mask needs a masked LM "
+                            f"(a RoBERTa-family checkpoint of --task masked_lm)")
+    vocab = len(roberta.task.source_dictionary)
+    if not 1 <= topk <= vocab:
+        raise FillMaskError(f"--topk must be in [1, {vocab}] (the vocabulary), got {topk}")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="energy-lm-fill-mask", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint_dir", type=Path)
-    parser.add_argument("data_bin", type=Path)
-    parser.add_argument("sentences", nargs="*", default=DEFAULT_SENTENCES)
-    parser.add_argument("--checkpoint-file", default="checkpoint_best.pt")
-    parser.add_argument("--topk", type=int, default=3)
+    parser.add_argument("checkpoint_dir", type=Path, help="folder of the checkpoint")
+    parser.add_argument("data_bin", type=Path, help="the data-bin the model was trained on")
+    parser.add_argument("sentences", nargs="*", default=DEFAULT_SENTENCES,
+                        help=f"sentences with one {MASK} each (default: a few examples)")
+    parser.add_argument("--checkpoint-file", default="checkpoint_best.pt",
+                        help="file in CHECKPOINT_DIR (default checkpoint_best.pt)")
+    parser.add_argument("--topk", type=int, default=3, help="fillings to print per sentence")
     parser.add_argument("--verbose", action="store_true", help="keep fairseq's INFO logging")
     args = parser.parse_intermixed_args(argv)
+    if args.topk < 1:
+        parser.error(f"--topk must be >= 1, got {args.topk}")
+    for path, what in ((args.checkpoint_dir / args.checkpoint_file, "checkpoint"),
+                       (args.data_bin / "dict.txt", "dictionary (DATA_BIN/dict.txt)")):
+        if not path.is_file():
+            parser.error(f"{what} not found: {path}")
+    try:
+        check_sentences(args.sentences)
+    except FillMaskError as err:
+        parser.error(str(err))
     if not args.verbose:  # the hub logs the whole training config at INFO
         logging.getLogger("fairseq").setLevel(logging.WARNING)
 
     roberta = load_roberta(args.checkpoint_dir, args.data_bin, args.checkpoint_file)
+    check_model(roberta, args.topk)
     print(f"model: {type(roberta.model).__name__} ({args.checkpoint_dir / args.checkpoint_file})")
     for sentence in args.sentences:
         print(f"\n{sentence}")
@@ -58,7 +99,9 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 def cli_main() -> None:
-    main()
+    from energy_lm.cli_errors import run_reporting_errors
+
+    run_reporting_errors("energy-lm-fill-mask", main, ValueError)  # wrong model or data
 
 
 if __name__ == "__main__":

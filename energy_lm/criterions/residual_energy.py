@@ -65,13 +65,28 @@ def check_energy_model(model, criterion: str) -> None:
             f"got {type(model).__name__}")
 
 
+def check_energy_flags(cfg: ResidualEnergyConfig) -> None:
+    """One line at start-up for a flag no run can use."""
+    if cfg.num_candidates < 1:
+        raise ValueError(f"--num-candidates must be >= 1, got {cfg.num_candidates}")
+    if not (math.isfinite(cfg.energy_weight) and cfg.energy_weight >= 0):
+        raise ValueError(f"--energy-weight must be finite and >= 0, got {cfg.energy_weight}")
+    from energy_lm.kernels.paired_attention import _BACKENDS
+
+    if cfg.attention_backend not in ("auto", *_BACKENDS):
+        raise ValueError(f"--attention-backend must be one of auto, {', '.join(_BACKENDS)}; "
+                         f"got {cfg.attention_backend!r}")
+    if not (math.isfinite(cfg.energy_guard) and cfg.energy_guard > 0):
+        raise ValueError(f"--energy-guard must be finite and > 0 (the exponent above which "
+                         f"exp(-E) continues linearly), got {cfg.energy_guard}")
+
+
 class ResidualEnergyCriterion(FairseqCriterion):
     name = "residual_energy"
 
     def __init__(self, cfg: ResidualEnergyConfig, task):
         super().__init__(task)
-        if cfg.num_candidates < 1:
-            raise ValueError(f"--num-candidates must be >= 1, got {cfg.num_candidates}")
+        check_energy_flags(cfg)
         self.cfg = cfg
         self._checked = False
 

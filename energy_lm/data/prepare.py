@@ -73,6 +73,8 @@ def binarize(bpe_files: Dict[str, Path], dest: Path, workers: int = 1,
     if srcdict is not None:
         cmd += ["--srcdict", str(srcdict)]
     logger.info("binarizing: %s", " ".join(cmd))
+    if dest.exists():  # a staging folder reused after a failed attempt
+        shutil.rmtree(dest)
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise PrepareError("fairseq-preprocess failed:\n" + result.stderr[-2000:])
@@ -234,8 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="corpus", required=True)
 
     def common(p):
-        p.add_argument("--out", type=Path, required=True, help="output directory")
+        p.add_argument("--out", type=Path, required=True,
+                       help="output directory (built in OUT.partial, renamed on success)")
         p.add_argument("--workers", type=int, default=1, help="fairseq-preprocess workers")
+        p.add_argument("--force", action="store_true",
+                       help="rebuild OUT even if it holds a corpus made with other arguments")
 
     p = sub.add_parser("embedded", help="the embedded default corpus (stdlib prose)")
     common(p)
@@ -270,28 +275,85 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> Path:
-    args = build_parser().parse_args(argv)
+RECORD = "prepare.json"  # the arguments a finished corpus was made with
+
+
+def _record(args) -> Dict[str, str]:
+    """What identifies a corpus: every argument but the worker count and --force."""
+    return {key: str(value.resolve() if isinstance(value, Path) else
+                     [str(v) for v in value] if isinstance(value, list) else value)
+            for key, value in sorted(vars(args).items()) if key not in ("workers", "force", "out")}
+
+
+def build_atomically(out: Path, record: Dict[str, str], force: bool, build) -> Optional[Path]:
+    """Run build(staging) -> staging/data-bin in `OUT.partial`, then rename it to OUT.
+
+    The same arguments into a finished corpus: nothing to do (returns None). Other
+    arguments, or a folder that is no corpus of ours: refused unless force. A failed
+    build leaves OUT as it was; its staging folder (downloads included) is reused by the
+    next attempt."""
+    out = out.resolve()
+    if out.exists() and any(out.iterdir()):
+        recorded = out / RECORD
+        previous = json.loads(recorded.read_text()) if recorded.is_file() else None
+        finished = (out / "data-bin" / "dict.txt").is_file()
+        if finished and previous == record:
+            return None
+        if not force:
+            if previous is None or not finished:
+                raise PrepareError(f"{out} exists and holds no corpus made by energy-lm-prepare; "
+                                   f"--force replaces it")
+            changed = sorted(k for k in set(record) | set(previous)
+                             if record.get(k) != previous.get(k))
+            raise PrepareError(f"{out} holds a corpus made with other arguments ({', '.join(changed)}"
+                               f" differ); --force rebuilds it, or choose another --out")
+    staging = out.with_name(out.name + ".partial")
+    staging.mkdir(parents=True, exist_ok=True)
+    build(staging)
+    (staging / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    if out.exists():
+        old = out.with_name(out.name + ".replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)
+    return out / "data-bin"
+
+
+def _build(args, out: Path) -> Path:
     if args.corpus == "embedded":
-        return prepare_embedded(args.out, args.vocab_size, args.max_documents, args.workers)
+        return prepare_embedded(out, args.vocab_size, args.max_documents, args.workers)
     if args.corpus == "debian":
-        return prepare_debian(args.out, args.debs_dir, args.vocab_size, args.workers, args.packages)
-    gpt2_dir = fetch_gpt2_bpe(args.out / "gpt2") if args.download_gpt2 else args.gpt2_dir
+        return prepare_debian(out, args.debs_dir, args.vocab_size, args.workers, args.packages)
+    gpt2_dir = fetch_gpt2_bpe(out / "gpt2") if args.download_gpt2 else args.gpt2_dir
     if gpt2_dir is None:
         raise PrepareError("give --gpt2-dir (with encoder.json, vocab.bpe) or --download-gpt2")
     if args.corpus == "wikitext103":
-        raw_dir = fetch_wikitext103(args.out / "raw", args.url) if args.download else args.raw_dir
+        raw_dir = fetch_wikitext103(out / "raw", args.url) if args.download else args.raw_dir
         if raw_dir is None:
             raise PrepareError("give --raw-dir or --download")
-        return prepare_wikitext103(args.out, raw_dir, gpt2_dir, args.workers, args.srcdict)
+        return prepare_wikitext103(out, raw_dir, gpt2_dir, args.workers, args.srcdict)
     shards = {split: getattr(args, split) for split in SPLITS}
-    return prepare_pile(args.out, shards, gpt2_dir, args.workers, args.max_documents, args.srcdict)
+    return prepare_pile(out, shards, gpt2_dir, args.workers, args.max_documents, args.srcdict)
+
+
+def main(argv: Optional[List[str]] = None) -> Optional[Path]:
+    """The data-bin built, or None when OUT already held this very corpus."""
+    args = build_parser().parse_args(argv)
+    if args.workers < 1:
+        raise PrepareError(f"--workers must be >= 1, got {args.workers}")
+    return build_atomically(args.out, _record(args), args.force, lambda staging: _build(args, staging))
 
 
 def cli_main() -> None:
     log_to_stdout()
     data_bin = run_reporting_errors("energy-lm-prepare", main, PrepareError)
-    print(f"binarized data in {data_bin}")
+    if data_bin is None:
+        print("the output folder already holds this corpus (same arguments): nothing to do")
+    else:
+        print(f"binarized data in {data_bin}")
 
 
 if __name__ == "__main__":

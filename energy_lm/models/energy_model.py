@@ -10,6 +10,8 @@ head and the two-stage paired forward (METHODS.md sections 4 and 6).
 at its data position; `model.energy_head` turns states into energies.
 """
 
+import hashlib
+import os
 from contextlib import contextmanager
 from typing import Iterator, List, Optional
 
@@ -38,6 +40,26 @@ def check_task_length(model, task) -> None:
             f"(--tokens-per-sample / --max-positions): learned absolute positions do not "
             f"extrapolate; evaluate at <= {limit} tokens, or train an ALiBi arch "
             f"(*_alibi_*, *_zero_clap_*), which evaluates longer inputs")
+
+
+class DictionaryMismatchError(ValueError):
+    pass
+
+
+def dictionary_fingerprint(dictionary) -> Tensor:
+    """sha256 of the dictionary's symbols in order, as a (32,) uint8 tensor: two
+    dictionaries of one size with two symbols swapped differ here."""
+    digest = hashlib.sha256("\n".join(dictionary.symbols).encode("utf-8")).digest()
+    return torch.tensor(list(digest), dtype=torch.uint8)
+
+
+def attach_dictionary(model, task) -> None:
+    """Make the task's dictionary part of the model: its fingerprint is a buffer, saved
+    in every checkpoint and compared when one is loaded (`load_state_dict`)."""
+    data = getattr(getattr(task, "cfg", None) or getattr(task, "args", None), "data", None)
+    source = os.path.join(str(data).split(os.pathsep)[0], "dict.txt") if data else "the dictionary"
+    model.register_buffer("dictionary_fingerprint", dictionary_fingerprint(task.source_dictionary))
+    model.energy_lm_dictionary_source = source
 
 
 def _data_parallel() -> bool:
@@ -120,20 +142,32 @@ class EnergyModelMixin:
 
     def load_state_dict(self, state_dict, *args, **kwargs):
         """fairseq's load, with one line when the checkpoint's vocabulary is not the data's
-        (torch lists every mismatching tensor over many lines)."""
+        (torch lists every mismatching tensor over many lines), in size or in symbols."""
         own = self._trunk().embed_tokens.weight
         for key, value in state_dict.items():
             if key.endswith("embed_tokens.weight") and value.dim() == 2 and \
                     value.size(0) != own.size(0) and value.size(1) == own.size(1):
-                raise ValueError(
+                raise DictionaryMismatchError(
                     f"the checkpoint's vocabulary has {value.size(0)} symbols but this data's "
                     f"dict.txt has {own.size(0)}: the data was binarized with another "
                     f"dictionary than the one the model was trained on")
+        mine = getattr(self, "dictionary_fingerprint", None)
+        theirs = state_dict.get("dictionary_fingerprint")
+        if mine is not None and theirs is not None and not torch.equal(mine, theirs.to(mine)):
+            raise DictionaryMismatchError(
+                f"the checkpoint was trained with another dictionary than "
+                f"{getattr(self, 'energy_lm_dictionary_source', 'this data')} (fingerprint "
+                f"{bytes(theirs.tolist())[:4].hex()} vs {bytes(mine.tolist())[:4].hex()}: other "
+                f"symbols or order); use the data-bin the model was trained on")
         return super().load_state_dict(state_dict, *args, **kwargs)
 
     def upgrade_state_dict_named(self, state_dict, name):
-        """Checkpoints written before the energy head existed load with E = 0."""
+        """Checkpoints written before the energy head (or the dictionary fingerprint)
+        existed load with E = 0 (and without a dictionary check)."""
         super().upgrade_state_dict_named(state_dict, name)
         prefix = name + "." if name else ""
+        if getattr(self, "dictionary_fingerprint", None) is not None:
+            state_dict.setdefault(prefix + "dictionary_fingerprint",
+                                  self.dictionary_fingerprint.clone())
         for key, value in self.energy_head.state_dict().items():
             state_dict.setdefault(prefix + "energy_head." + key, value.detach().clone().zero_())

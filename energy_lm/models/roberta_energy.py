@@ -19,7 +19,7 @@ from fairseq.models.transformer import TransformerConfig, TransformerEncoder
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr, safe_hasattr
 
-from energy_lm.models.energy_model import EnergyModelMixin, check_task_length
+from energy_lm.models.energy_model import EnergyModelMixin, attach_dictionary, check_task_length
 from energy_lm.models.energy_options import add_energy_args, check_energy_args
 from energy_lm.modules.alibi import ALIBI_MAX_POSITIONS, ENCODER_ALIBI_CHOICES
 from energy_lm.modules.attention import AttentionPattern
@@ -175,6 +175,7 @@ class RobertaEnergyModel(EnergyModelMixin, RobertaModel):
             OmegaConf.set_struct(args, True)
         model = cls(args, encoder)
         check_task_length(model, task)
+        attach_dictionary(model, task)
         return model
 
 

@@ -28,7 +28,7 @@ from fairseq.utils import safe_getattr
 from omegaconf import II
 from torch import Tensor, nn
 
-from energy_lm.models.energy_model import EnergyModelMixin, check_task_length
+from energy_lm.models.energy_model import EnergyModelMixin, attach_dictionary, check_task_length
 from energy_lm.models.energy_options import check_energy_args
 from energy_lm.modules.alibi import ALIBI_MAX_POSITIONS, DECODER_ALIBI_CHOICES
 from energy_lm.modules.attention import AttentionPattern
@@ -228,6 +228,7 @@ class TransformerLMEnergyModel(EnergyModelMixin, TransformerLanguageModel):
             args, task.target_dictionary, embed_tokens, no_encoder_attn=True)
         model = cls(decoder)
         check_task_length(model, task)
+        attach_dictionary(model, task)
         return model
 
     @classmethod

@@ -1,0 +1,346 @@
+"""Checkpoints that are whole or absent, resumes that survive a bad file, and no
+diverged state on disk: three small wraps of fairseq's save and load path.
+
+1. Atomic writes. fairseq writes `checkpoint_E_U.pt` through `torch_persistent_save`
+   (a `.tmp` file renamed into place, never fsynced) and then *copies* it to
+   `checkpoint_last.pt`, `checkpoint_best.pt`, ... with `PathManager.copy`, which writes
+   the destination in place: a full disk or a signal in mid-copy leaves a truncated
+   `checkpoint_last.pt` (measured). Here every one of those files is written to a
+   temporary file in the same folder, flushed, fsynced and renamed over the old one
+   (`os.replace` is atomic on POSIX), and the folder is fsynced: a reader sees the old
+   file or the new one, never a part. A failed write leaves the old file untouched and
+   raises `CheckpointWriteError` in one line (a full disk names the folder and the bytes).
+2. Resume fallback. When the default `checkpoint_last.pt` cannot be read, training
+   resumes from the newest readable checkpoint of the save dir, with one warning; it
+   refuses only when none is readable. An explicit `--restore-file` is never replaced.
+3. A save guard. Before fairseq saves, the updated model is checked: every parameter
+   finite, the validation loss (when there is one) finite, and one forward pass on the
+   last training batch finite. Otherwise the run stops, naming the term and the flags
+   that matter (lr, energy weight), and the files on disk keep the last good state.
+"""
+
+import errno
+import functools
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import torch
+
+logger = logging.getLogger("energy_lm.checkpoints")
+
+TEMP_PREFIX = ".energy-lm-partial-"
+
+
+class CheckpointWriteError(OSError):
+    pass
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _disk_full(err: Exception, folder: str, needed: Optional[int]) -> bool:
+    """ENOSPC, or what torch's zip writer says when the disk filled under it
+    ("unexpected pos ..."): judged by the free space left."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    free = shutil.disk_usage(folder).free
+    return free < (needed or 0) or free < (1 << 20)
+
+
+def _write_failure(path: str, err: Exception, needed: Optional[int]) -> CheckpointWriteError:
+    folder = os.path.dirname(os.path.abspath(path))
+    code = getattr(err, "errno", None) or errno.EIO
+    if _disk_full(err, folder, needed):
+        free = shutil.disk_usage(folder).free
+        need = f"needs about {needed:,} bytes, " if needed else ""
+        return CheckpointWriteError(
+            errno.ENOSPC, f"disk full: cannot write checkpoint {os.path.basename(path)} in "
+                          f"{folder} ({need}{free:,} bytes free); the previous file is untouched")
+    reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+    return CheckpointWriteError(code, f"cannot write checkpoint {path}: {reason}; the previous "
+                                      f"file is untouched")
+
+
+def atomic_write(path: str, write: Callable, needed: Optional[int] = None) -> None:
+    """Write `path` through `write(file_object)` so that it is whole or unchanged."""
+    folder = os.path.dirname(os.path.abspath(path))
+    _remove_stale_partials(folder)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch's writer raises RuntimeError
+        _discard(tmp)
+        raise _write_failure(path, err, needed) from None
+    except BaseException:
+        _discard(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def _discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
+def _remove_stale_partials(folder: str) -> None:
+    """Partial files of writes a signal killed (SIGKILL leaves no chance to clean up)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(TEMP_PREFIX):
+            _discard(os.path.join(folder, name))
+
+
+def state_bytes(obj) -> int:
+    """The bytes of the tensors in a (nested) checkpoint state: what a save needs."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_bytes(v) for v in obj)
+    return 0
+
+
+def atomic_torch_save(obj, filename, async_write: bool = False) -> None:
+    """fairseq's `torch_persistent_save`, atomic and fsynced (async writes, which go
+    through ioPath's own machinery, are left to fairseq)."""
+    if async_write or not isinstance(filename, (str, os.PathLike)):
+        return _ORIGINAL["torch_persistent_save"](obj, filename, async_write)
+    atomic_write(str(filename), lambda f: torch.save(obj, f), needed=state_bytes(obj))
+
+
+def atomic_copy(src: str, dst: str) -> None:
+    def write(f):
+        with open(src, "rb") as source:
+            shutil.copyfileobj(source, f, length=16 << 20)
+
+    atomic_write(str(dst), write, needed=os.path.getsize(src))
+
+
+class _AtomicPathManager:
+    """fairseq's PathManager with `copy` made atomic for local files (checkpoint_utils'
+    copies to checkpoint_last.pt, checkpoint_best.pt, ...); everything else delegates."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def copy(self, src_path, dst_path, overwrite=False, **kwargs):
+        if not overwrite and os.path.exists(dst_path):
+            return False
+        if "://" in str(src_path) or "://" in str(dst_path):
+            return self._inner.copy(src_path, dst_path, overwrite=overwrite, **kwargs)
+        atomic_copy(str(src_path), str(dst_path))
+        return True
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+# ------------------------------------------------------------------ resume fallback
+
+_CHECKPOINT_NAME = re.compile(r"checkpoint.*\.pt$")
+
+
+def readable_candidates(save_dir: str, exclude: str) -> List[str]:
+    """Checkpoint files of a save dir, newest first, without `exclude`."""
+    try:
+        names = [n for n in os.listdir(save_dir) if _CHECKPOINT_NAME.match(n)]
+    except OSError:
+        return []
+    paths = [os.path.join(save_dir, n) for n in names]
+    paths = [p for p in paths if os.path.isfile(p)
+             and os.path.abspath(p) != os.path.abspath(exclude)]
+    return sorted(paths, key=lambda p: os.path.getmtime(p), reverse=True)
+
+
+def _load_with_fallback(original):
+    @functools.wraps(original)
+    def load_checkpoint(self, filename, *args, **kwargs):
+        from energy_lm.checkpoint_errors import CheckpointReadError, CheckpointRefusedError
+        from energy_lm.models.energy_model import DictionaryMismatchError
+
+        try:
+            return original(self, filename, *args, **kwargs)
+        except DictionaryMismatchError as err:
+            raise DictionaryMismatchError(f"checkpoint {filename}: {err}") from None
+        except CheckpointRefusedError:
+            raise  # a file refused for what it pickles is not replaced silently
+        except CheckpointReadError as err:
+            return _fall_back(self, original, filename, err, args, kwargs)
+        except Exception as err:
+            # fairseq's trainer replaces any load error by "Cannot load model parameters
+            # ... please ensure that the architectures match": say the real cause
+            cause = err.__cause__ or err.__context__
+            if isinstance(cause, DictionaryMismatchError):
+                raise DictionaryMismatchError(f"checkpoint {filename}: {cause}") from None
+            raise
+
+    load_checkpoint._energy_lm_wrapped = True
+    return load_checkpoint
+
+
+def _fall_back(trainer, original, filename, err, args, kwargs):
+    """Resume from the newest readable checkpoint when the default one is unreadable;
+    an explicit --restore-file is the user's choice and is never replaced."""
+    from energy_lm.checkpoint_errors import CheckpointReadError, CheckpointRefusedError
+
+    ckpt = trainer.cfg.checkpoint
+    default = os.path.join(ckpt.save_dir, "checkpoint_last.pt")
+    if ckpt.restore_file != "checkpoint_last.pt" or \
+            os.path.abspath(filename) != os.path.abspath(default):
+        raise err
+    bad = err
+    for candidate in readable_candidates(ckpt.save_dir, filename):
+        try:
+            result = original(trainer, candidate, *args, **kwargs)
+        except CheckpointRefusedError:
+            continue
+        except CheckpointReadError as later:
+            bad = later
+            continue
+        logger.warning("%s cannot be read (truncated or corrupt); resumed from %s, the newest "
+                       "readable checkpoint", filename, candidate)
+        return result
+    raise CheckpointReadError(f"cannot resume: {filename} cannot be read and no other "
+                              f"checkpoint in {ckpt.save_dir} can ({bad})") from err
+
+
+# ------------------------------------------------------------------ save guard
+
+def _flag_values(trainer) -> str:
+    parts = [f"lr={trainer.get_lr():g}"]
+    weight = getattr(getattr(trainer.criterion, "cfg", None), "energy_weight", None)
+    if weight is not None:
+        parts.append(f"--energy-weight {weight:g}")
+    return ", ".join(parts)
+
+
+def check_state_before_save(trainer, val_loss) -> None:
+    """Raise FloatingPointError when the state about to be saved is not finite."""
+    update = trainer.get_num_updates()
+    where = f"refusing to save the checkpoint of update {update}"
+    if val_loss is not None and not math.isfinite(float(val_loss)):
+        raise FloatingPointError(f"{where}: the validation loss is {val_loss} "
+                                 f"({_flag_values(trainer)})")
+    for name, param in trainer.model.named_parameters():
+        if not bool(torch.isfinite(param).all()):
+            raise FloatingPointError(f"{where}: parameter {name} is not finite "
+                                     f"({_flag_values(trainer)})")
+    sample = getattr(trainer, "_energy_lm_last_sample", None)
+    if sample is None:
+        return
+    loss = _probe_loss(trainer, sample)
+    if loss is not None and not math.isfinite(loss):
+        raise FloatingPointError(f"{where}: the updated model's loss on the last training "
+                                 f"batch is {loss} ({_flag_values(trainer)}); the files on "
+                                 f"disk keep the last finite state")
+
+
+def _probe_loss(trainer, sample) -> Optional[float]:
+    """The criterion's loss of the current weights on one batch (eval mode, no grad)."""
+    from fairseq import metrics, utils
+
+    model, criterion = trainer.model, trainer.criterion
+    was_training = model.training
+    model.eval()
+    criterion.eval()
+    try:
+        with torch.no_grad(), metrics.aggregate(new_root=True):
+            sample = trainer._prepare_sample(sample)[0] if hasattr(trainer, "_prepare_sample") \
+                else utils.move_to_cuda(sample)
+            if not sample:
+                return None
+            loss, _, _ = trainer.task.valid_step(sample, model, criterion)
+            return float(loss)
+    except FloatingPointError:
+        return float("nan")  # an energy criterion's own finite-check fired
+    finally:
+        model.train(was_training)
+        criterion.train(was_training)
+
+
+def _remember_last_sample(original):
+    @functools.wraps(original)
+    def train_step(self, samples, *args, **kwargs):
+        if samples:
+            self._energy_lm_last_sample = samples[-1]
+        try:
+            return original(self, samples, *args, **kwargs)
+        except FloatingPointError as err:
+            if "lr=" in str(err):
+                raise
+            raise FloatingPointError(f"{err} ({_flag_values(self)})") from None
+
+    train_step._energy_lm_wrapped = True
+    return train_step
+
+
+def _guarded_save(original):
+    @functools.wraps(original)
+    def save_checkpoint(cfg, trainer, epoch_itr, val_loss):
+        check_state_before_save(trainer, val_loss)
+        return original(cfg, trainer, epoch_itr, val_loss)
+
+    save_checkpoint._energy_lm_wrapped = True
+    return save_checkpoint
+
+
+def _ensemble_names_the_checkpoint(original):
+    """`load_model_ensemble_and_task` (hub, eval tools), naming the checkpoint when its
+    dictionary is not the data's."""
+    @functools.wraps(original)
+    def load_model_ensemble_and_task(filenames, *args, **kwargs):
+        from energy_lm.models.energy_model import DictionaryMismatchError
+
+        try:
+            return original(filenames, *args, **kwargs)
+        except DictionaryMismatchError as err:
+            names = ", ".join(str(f) for f in filenames)
+            raise DictionaryMismatchError(f"checkpoint {names}: {err}") from None
+
+    return load_model_ensemble_and_task
+
+
+_ORIGINAL = {}
+
+
+def install() -> None:
+    """Apply the three wraps (idempotent)."""
+    from fairseq import checkpoint_utils
+    from fairseq.trainer import Trainer
+
+    if getattr(checkpoint_utils.save_checkpoint, "_energy_lm_wrapped", False):
+        return
+    _ORIGINAL["torch_persistent_save"] = checkpoint_utils.torch_persistent_save
+    checkpoint_utils.torch_persistent_save = atomic_torch_save
+    checkpoint_utils.PathManager = _AtomicPathManager(checkpoint_utils.PathManager)
+    checkpoint_utils.save_checkpoint = _guarded_save(checkpoint_utils.save_checkpoint)
+    Trainer.load_checkpoint = _load_with_fallback(Trainer.load_checkpoint)
+    checkpoint_utils.load_model_ensemble_and_task = _ensemble_names_the_checkpoint(
+        checkpoint_utils.load_model_ensemble_and_task)
+    Trainer.train_step = _remember_last_sample(Trainer.train_step)
