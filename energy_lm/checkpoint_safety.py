@@ -300,6 +300,20 @@ def _remember_last_sample(original):
     return train_step
 
 
+def _names_the_flags(original):
+    """Trainer.valid_step, with the flag values added to a non-finite loss error."""
+    @functools.wraps(original)
+    def valid_step(self, *args, **kwargs):
+        try:
+            return original(self, *args, **kwargs)
+        except FloatingPointError as err:
+            if "lr=" in str(err):
+                raise
+            raise FloatingPointError(f"{err} in validation ({_flag_values(self)})") from None
+
+    return valid_step
+
+
 def _guarded_save(original):
     @functools.wraps(original)
     def save_checkpoint(cfg, trainer, epoch_itr, val_loss):
@@ -344,3 +358,4 @@ def install() -> None:
     checkpoint_utils.load_model_ensemble_and_task = _ensemble_names_the_checkpoint(
         checkpoint_utils.load_model_ensemble_and_task)
     Trainer.train_step = _remember_last_sample(Trainer.train_step)
+    Trainer.valid_step = _names_the_flags(Trainer.valid_step)
