@@ -6,8 +6,11 @@ probability proportional to exp(-E(y_k)). As K grows this approaches sampling fr
 ELM q * exp(-E) / Z; K = 1 is plain ancestral sampling from q (no energy is computed and
 no extra random number is drawn, so a fixed seed gives exactly the LM's sample).
 
-Like fairseq's sampling, the padding symbol is never proposed. Each step runs the model
-on the whole prefix (no incremental state): meant for research-scale generation.
+Like fairseq's sampling, the padding symbol is never proposed: SIR targets the ELM
+conditioned on y != <pad>, i.e. q * exp(-E) / Z renormalised without <pad>. Training's
+samples and evaluation's Z use the whole vocabulary; the two agree wherever q(<pad>) is
+negligible, as it is for any trained LM (<pad> is never a target). Each step runs the
+model on the whole prefix (no incremental state): meant for research-scale generation.
 """
 
 from typing import List, Optional
