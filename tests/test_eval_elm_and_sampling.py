@@ -1,6 +1,7 @@
 """ELM evaluation (K-sample log Z against exact Z by enumerating the vocabulary) and
 energy-based generation (SIR), in-process and through the command line / hub."""
 
+import json
 import re
 
 import pytest
@@ -198,3 +199,24 @@ def test_eval_elm_cli_on_a_masked_checkpoint(data_bin, tmp_path):
                      "2", "--exact-z")
     assert "masked positions of a fixed seeded masking" in result.stdout
     assert re.search(r"elm \(exact Z\)\s+[0-9.]+", result.stdout), result.stdout
+
+
+@pytest.mark.slow
+def test_eval_elm_counts_and_figures_do_not_depend_on_the_batch_size(data_bin, tmp_path):
+    """An eos-mode split (one document per row, right-padded) at batch size 1 and 8:
+    the same scored tokens, the same exact figures (the estimate's tail samples differ)."""
+    run_cli("fairseq-train", data_bin, "--task", "language_modeling", "--arch",
+            "transformer_lm_alibi_tiny", *LM_SMALL, "--sample-break-mode", "eos",
+            "--tokens-per-sample", "2048",
+            "--criterion", "monarc", "--max-update", "3", "--save-dir", tmp_path)
+    results = {}
+    for size in (1, 8):
+        out = tmp_path / f"bs{size}.json"
+        run_cli("energy-lm-eval-elm", data_bin, "--path", tmp_path / "checkpoint_last.pt",
+                "--batch-size", size, "--topk", "4", "--num-samples", "2", "--cpu",
+                "--json", out)
+        results[size] = json.loads(out.read_text())
+    one, eight = results[1], results[8]
+    assert one["tokens"] == eight["tokens"] > 0
+    for key in ("lm", "elm_z1", "elm_lower"):
+        assert one[key] == pytest.approx(eight[key], abs=2e-5), key
