@@ -10,9 +10,11 @@ diverged state on disk: three small wraps of fairseq's save and load path.
    (`os.replace` is atomic on POSIX), and the folder is fsynced: a reader sees the old
    file or the new one, never a part. A failed write leaves the old file untouched and
    raises `CheckpointWriteError` in one line (a full disk names the folder and the bytes).
-2. Resume fallback. When the default `checkpoint_last.pt` cannot be read, training
-   resumes from the newest readable checkpoint of the save dir, with one warning; it
-   refuses only when none is readable. An explicit `--restore-file` is never replaced.
+2. Resume from the newest good state. When the default `checkpoint_last.pt` cannot be
+   read, training resumes from the newest readable checkpoint of the save dir, with one
+   warning; it refuses only when none is readable. When another checkpoint of the save
+   dir is newer than `checkpoint_last.pt` (a kill between fairseq's save and its copy),
+   training resumes from that one. An explicit `--restore-file` is never replaced.
 3. A save guard. Before fairseq saves, the updated model is checked: every parameter
    finite, the validation loss (when there is one) finite, and one forward pass on the
    last training batch finite. Otherwise the run stops, naming the term and the flags
@@ -184,6 +186,15 @@ def _load_with_fallback(original):
         from energy_lm.checkpoint_errors import CheckpointReadError, CheckpointRefusedError
         from energy_lm.models.energy_model import DictionaryMismatchError
 
+        newer = _newer_than_default(self, filename)
+        if newer is not None:  # a kill between a save and its copy to checkpoint_last.pt
+            try:
+                result = original(self, newer, *args, **kwargs)
+                logger.info("resumed from %s, newer than %s (the copy to it was interrupted)",
+                            newer, filename)
+                return result
+            except CheckpointReadError:
+                pass  # then the default file, as fairseq would
         try:
             return original(self, filename, *args, **kwargs)
         except DictionaryMismatchError as err:
@@ -204,15 +215,34 @@ def _load_with_fallback(original):
     return load_checkpoint
 
 
+def _is_default_resume(trainer, filename) -> bool:
+    ckpt = trainer.cfg.checkpoint
+    default = os.path.join(ckpt.save_dir, "checkpoint_last.pt")
+    return ckpt.restore_file == "checkpoint_last.pt" and \
+        os.path.abspath(filename) == os.path.abspath(default)
+
+
+def _newer_than_default(trainer, filename) -> Optional[str]:
+    """The newest checkpoint of the save dir when it is newer than checkpoint_last.pt (or
+    that file is missing): fairseq writes checkpoint_E_U.pt first and copies it to
+    checkpoint_last.pt last, so a kill in between leaves the newest state elsewhere."""
+    if not _is_default_resume(trainer, filename):
+        return None
+    candidates = readable_candidates(trainer.cfg.checkpoint.save_dir, filename)
+    if not candidates:
+        return None
+    if os.path.isfile(filename) and os.path.getmtime(candidates[0]) <= os.path.getmtime(filename):
+        return None
+    return candidates[0]
+
+
 def _fall_back(trainer, original, filename, err, args, kwargs):
     """Resume from the newest readable checkpoint when the default one is unreadable;
     an explicit --restore-file is the user's choice and is never replaced."""
     from energy_lm.checkpoint_errors import CheckpointReadError, CheckpointRefusedError
 
     ckpt = trainer.cfg.checkpoint
-    default = os.path.join(ckpt.save_dir, "checkpoint_last.pt")
-    if ckpt.restore_file != "checkpoint_last.pt" or \
-            os.path.abspath(filename) != os.path.abspath(default):
+    if not _is_default_resume(trainer, filename):
         raise err
     bad = err
     for candidate in readable_candidates(ckpt.save_dir, filename):
