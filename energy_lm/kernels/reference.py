@@ -2,13 +2,13 @@
 
 Supports: causal and bidirectional data streams; any number M >= 0 of candidates per
 batch row, at any data positions (several candidates may share one position); ALiBi in
-the modes of `energy_lm.modules.alibi` (bias built in fp32); packed documents
+the modes of `energy_lm.kernels.alibi` (bias built in fp32); packed documents
 (`segment_ids`); key padding; attention dropout; fp32/fp64/bf16/fp16 inputs; autograd
 to all six of q, k, v, q_c, k_c, v_c. Runs on any device SDPA runs on.
 
 How: keys and values are concatenated as `[data; candidates]` and ONE explicit mask is
 built for the queries `[data; candidates]` (`paired_mask`), then the model's ordinary
-`energy_lm.modules.attention.attention` runs once over the (N + M) x (N + M) problem.
+`energy_lm.kernels.sdpa.attention` runs once over the (N + M) x (N + M) problem.
 
 Caveats:
 - memory is O(B * H * (N + M)^2) for the mask with ALiBi (O(B * (N + M)^2) without),
@@ -26,8 +26,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from energy_lm.modules.alibi import alibi_bias
-from energy_lm.modules.attention import attention
+from energy_lm.kernels.alibi import alibi_bias
+from energy_lm.kernels.sdpa import attention
 
 
 def row_positions(cand_pos: Tensor, n: int) -> Tensor:
