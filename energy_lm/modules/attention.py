@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from energy_lm.kernels import paired_attention
 from energy_lm.kernels.alibi import alibi_bias, alibi_slopes, check_alibi_mode
 from energy_lm.kernels.sdpa import attention
+from energy_lm.kernels.visibility import position_visible
 from energy_lm.modules.paired_stream import CANDIDATES, PairedStream
 
 _MAX_CACHED_MASKS = 8
@@ -55,7 +56,8 @@ class AttentionPattern(nn.Module):
             return self._static_cache[key]
         k_pos = torch.arange(tk, device=device)
         q_pos = k_pos[tk - tq :]
-        visible = (k_pos[None, :] <= q_pos[:, None]) if self.causal else None  # (tq, tk)
+        visible = (position_visible(q_pos[:, None], k_pos[None, :], False, True)
+                   if self.causal else None)  # (tq, tk)
         if self.alibi != "none":
             mask = alibi_bias(self.slopes, q_pos, k_pos, self.alibi)[None]  # (1, H, tq, tk)
             if visible is not None:
