@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from energy_lm.kernels import paired_attention
-from energy_lm.modules.alibi import alibi_slopes
+from energy_lm.kernels.alibi import alibi_slopes
 
 
 def inputs(batch, heads, n, dim, dtype, device):

@@ -12,6 +12,11 @@ import energy_lm  # noqa: F401  (in-process tests do not rely on the autoload ho
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# GPT-2's BPE files beside the checkout (../shared/data/gpt2): tests that need them skip
+# without them, as on a machine that has only the repository
+needs_gpt2_bpe = pytest.mark.skipif(
+    not (SHARED_DATA / "gpt2" / "encoder.json").is_file(),
+    reason="needs ../shared/data/gpt2 (GPT-2 BPE files), absent on this machine")
 BIN = Path(sys.executable).parent
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LM_SMALL, build_model, error_line, run_cli
+from conftest import LM_SMALL, SHARED_DATA, build_model, error_line, needs_gpt2_bpe, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +67,7 @@ def test_data_binarized_with_another_dictionary(data_bin, tmp_path):
     assert result.returncode != 0 and "is not in the dictionary" in last_line(result)
 
 
+@needs_gpt2_bpe
 def test_invalid_utf8_in_raw_text_leaves_nothing_half_written(tmp_path):
     from energy_lm.data.prepare import PrepareError, main
 
@@ -76,7 +77,7 @@ def test_invalid_utf8_in_raw_text_leaves_nothing_half_written(tmp_path):
     for split in ("train", "valid", "test"):
         (raw / f"wiki.{split}.raw").write_text(good * 3)
     (raw / "wiki.test.raw").write_bytes(good.encode() + b" caf\xe9 \n")
-    gpt2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gpt2"
+    gpt2 = SHARED_DATA / "gpt2"
     with pytest.raises(PrepareError) as info:
         main(["wikitext103", "--out", str(tmp_path / "out"), "--raw-dir", str(raw),
               "--gpt2-dir", str(gpt2)])

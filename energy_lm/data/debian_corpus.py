@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from energy_lm.data.embedded_corpus import split_of, write_documents
-from energy_lm.data.prepare import PrepareError
+from energy_lm.data.errors import PrepareError
 
 PACKAGES = ("python3.11-doc", "wordnet-base", "fortunes")
 GLOSSES_PER_DOCUMENT = 50

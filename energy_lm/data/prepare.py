@@ -27,6 +27,7 @@ from typing import Dict, Iterable, Iterator, List, Optional
 
 from energy_lm.cli_errors import log_to_stdout, run_reporting_errors
 from energy_lm.data import bpe
+from energy_lm.data.errors import PrepareError
 
 logger = logging.getLogger("energy_lm.prepare")
 
@@ -36,10 +37,6 @@ GPT2_BPE_URLS = {
     "encoder.json": "https://dl.fbaipublicfiles.com/fairseq/gpt2_bpe/encoder.json",
     "vocab.bpe": "https://dl.fbaipublicfiles.com/fairseq/gpt2_bpe/vocab.bpe",
 }
-
-
-class PrepareError(RuntimeError):
-    pass
 
 
 def download(url: str, dest: Path) -> Path:

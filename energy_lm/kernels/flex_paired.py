@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from energy_lm.kernels.reference import row_positions, segment_positions
+from energy_lm.kernels.visibility import alibi_distance, position_visible
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,10 +54,7 @@ def _batch_layout(cand_pos: Tensor, n: int, b: int, causal: bool, segment_ids, k
     def mask_mod(bi, hi, qi, ki):
         p = row_pos[bi, qi]
         q_cand, k_cand = qi >= n, ki >= n
-        if causal:
-            sees = torch.where(q_cand, ki < p, ki <= p)
-        else:
-            sees = torch.where(q_cand, ki != p, ki == ki)
+        sees = position_visible(p, ki, q_cand, causal)
         data_ok = ~k_cand & sees & (row_seg[bi, qi] == row_seg[bi, ki]) & ~key_pad[bi, ki]
         return data_ok | (k_cand & (qi == ki))
 
@@ -96,14 +94,7 @@ def paired_attention_flex(
         slopes = alibi_slopes.to(device=q.device, dtype=torch.float32)
 
         def score_mod(score, bi, hi, qi, ki):
-            p = row_pos[bi, qi].float()
-            j = ki.float()
-            if alibi_mode == "causal":
-                dist = p - j
-            elif alibi_mode == "symmetric":
-                dist = (p - j).abs()
-            else:  # shifted
-                dist = torch.where(j <= p, p - j, j - p - 0.5)
+            dist = alibi_distance(row_pos[bi, qi], ki, alibi_mode)
             own = ki >= n
             return score - torch.where(own, torch.zeros_like(dist), slopes[hi] * dist)
 

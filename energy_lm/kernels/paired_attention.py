@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from energy_lm.kernels.reference import candidate_attention_reference, paired_attention_reference
-from energy_lm.modules.alibi import ALIBI_MODES
+from energy_lm.kernels.alibi import ALIBI_MODES
 
 logger = logging.getLogger("energy_lm.kernels")
 

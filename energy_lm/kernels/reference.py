@@ -2,13 +2,13 @@
 
 Supports: causal and bidirectional data streams; any number M >= 0 of candidates per
 batch row, at any data positions (several candidates may share one position); ALiBi in
-the modes of `energy_lm.modules.alibi` (bias built in fp32); packed documents
+the modes of `energy_lm.kernels.alibi` (bias built in fp32); packed documents
 (`segment_ids`); key padding; attention dropout; fp32/fp64/bf16/fp16 inputs; autograd
 to all six of q, k, v, q_c, k_c, v_c. Runs on any device SDPA runs on.
 
 How: keys and values are concatenated as `[data; candidates]` and ONE explicit mask is
 built for the queries `[data; candidates]` (`paired_mask`), then the model's ordinary
-`energy_lm.modules.attention.attention` runs once over the (N + M) x (N + M) problem.
+`energy_lm.kernels.sdpa.attention` runs once over the (N + M) x (N + M) problem.
 
 Caveats:
 - memory is O(B * H * (N + M)^2) for the mask with ALiBi (O(B * (N + M)^2) without),
@@ -26,8 +26,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from energy_lm.modules.alibi import alibi_bias
-from energy_lm.modules.attention import attention
+from energy_lm.kernels.alibi import alibi_bias
+from energy_lm.kernels.sdpa import attention
+from energy_lm.kernels.visibility import position_visible
 
 
 def row_positions(cand_pos: Tensor, n: int) -> Tensor:
@@ -84,10 +85,7 @@ def paired_mask(
 
     # data keys: a data query at i sees j <= i (causal) or every j; a candidate at p
     # sees j < p (causal) or every j != p (its own key replaces key p)
-    if causal:
-        see_data = (j < p) | ((j == p) & ~is_cand)  # (B, L, N)
-    else:
-        see_data = (j != p) | ~is_cand  # (B, L, N)
+    see_data = position_visible(p, j, is_cand, causal)  # (B, L, N)
     if segment_ids is not None:
         seg_q = segment_ids.gather(1, segment_positions(q_pos, n, n, causal))  # (B, L)
         see_data = see_data & (seg_q[:, :, None] == segment_ids[:, None, :])
@@ -165,7 +163,7 @@ def candidate_attention_reference(
     acc = torch.promote_types(q_c.dtype, torch.float32)  # fp32 for half inputs, fp64 stays
     j = torch.arange(n, device=k.device)  # (N,)
     p = cand_pos.long()[:, :, None]  # (B, M, 1)
-    see = (j < p) if causal else (j != p)  # (B, M, N)
+    see = position_visible(p, j, True, causal)  # (B, M, N)
     if segment_ids is not None:
         seg_c = segment_ids.gather(1, segment_positions(cand_pos.long(), n, 0, causal))  # (B, M)
         see = see & (seg_c[:, :, None] == segment_ids[:, None, :])

@@ -137,6 +137,7 @@ def _tile_scores(q, k, pos, row_ok, seg_q, offs_n, b, is_cand, N, SEG, PAD, slop
     Base-2 units ((q.k * scale + ALiBi bias) * log2(e)), -inf where a key is not visible.
     is_cand (0 or 1) says whether the rows are candidates.
     """
+    # the visibility rule and the ALiBi distance mirror energy_lm.kernels.visibility
     s = _mm(q, tl.trans(k), UPCAST, PREC) * sm_scale  # (BLOCK_M, BLOCK_N) fp32
     p = pos[:, None]
     j = offs_n[None, :]

@@ -2,7 +2,7 @@
 
 from fairseq.utils import safe_getattr
 
-from energy_lm.modules.alibi import check_alibi_mode
+from energy_lm.kernels.alibi import check_alibi_mode
 from energy_lm.modules.energy_head import ENERGY_HEAD_CHOICES
 
 

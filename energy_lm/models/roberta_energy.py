@@ -21,7 +21,7 @@ from fairseq.utils import safe_getattr, safe_hasattr
 
 from energy_lm.models.energy_model import EnergyModelMixin, attach_dictionary, check_task_length
 from energy_lm.models.energy_options import add_energy_args, check_energy_args
-from energy_lm.modules.alibi import ALIBI_MAX_POSITIONS, ENCODER_ALIBI_CHOICES
+from energy_lm.kernels.alibi import ALIBI_MAX_POSITIONS, ENCODER_ALIBI_CHOICES
 from energy_lm.modules.attention import AttentionPattern
 from energy_lm.modules.clap import ClapEmbedding, ClapHead, LinearHead
 from energy_lm.modules.energy_head import EnergyHead

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from energy_lm.models.energy_model import EnergyModelMixin, attach_dictionary, check_task_length
 from energy_lm.models.energy_options import check_energy_args
-from energy_lm.modules.alibi import ALIBI_MAX_POSITIONS, DECODER_ALIBI_CHOICES
+from energy_lm.kernels.alibi import ALIBI_MAX_POSITIONS, DECODER_ALIBI_CHOICES
 from energy_lm.modules.attention import AttentionPattern
 from energy_lm.modules.clap import ClapEmbedding, ClapHead
 from energy_lm.modules.energy_head import ENERGY_HEAD_CHOICES, EnergyHead

@@ -10,15 +10,16 @@ reused. `SelfAttention` is a drop-in replacement for fairseq's `MultiheadAttenti
 from typing import Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from fairseq.modules import MultiheadAttention
 from torch import Tensor, nn
 
-from energy_lm.modules.alibi import alibi_bias, alibi_slopes, check_alibi_mode
+from energy_lm.kernels import paired_attention
+from energy_lm.kernels.alibi import alibi_bias, alibi_slopes, check_alibi_mode
+from energy_lm.kernels.sdpa import attention
+from energy_lm.kernels.visibility import position_visible
 from energy_lm.modules.paired_stream import CANDIDATES, PairedStream
 
 _MAX_CACHED_MASKS = 8
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 class AttentionPattern(nn.Module):
@@ -55,7 +56,8 @@ class AttentionPattern(nn.Module):
             return self._static_cache[key]
         k_pos = torch.arange(tk, device=device)
         q_pos = k_pos[tk - tq :]
-        visible = (k_pos[None, :] <= q_pos[:, None]) if self.causal else None  # (tq, tk)
+        visible = (position_visible(q_pos[:, None], k_pos[None, :], False, True)
+                   if self.causal else None)  # (tq, tk)
         if self.alibi != "none":
             mask = alibi_bias(self.slopes, q_pos, k_pos, self.alibi)[None]  # (1, H, tq, tk)
             if visible is not None:
@@ -99,37 +101,6 @@ class AttentionPattern(nn.Module):
         if static.dtype == torch.bool:
             return static & ~hidden, False
         return static.masked_fill(hidden, float("-inf")), False
-
-
-def attention_math(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_causal: bool,
-                   dropout_p: float = 0.0) -> Tensor:
-    """Explicit attention with an fp32 softmax; (B, H, Tq, D) x (B, H, Tk, D) -> (B, H, Tq, D).
-
-    Used for half-precision inputs with ALiBi, where adding the bias in bf16/fp16 would
-    lose the half-slope shift at long range (METHODS.md section 2).
-    """
-    tq, tk = q.size(-2), k.size(-2)
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * (q.size(-1) ** -0.5)
-    if is_causal:
-        visible = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
-        scores = scores.masked_fill(~visible, float("-inf"))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    probs = torch.softmax(scores, dim=-1)
-    if dropout_p > 0.0:
-        probs = F.dropout(probs, p=dropout_p)
-    return torch.matmul(probs.to(v.dtype), v)
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_causal: bool,
-              dropout_p: float = 0.0) -> Tensor:
-    """SDPA where it is exact; the fp32-softmax path for half inputs with a float bias."""
-    if mask is not None and mask.dtype != torch.bool and q.dtype in _HALF_DTYPES:
-        return attention_math(q, k, v, mask, is_causal, dropout_p)
-    if mask is not None and mask.dtype != torch.bool:
-        mask = mask.to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                          is_causal=is_causal)
 
 
 class SelfAttention(MultiheadAttention):
@@ -221,8 +192,6 @@ class SelfAttention(MultiheadAttention):
 
     def _candidate_attention(self, q_c: Tensor, k_c: Tensor, v_c: Tensor,
                              stream: PairedStream) -> Tensor:
-        from energy_lm.kernels import paired_attention  # the kernels import this module
-
         q, k, v = stream.data_qkv(self)
         pattern = self.pattern
         _, out_c = paired_attention(

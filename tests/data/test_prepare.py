@@ -7,7 +7,7 @@ import zipfile
 import pytest
 from fairseq.data import Dictionary, data_utils
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_gpt2_bpe
 from energy_lm.data import embedded_corpus
 from energy_lm.data.prepare import (PrepareError, fetch_gpt2_bpe, main, pile_documents,
                                     wikitext_articles)
@@ -70,6 +70,7 @@ def wikitext_zip(tmp_path):
     return archive
 
 
+@needs_gpt2_bpe
 def test_wikitext103_download_path_on_a_local_copy(tmp_path, wikitext_zip):
     out = tmp_path / "wt"
     gpt2 = fetch_gpt2_bpe(tmp_path / "gpt2", {n: (GPT2 / n).as_uri() for n in ("encoder.json", "vocab.bpe")})
@@ -81,11 +82,13 @@ def test_wikitext103_download_path_on_a_local_copy(tmp_path, wikitext_zip):
     assert decode_gpt2(dictionary, valid[1].tolist()) == "".join(text[8:]).strip("\n")
 
 
+@needs_gpt2_bpe
 def test_wikitext103_missing_files_is_a_clear_error(tmp_path):
     with pytest.raises(PrepareError, match="wiki.train.raw"):
         main(["wikitext103", "--out", str(tmp_path), "--raw-dir", str(tmp_path), "--gpt2-dir", str(GPT2)])
 
 
+@needs_gpt2_bpe
 def test_pile_shards_jsonl_zst(tmp_path):
     import zstandard
 

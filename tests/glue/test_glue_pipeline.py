@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, SHARED_DATA, TRAIN_SMALL, error_line, run_cli
+from conftest import REPO, SHARED_DATA, TRAIN_SMALL, error_line, needs_gpt2_bpe, run_cli
 from energy_lm.glue import collect, finetune, preprocess
 from energy_lm.glue.fixtures import build_fixtures, stdlib_docstrings
 from energy_lm.glue.reader import read_split
@@ -271,6 +271,7 @@ def test_byte_bpe_preprocessing_round_trips(glue_bin, fixture_dir, data_bin):
     assert not (glue_bin / "SST-2-bin" / "input1").exists()
 
 
+@needs_gpt2_bpe
 def test_gpt2_bpe_preprocessing_and_stsb_regression(tmp_path):
     from fairseq.data.encoders.gpt2_bpe_utils import get_encoder
 

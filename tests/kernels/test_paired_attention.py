@@ -9,7 +9,7 @@ import torch
 
 from energy_lm.kernels import paired_attention
 from energy_lm.kernels.reference import paired_mask
-from energy_lm.modules.alibi import alibi_bias, alibi_slopes
+from energy_lm.kernels.alibi import alibi_bias, alibi_slopes
 
 HEADS = 3  # not a power of two: the ALiBi slopes interleave
 

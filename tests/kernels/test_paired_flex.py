@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from energy_lm.kernels import paired_attention
-from energy_lm.modules.alibi import alibi_slopes
+from energy_lm.kernels.alibi import alibi_slopes
 
 MODES = [(True, None), (True, "causal"), (False, None), (False, "symmetric"), (False, "shifted")]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -25,7 +25,7 @@ triton = pytest.importorskip("triton")
 
 from energy_lm.kernels import triton_paired  # noqa: E402
 from energy_lm.kernels.reference import paired_attention_reference  # noqa: E402
-from energy_lm.modules.alibi import alibi_slopes  # noqa: E402
+from energy_lm.kernels.alibi import alibi_slopes  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and not triton_paired._interpreting():

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from energy_lm.modules.alibi import alibi_bias, alibi_slopes, check_alibi_mode
+from energy_lm.kernels.alibi import alibi_bias, alibi_slopes, check_alibi_mode
 
 
 @pytest.mark.parametrize("heads", [8, 16])

@@ -2,8 +2,9 @@ import pytest
 import torch
 from fairseq.modules import MultiheadAttention
 
-from energy_lm.modules.alibi import alibi_bias, alibi_slopes
-from energy_lm.modules.attention import AttentionPattern, SelfAttention, attention, attention_math
+from energy_lm.kernels.alibi import alibi_bias, alibi_slopes
+from energy_lm.kernels.sdpa import attention, attention_math
+from energy_lm.modules.attention import AttentionPattern, SelfAttention
 
 EMBED, HEADS = 24, 3
 

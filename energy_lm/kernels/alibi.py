@@ -10,6 +10,8 @@ from typing import List
 
 import torch
 
+from energy_lm.kernels.visibility import alibi_distance
+
 ALIBI_MODES = ("causal", "symmetric", "shifted")
 DECODER_ALIBI_CHOICES = ("none", "causal")
 ENCODER_ALIBI_CHOICES = ("none", "symmetric", "shifted")
@@ -60,12 +62,5 @@ def alibi_bias(
     """
     if mode not in ALIBI_MODES:
         raise ValueError(f"unknown ALiBi mode {mode!r}; choose one of {', '.join(ALIBI_MODES)}")
-    i = q_pos.to(torch.float32)[:, None]  # (Tq, 1)
-    j = k_pos.to(torch.float32)[None, :]  # (1, Tk)
-    if mode == "causal":
-        dist = i - j
-    elif mode == "symmetric":
-        dist = (i - j).abs()
-    else:
-        dist = torch.where(j <= i, i - j, j - i - 0.5)
+    dist = alibi_distance(q_pos[:, None], k_pos[None, :], mode)  # (Tq, Tk)
     return -slopes.to(torch.float32)[:, None, None] * dist  # (H, Tq, Tk)
