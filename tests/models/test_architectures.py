@@ -79,7 +79,9 @@ def test_same_logits_with_and_without_the_fast_attention_path(data_bin, arch, ta
     tokens = torch.randint(4, 200, (2, 17))
     tokens[1, 12:] = 1  # padding
     fast = model(tokens)[0]
-    monkeypatch.setattr(attention_module, "attention", attention_module.attention_math)
+    from energy_lm.kernels.sdpa import attention_math
+
+    monkeypatch.setattr(attention_module, "attention", attention_math)  # the layers call it
     slow = model(tokens)[0]
     torch.testing.assert_close(fast[0], slow[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast[1, :12], slow[1, :12], rtol=1e-5, atol=1e-5)
