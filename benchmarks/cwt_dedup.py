@@ -1,4 +1,4 @@
-"""Does de-duplicating CWT's in-batch negatives help? (METHODS.md section 3 asks to
+"""Does de-duplicating CWT's in-batch negatives help? (docs/methods.md section 3 asks to
 measure it and default to what measures best.)
 
     python benchmarks/cwt_dedup.py --data corpus/data-bin --out bench-cwt

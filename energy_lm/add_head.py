@@ -7,7 +7,7 @@
 
 The new head is an untied `Linear(d, V, bias=False)` initialised as a copy of the input
 embedding rows exactly as the trunk saw them (L2-normalised when the model normalises
-its embeddings), as METHODS.md section 3 describes: causal models get fairseq's untied
+its embeddings), as docs/methods.md section 3 describes: causal models get fairseq's untied
 `output_projection`, RoBERTa-family models a bias-free `lm_head`; the checkpoint's config
 gets `--untied-head`, so fine-tune with the same arch plus `--untied-head`. The optimizer
 state is dropped (the parameter set changed).

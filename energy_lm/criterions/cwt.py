@@ -1,5 +1,5 @@
 """`--criterion cwt`: contrastive weight tying, the "headless" objective
-(METHODS.md section 3), for causal and masked models.
+(docs/methods.md section 3), for causal and masked models.
 
 The final state at each trained position (causal: every non-pad target; masked: the
 masked positions) must pick out the input embedding of its own target among those of

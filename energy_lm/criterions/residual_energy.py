@@ -1,5 +1,5 @@
 """`--criterion monarc` and `--criterion nce`: residual energy-based LMs trained on top
-of the LM's cross-entropy (METHODS.md sections 4-5), for causal and masked models.
+of the LM's cross-entropy (docs/methods.md sections 4-5), for causal and masked models.
 
     monarc: CE_q(x) + w * [E(x) + exp(-E(y)) - 1]        y ~ q, sampled without gradient
     nce:    CE_q(x) + w * [softplus(E(x)) + softplus(-E(y))]

@@ -1,4 +1,4 @@
-"""ALiBi: attention with linear biases (METHODS.md section 2).
+"""ALiBi: attention with linear biases (docs/methods.md section 2).
 
 Slopes follow the ALiBi paper's rule; the bias is built in fp32 from query and key
 positions, so the same function serves full passes and incremental decoding (where the

@@ -1,4 +1,4 @@
-"""Paired-token attention through PyTorch FlexAttention (METHODS.md section 6).
+"""Paired-token attention through PyTorch FlexAttention (docs/methods.md section 6).
 
 One `flex_attention` call over the concatenated sequence `[data; candidates]` (length
 L = N + M): a `mask_mod` says which keys each query row sees (the reference's rules:

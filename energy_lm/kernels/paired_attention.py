@@ -1,7 +1,7 @@
 """`paired_attention`: one attention call for a data stream and its candidates.
 
 The public function validates its inputs and dispatches to a backend. Backends share
-this signature and these semantics (METHODS.md section 6); `reference` is the exact
+this signature and these semantics (docs/methods.md section 6); `reference` is the exact
 PyTorch implementation in `energy_lm.kernels.reference`; `triton` the fused kernel of
 `energy_lm.kernels.triton_paired`; `flex` PyTorch FlexAttention. `auto` is `_auto_backend`.
 """

@@ -1,4 +1,4 @@
-"""Exact paired-token attention in plain PyTorch (METHODS.md section 6).
+"""Exact paired-token attention in plain PyTorch (docs/methods.md section 6).
 
 Supports: causal and bidirectional data streams; any number M >= 0 of candidates per
 batch row, at any data positions (several candidates may share one position); ALiBi in

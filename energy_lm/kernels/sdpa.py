@@ -20,7 +20,7 @@ def attention_math(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_c
     """Explicit attention with an fp32 softmax; (B, H, Tq, D) x (B, H, Tk, D) -> (B, H, Tq, D).
 
     Used for half-precision inputs with ALiBi, where adding the bias in bf16/fp16 would
-    lose the half-slope shift at long range (METHODS.md section 2).
+    lose the half-slope shift at long range (docs/methods.md section 2).
     """
     tq, tk = q.size(-2), k.size(-2)
     scores = torch.matmul(q, k.transpose(-1, -2)).float() * (q.size(-1) ** -0.5)

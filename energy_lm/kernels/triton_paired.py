@@ -1,4 +1,4 @@
-"""Fused paired-token attention in Triton, forward and backward (METHODS.md section 6).
+"""Fused paired-token attention in Triton, forward and backward (docs/methods.md section 6).
 
 `paired_attention_triton` has the signature and the semantics of
 `energy_lm.kernels.reference.paired_attention_reference`: data query i sees data keys j

@@ -1,4 +1,4 @@
-"""Contrastive weight tying (CWT, "headless" LMs; METHODS.md section 3) as pure functions.
+"""Contrastive weight tying (CWT, "headless" LMs; docs/methods.md section 3) as pure functions.
 
 Each final state h_n must pick out the input embedding of its own target among the
 embeddings of the batch's targets (in-batch negatives), with raw dot products, tau = 1:

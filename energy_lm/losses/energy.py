@@ -1,4 +1,4 @@
-"""Residual energy-based LM objectives (METHODS.md sections 4-5) as pure functions.
+"""Residual energy-based LM objectives (docs/methods.md sections 4-5) as pure functions.
 
 An LM q proposes, an energy E corrects: p(x) = q(x) exp(-E(x)) / Z with
 Z = E_{y~q}[exp(-E(y))]. This module holds the arithmetic only (no fairseq, no model):

@@ -1,5 +1,5 @@
 """What both model families share to act as residual energy-based LMs: the energy
-head and the two-stage paired forward (METHODS.md sections 4 and 6).
+head and the two-stage paired forward (docs/methods.md sections 4 and 6).
 
     with model.paired_stream(src_tokens, segment_ids) as stream:
         features, _ = model(src_tokens, features_only=True)      # stage 1: data stream

@@ -1,4 +1,4 @@
-"""RoBERTa with a CLAP head and/or ALiBi (METHODS.md sections 1-2).
+"""RoBERTa with a CLAP head and/or ALiBi (docs/methods.md sections 1-2).
 
 Registered as model `roberta_energy`, with presets for each size (tiny/base/large):
   roberta_clap_*       learned positions + CLAP head

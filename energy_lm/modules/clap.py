@@ -1,5 +1,5 @@
 """CLAP: an L2-normalised, weight-tied output head with a learned inverse temperature
-(METHODS.md section 1), and the matching input embedding.
+(docs/methods.md section 1), and the matching input embedding.
 
     logits = beta * h @ normalize(E, dim=-1).T
 

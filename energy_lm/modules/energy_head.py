@@ -1,4 +1,4 @@
-"""The energy head of a residual energy-based LM (METHODS.md section 4).
+"""The energy head of a residual energy-based LM (docs/methods.md section 4).
 
     E(token, context) = w . h_token + b                                   (linear, default)
                       + a * log q(token) + h_context . (W h_token)          (rich, a flag)

@@ -1,4 +1,4 @@
-"""The candidate stream of a residual energy-based LM (METHODS.md sections 4 and 6).
+"""The candidate stream of a residual energy-based LM (docs/methods.md sections 4 and 6).
 
 A paired forward has two stages that share one `PairedStream`:
 

@@ -1,4 +1,4 @@
-"""paired_attention (METHODS.md section 6) against a deliberately naive float64 version:
+"""paired_attention (docs/methods.md section 6) against a deliberately naive float64 version:
 forward and the gradients of all six inputs, on awkward shapes, every mask and ALiBi mode."""
 
 import importlib
