@@ -26,6 +26,7 @@ def test_importing_fairseq_registers_energy_lm():
     assert probe({}) == ["True", "True", "True"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["1", "true", "yes"])
 def test_environment_variable_turns_it_off(value):
     assert probe({"ENERGY_LM_NO_AUTOLOAD": value}) == ["False", "False", "False"]
@@ -37,6 +38,7 @@ def test_python_start_up_does_not_import_torch_or_fairseq():
     assert out.stdout.split() == ["False", "False", "True"]
 
 
+@pytest.mark.slow
 def test_a_broken_energy_lm_only_warns(tmp_path):
     # shadow the package with one that raises on import: fairseq must still work
     (tmp_path / "energy_lm").mkdir()

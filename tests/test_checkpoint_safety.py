@@ -65,6 +65,7 @@ def test_torch_save_and_copy_are_whole_and_loadable(tmp_path):
                         overwrite=False) is False  # fairseq's contract: no overwrite asked
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_fails_the_save_in_one_line_and_keeps_the_old_file(tmp_path):
     """A real write that fails after N bytes (RLIMIT_FSIZE), in a child process."""
     target = tmp_path / "checkpoint_last.pt"

@@ -150,6 +150,7 @@ def test_errors(tmp_path):
         main([str(tmp_path / "ce.log"), "--x", "wall", "-o", str(tmp_path / "p.png")])
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "energy_lm.plot_logs", str(tmp_path / "nope.log")],
                             capture_output=True, text=True, timeout=120)

@@ -13,6 +13,7 @@ def small(out, *extra):
     return ["embedded", "--out", str(out), "--max-documents", "60", "--vocab-size", "300", *extra]
 
 
+@pytest.mark.slow
 def test_prepare_twice_is_a_no_op_and_other_arguments_are_refused(tmp_path, caplog):
     out = tmp_path / "corpus"
     assert prepare(small(out)) == out / "data-bin"
@@ -42,6 +43,7 @@ def test_prepare_refuses_a_folder_that_is_no_corpus_and_a_failure_leaves_out_as_
     assert not fresh.exists()  # nothing renamed into place
 
 
+@pytest.mark.slow
 def test_the_prepare_command_line_says_nothing_to_do(tmp_path):
     out = tmp_path / "corpus"
     run_cli("energy-lm-prepare", *small(out))

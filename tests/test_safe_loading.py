@@ -49,6 +49,7 @@ def test_a_checkpoint_that_calls_os_system_is_refused_and_nothing_runs(evil_chec
     assert not marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tool", ["fairseq-train", "energy-lm-eval-elm"])
 def test_command_line_tools_refuse_it_in_one_line(evil_checkpoint, data_bin, tmp_path, tool):
     path, marker = evil_checkpoint
@@ -79,6 +80,7 @@ def legacy_checkpoint(data_bin, tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_legacy_omegaconf_checkpoint_needs_the_opt_in(legacy_checkpoint):
     env = {k: v for k, v in os.environ.items() if k != "ENERGY_LM_ALLOW_OMEGACONF_CHECKPOINTS"}
     refused = subprocess.run([sys.executable, "-c", LOAD, str(legacy_checkpoint)],
@@ -93,6 +95,7 @@ def test_legacy_omegaconf_checkpoint_needs_the_opt_in(legacy_checkpoint):
     assert "loaded" in allowed.stdout
 
 
+@pytest.mark.slow
 def test_the_opt_in_still_refuses_code(evil_checkpoint):
     path, marker = evil_checkpoint
     result = subprocess.run([sys.executable, "-c", LOAD, str(path)], capture_output=True, text=True,

@@ -164,6 +164,7 @@ def test_cwt_criterion_equals_closed_form(data_bin):
         assert n == len(t)
 
 
+@pytest.mark.slow
 def test_monarc_bf16_autocast_300_updates_stay_finite(data_bin):
     """A short bf16 run on the CPU (autocast; fp32 master weights, as fairseq's --amp)."""
     model, task = build_model(data_bin, "transformer_lm_zero_clap_tiny", "--decoder-layers", "1",

@@ -86,6 +86,7 @@ def all_documents(out: Path) -> list:
             for line in (out / "raw" / f"{split}.txt").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_prepare_from_local_debs(debs, tmp_path):
     data_bin = main(["debian", "--out", str(tmp_path / "corpus"), "--debs-dir", str(debs),
                      "--vocab-size", "300"])

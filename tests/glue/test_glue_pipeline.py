@@ -171,6 +171,7 @@ def test_skip_malformed_drops_rows(tmp_path):
     assert [(r.texts[0], r.label) for r in rows] == [("good", "1"), ("bad", "0")]
 
 
+@pytest.mark.slow
 def test_missing_file_is_a_one_line_cli_error(tmp_path, data_bin):
     files = {k: v for k, v in SNIPPETS["RTE"][0].items() if k != "dev.tsv"}
     folder = write_task(tmp_path / "glue", "RTE", files)
@@ -188,6 +189,7 @@ def test_missing_file_is_a_one_line_cli_error(tmp_path, data_bin):
 
 
 # ---------------------------------------------------------------- fixtures
+@pytest.mark.slow
 def test_fixtures_are_deterministic_and_in_glue_format(tmp_path):
     docs = stdlib_docstrings()
     assert len(docs) > 2000 and docs == stdlib_docstrings()
