@@ -31,7 +31,8 @@ def simulate(log_q: torch.Tensor, energy: torch.Tensor, budgets: List[int], repe
              generator: torch.Generator) -> Dict[int, Dict[str, float]]:
     """log_q, energy: (P, V) exact per position. For each budget K: mean error, RMS error
     and mean printed stderr of both estimators, in bits, over positions and repeats."""
-    from energy_lm.losses import exact_log_z, log_z_estimate, sample_tokens, topk_tail_log_z
+    from energy_lm.losses import exact_log_z, log_z_estimate, topk_tail_log_z
+    from energy_lm.sampling.proposal import sample_tokens
 
     log_q, energy = log_q.double(), energy.double()
     exact = exact_log_z(log_q, energy)  # (P,)
@@ -64,7 +65,7 @@ def collect(data_bin: Path, path: Path, positions: int, block: int, chunk: int):
     """(log q (P, V), energies (P, V), LM bits, ELM exact bits) at the first positions."""
     from fairseq import checkpoint_utils
 
-    from energy_lm.eval_elm import task_config, vocabulary_energies
+    from energy_lm.cli.eval_elm import task_config, vocabulary_energies
 
     models, _, task = checkpoint_utils.load_model_ensemble_and_task(
         [str(path)], arg_overrides={"data": str(data_bin)})

@@ -5,7 +5,7 @@ peak-memory ratio MonArc/CE measured in one run.
     python benchmarks/monarc_vs_ce.py --data corpus/data-bin --updates 600 --seeds 1 2 3
 
 Training goes through the real `fairseq-train` (criterions `cross_entropy` and `monarc`);
-evaluation through `energy_lm.eval_elm` on the valid split. The timing part alternates
+evaluation through `energy_lm.cli.eval_elm` on the valid split. The timing part alternates
 CE and MonArc steps on the same batches in one process (the ratio, not the seconds, is
 the result on a noisy machine); each memory figure is the peak RSS growth of a fresh
 process running a few steps of one criterion.
@@ -51,7 +51,7 @@ def train(data: Path, save_dir: Path, arch: str, criterion: str, seed: int, upda
 
 
 def evaluate(data: Path, checkpoint: Path, num_samples: int, max_batches: int) -> dict:
-    from energy_lm.eval_elm import main as eval_main
+    from energy_lm.cli.eval_elm import main as eval_main
 
     return eval_main([str(data), "--path", str(checkpoint), "--num-samples", str(num_samples),
                       "--batch-size", "4", "--max-batches", str(max_batches), "--cpu"])

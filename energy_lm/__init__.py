@@ -2,14 +2,19 @@
 
 Importing this package registers its architectures, tasks and criterions with fairseq
 (fairseq's `--user-dir` imports it the same way). It also applies the small set of
-fixes fairseq 0.12 needs on a modern stack (`energy_lm.compat`).
+fixes fairseq 0.12 needs on a modern stack (`energy_lm.patches.compat`).
 """
 
-from energy_lm import compat
+from energy_lm.patches import compat
 
 compat.apply()
 
-from energy_lm import checkpoint_errors, checkpoint_safety, data_checks, optim_groups  # noqa: E402
+from energy_lm.patches import (  # noqa: E402
+    checkpoint_errors,
+    checkpoint_safety,
+    data_checks,
+    optim_groups,
+)
 
 checkpoint_errors.install()
 checkpoint_safety.install()

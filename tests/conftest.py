@@ -33,7 +33,7 @@ def run_cli(tool: str, *args, env=None, check=True, timeout=600) -> subprocess.C
 
 
 # What the C++ runtime printed after Python's own error when the interpreter exited with
-# fairseq's prefetch thread inside torch (fixed in energy_lm.compat; kept so that a
+# fairseq's prefetch thread inside torch (fixed in energy_lm.patches.compat; kept so that a
 # regression fails the test that checks the exit, not every error-message test)
 TEARDOWN_NOISE = ("terminate called without an active exception", "Aborted")
 

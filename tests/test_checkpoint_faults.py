@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import BIN, LM_SMALL, error_line
-from energy_lm.checkpoint_safety import TEMP_PREFIX
+from energy_lm.patches.checkpoint_safety import TEMP_PREFIX
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Checkpoints are whole or absent (energy_lm.checkpoint_safety), unit level: atomic
+"""Checkpoints are whole or absent (energy_lm.patches.checkpoint_safety), unit level: atomic
 writes under failing writes, the copy fairseq uses, the dictionary fingerprint, and the
 one-line refusals of flags and tools. The fault injection through the real
 fairseq-train is in tests/test_checkpoint_faults.py."""
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import build_model
-from energy_lm.checkpoint_safety import (TEMP_PREFIX, CheckpointWriteError, _AtomicPathManager,
+from energy_lm.patches.checkpoint_safety import (TEMP_PREFIX, CheckpointWriteError, _AtomicPathManager,
                                          atomic_copy, atomic_torch_save, atomic_write,
                                          readable_candidates)
 
@@ -72,7 +72,7 @@ def test_a_file_size_limit_fails_the_save_in_one_line_and_keeps_the_old_file(tmp
     torch.save({"old": torch.zeros(4)}, target)
     before = target.read_bytes()
     code = ("import torch, energy_lm\n"
-            "from energy_lm.checkpoint_safety import atomic_torch_save\n"
+            "from energy_lm.patches.checkpoint_safety import atomic_torch_save\n"
             f"atomic_torch_save({{'w': torch.zeros(1 << 20)}}, {str(target)!r})\n")
 
     def limit():
@@ -135,7 +135,7 @@ def test_energy_flags_are_checked_at_start_up(data_bin, flag, value, message):
 
 
 def test_fill_mask_sentences_need_exactly_one_mask():
-    from energy_lm.fill_mask import FillMaskError, check_sentences
+    from energy_lm.cli.fill_mask import FillMaskError, check_sentences
 
     check_sentences(["One <mask> here."])
     for bad, count in (("No mask.", 0), ("Two <mask> and <mask>.", 2), ("", 0)):

@@ -1,4 +1,4 @@
-"""One test per fix in energy_lm.compat, plus checkpoints of stock fairseq models."""
+"""One test per fix in energy_lm.patches.compat, plus checkpoints of stock fairseq models."""
 
 import argparse
 import subprocess
@@ -36,7 +36,7 @@ def test_stock_torch_refuses_a_fairseq_checkpoint(fairseq_style_checkpoint):
 
 
 def test_allow_list_loads_it_with_weights_only(fairseq_style_checkpoint):
-    from energy_lm import compat
+    from energy_lm.patches import compat
 
     compat.allow_fairseq_checkpoint_globals()
     state = torch.load(fairseq_style_checkpoint, weights_only=True)
@@ -46,7 +46,7 @@ def test_allow_list_loads_it_with_weights_only(fairseq_style_checkpoint):
 
 
 def test_allow_list_still_refuses_arbitrary_code(tmp_path):
-    from energy_lm import compat
+    from energy_lm.patches import compat
 
     compat.allow_fairseq_checkpoint_globals()
     path = tmp_path / "evil.pt"
@@ -58,7 +58,7 @@ def test_allow_list_still_refuses_arbitrary_code(tmp_path):
 def test_numpy_compat_long_for_token_block_eos_mode():
     from fairseq.data import TokenBlockDataset
 
-    from energy_lm import compat
+    from energy_lm.patches import compat
 
     compat.restore_numpy_compat()
     assert np.compat.long is int
@@ -88,7 +88,7 @@ def test_pytorch_ddp_wraps_a_cpu_module_without_device_ids(tmp_path):
     import torch.distributed as dist
     from fairseq.models import distributed_fairseq_model
 
-    from energy_lm.compat import CpuAwareDistributedDataParallel
+    from energy_lm.patches.compat import CpuAwareDistributedDataParallel
 
     assert distributed_fairseq_model.DistributedDataParallel is CpuAwareDistributedDataParallel
     import datetime
@@ -118,7 +118,7 @@ def test_prefetch_thread_stops_and_joins_before_exit():
 
     from fairseq.data.iterators import BufferedIterator
 
-    from energy_lm import compat
+    from energy_lm.patches import compat
 
     def batches():
         for i in range(1000):

@@ -1,6 +1,6 @@
 """fairseq's own torch.distributed path on the CPU: two `fairseq-train` processes over
 loopback (gloo, `--distributed-no-spawn --distributed-rank R`), the default
-`--ddp-backend pytorch_ddp` (made to work on the CPU by energy_lm.compat)."""
+`--ddp-backend pytorch_ddp` (made to work on the CPU by energy_lm.patches.compat)."""
 
 import json
 import os

@@ -38,7 +38,7 @@ def test_missing_data_dir(tmp_path):
 def test_corrupt_checkpoint_restore_and_hub(data_bin, tmp_path):
     from fairseq.models.roberta import RobertaModel
 
-    from energy_lm.checkpoint_errors import CheckpointReadError
+    from energy_lm.patches.checkpoint_errors import CheckpointReadError
 
     bad = tmp_path / "checkpoint_last.pt"
     bad.write_bytes(b"\x00not a checkpoint" * 100)  # torch would suggest switching safe loading off

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import LM_SMALL, build_model, error_line, run_cli
-from energy_lm.eval_elm import evaluate, exact_log_z_of, report
+from energy_lm.cli.eval_elm import evaluate, exact_log_z_of, report
 from energy_lm.sampling import sir_sample
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import LM_SMALL, error_line, run_cli
-from energy_lm.plot_logs import PlotLogsError, crc32c, main, parse_json_log, parse_tensorboard_dir
+from energy_lm.cli.plot_logs import PlotLogsError, crc32c, main, parse_json_log, parse_tensorboard_dir
 
 # what fairseq-train prints with --log-format json (stdout), and the bare lines its
 # --log-file holds, mixed with lines that are not records
@@ -152,7 +152,7 @@ def test_errors(tmp_path):
 
 @pytest.mark.slow
 def test_cli_error_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "energy_lm.plot_logs", str(tmp_path / "nope.log")],
+    result = subprocess.run([sys.executable, "-m", "energy_lm.cli.plot_logs", str(tmp_path / "nope.log")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert error_line(result.stderr) == f"energy-lm-plot: error: log not found: {tmp_path / 'nope.log'}"

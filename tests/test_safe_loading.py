@@ -38,7 +38,7 @@ def evil_checkpoint(tmp_path):
 
 def test_a_checkpoint_that_calls_os_system_is_refused_and_nothing_runs(evil_checkpoint):
     path, marker = evil_checkpoint
-    from energy_lm.checkpoint_errors import CheckpointRefusedError
+    from energy_lm.patches.checkpoint_errors import CheckpointRefusedError
     from fairseq import checkpoint_utils
 
     with pytest.raises(CheckpointRefusedError) as info:

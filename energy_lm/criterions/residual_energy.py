@@ -19,7 +19,7 @@ logs, in base 2 as fairseq does:
   tie_share  share of samples equal to the data token
   guarded    share of exp(-E(y)) values that needed the overflow guard
 Each sample is a function of (--seed, update number, the example's id, its position, k)
-(energy_lm.losses.keyed_random): the same example draws the same candidates whatever
+(energy_lm.sampling.keyed_random): the same example draws the same candidates whatever
 the batch layout (1 or N processes, its place in the batch), and a resumed run draws
 what the uninterrupted one drew. A sample without ids falls back to torch's RNG.
 """
@@ -36,7 +36,7 @@ from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
 from energy_lm.losses import monarc_terms, nce_terms
-from energy_lm.losses.keyed_random import SampleKeys
+from energy_lm.sampling.keyed_random import SampleKeys
 from energy_lm.models.scoring import causal_energy_pass, is_masked_model, masked_energy_pass
 
 LN2 = math.log(2)

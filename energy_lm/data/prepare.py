@@ -25,7 +25,7 @@ import zipfile
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional
 
-from energy_lm.cli_errors import log_to_stdout, run_reporting_errors
+from energy_lm.cli.errors import log_to_stdout, run_reporting_errors
 from energy_lm.data import bpe
 from energy_lm.data.errors import PrepareError
 

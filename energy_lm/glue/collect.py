@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from energy_lm.cli_errors import run_reporting_errors
+from energy_lm.cli.errors import run_reporting_errors
 from energy_lm.glue.tasks import TABLE_ORDER, GlueError, GlueTask, get_task
 
 logger = logging.getLogger("energy_lm.glue.collect")

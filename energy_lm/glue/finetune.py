@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from energy_lm.cli_errors import log_to_stdout, run_reporting_errors
+from energy_lm.cli.errors import log_to_stdout, run_reporting_errors
 from energy_lm.glue.tasks import GlueError, GlueTask, get_task
 
 logger = logging.getLogger("energy_lm.glue.finetune")

@@ -30,7 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from energy_lm.cli_errors import log_to_stdout, run_reporting_errors
+from energy_lm.cli.errors import log_to_stdout, run_reporting_errors
 from energy_lm.data import bpe as bpe_lib
 from energy_lm.glue.reader import read_split, task_folder
 from energy_lm.glue.tasks import STSB_MAX_SCORE, TASKS, GlueError, GlueTask, get_task

@@ -7,7 +7,6 @@ from energy_lm.losses.energy import (
     log_z_estimate,
     monarc_terms,
     nce_terms,
-    sample_tokens,
 )
 from energy_lm.losses.partition import exact_log_z, topk_tail_log_z
 
@@ -20,6 +19,5 @@ __all__ = [
     "log_z_estimate",
     "monarc_terms",
     "nce_terms",
-    "sample_tokens",
     "topk_tail_log_z",
 ]

@@ -73,7 +73,7 @@ class EnergyModelMixin:
 
     energy_head: EnergyHead
     # the update number fairseq's task passes at every train step: one of the keys of the
-    # candidates' samples (energy_lm.losses.keyed_random)
+    # candidates' samples (energy_lm.sampling.keyed_random)
     energy_lm_num_updates: int = 0
 
     def _trunk(self):

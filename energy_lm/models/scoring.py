@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from energy_lm.losses import sample_tokens
-from energy_lm.losses.keyed_random import SampleKeys, keyed_uniform
+from energy_lm.sampling.proposal import sample_tokens
+from energy_lm.sampling.keyed_random import SampleKeys, keyed_uniform
 
 
 @dataclass

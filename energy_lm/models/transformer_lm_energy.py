@@ -203,10 +203,10 @@ class TransformerLMEnergyModel(EnergyModelMixin, TransformerLanguageModel):
     @classmethod
     def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt",
                         data_name_or_path=".", **kwargs):
-        """fairseq's loader, returning `energy_lm.hub.EnergyLMHubInterface` (SIR sampling)."""
+        """fairseq's loader, returning `energy_lm.models.hub.EnergyLMHubInterface` (SIR sampling)."""
         from fairseq import hub_utils
 
-        from energy_lm.hub import EnergyLMHubInterface
+        from energy_lm.models.hub import EnergyLMHubInterface
 
         x = hub_utils.from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path,
                                       archive_map=cls.hub_models(), **kwargs)

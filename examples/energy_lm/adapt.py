@@ -60,7 +60,7 @@ def evaluate(data: Path, save: Path, exact_batches: int) -> dict:
     """energy-lm-eval-elm in its own one-thread process (two may run side by side)."""
     cached = save / "elm-eval.json"
     if not cached.exists():
-        cmd = [sys.executable, "-m", "energy_lm.eval_elm", str(data), "--path",
+        cmd = [sys.executable, "-m", "energy_lm.cli.eval_elm", str(data), "--path",
                str(save / "checkpoint_best.pt"), "--cpu", "--batch-size", "1", "--topk", "8",
                "--num-samples", "8", "--exact-z", "--exact-z-batches", str(exact_batches),
                "--json", str(cached.with_suffix(".tmp"))]

@@ -135,7 +135,7 @@ def evaluate(out: Path, save: Path) -> Dict[str, float]:
         return json.loads(cached.read_text())
     import torch
 
-    from energy_lm.eval_elm import main as eval_main
+    from energy_lm.cli.eval_elm import main as eval_main
 
     torch.set_num_threads(1)
     printed = io.StringIO()

@@ -130,7 +130,7 @@ def eval_elm(data: Path, checkpoint: Path, num_samples: int, batches: int) -> di
     cached = checkpoint.with_suffix(".elm-eval.json")  # the every-target scoring rule
     if cached.exists():
         return json.loads(cached.read_text())
-    from energy_lm.eval_elm import main as eval_main
+    from energy_lm.cli.eval_elm import main as eval_main
 
     result = eval_main([str(data), "--path", str(checkpoint), "--num-samples", str(num_samples),
                         "--batch-size", "4", "--max-batches", str(batches), "--cpu"])

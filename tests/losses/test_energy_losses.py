@@ -13,8 +13,8 @@ from energy_lm.losses import (
     log_z_estimate,
     monarc_terms,
     nce_terms,
-    sample_tokens,
 )
+from energy_lm.sampling.proposal import sample_tokens
 
 # awkward sizes: primes and a length-1 axis
 SHAPE = (3, 1, 7)

@@ -1,12 +1,12 @@
-"""Counter-based uniforms (energy_lm.losses.keyed_random) and the sampler fed with them."""
+"""Counter-based uniforms (energy_lm.sampling.keyed_random) and the sampler fed with them."""
 
 import math
 
 import pytest
 import torch
 
-from energy_lm.losses import sample_tokens
-from energy_lm.losses.keyed_random import SampleKeys, keyed_uniform, mix32
+from energy_lm.sampling.proposal import sample_tokens
+from energy_lm.sampling.keyed_random import SampleKeys, keyed_uniform, mix32
 
 
 def test_mix32_matches_the_lowbias32_reference_on_python_ints():

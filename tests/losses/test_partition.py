@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from energy_lm.losses import exact_log_z, log_z_estimate, sample_tokens, topk_tail_log_z
+from energy_lm.losses import exact_log_z, log_z_estimate, topk_tail_log_z
+from energy_lm.sampling.proposal import sample_tokens
 
 
 def case(seed=0, positions=5, vocab=30, scale=2.0):

@@ -4,7 +4,7 @@ from fairseq import optim
 from omegaconf import OmegaConf
 
 from energy_lm.modules.clap import ClapEmbedding, ClapHead
-from energy_lm.optim_groups import is_excluded_from_weight_decay
+from energy_lm.patches.optim_groups import is_excluded_from_weight_decay
 
 
 def test_head_is_beta_times_cosine_logits_closed_form():

@@ -30,7 +30,7 @@ _GLOBAL = re.compile(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)")
 
 
 def _refusal(path, err: Exception) -> CheckpointRefusedError:
-    from energy_lm.compat import OPT_IN_ENV
+    from energy_lm.patches.compat import OPT_IN_ENV
 
     found = _GLOBAL.search(str(err))
     name = found.group(1) if found else "a type outside the allow-list"

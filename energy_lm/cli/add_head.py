@@ -92,7 +92,7 @@ def convert(src: Path, dest: Path, force: bool = False) -> Path:
     from fairseq import checkpoint_utils
     from omegaconf import OmegaConf
 
-    from energy_lm.checkpoint_safety import atomic_torch_save
+    from energy_lm.patches.checkpoint_safety import atomic_torch_save
 
     state = checkpoint_utils.load_checkpoint_to_cpu(str(src))
     cfg = state.get("cfg")

@@ -99,7 +99,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 def cli_main() -> None:
-    from energy_lm.cli_errors import run_reporting_errors
+    from energy_lm.cli.errors import run_reporting_errors
 
     run_reporting_errors("energy-lm-fill-mask", main, ValueError)  # wrong model or data
 

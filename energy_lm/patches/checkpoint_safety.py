@@ -183,7 +183,7 @@ def readable_candidates(save_dir: str, exclude: str) -> List[str]:
 def _load_with_fallback(original):
     @functools.wraps(original)
     def load_checkpoint(self, filename, *args, **kwargs):
-        from energy_lm.checkpoint_errors import CheckpointReadError, CheckpointRefusedError
+        from energy_lm.patches.checkpoint_errors import CheckpointReadError, CheckpointRefusedError
         from energy_lm.models.energy_model import DictionaryMismatchError
 
         newer = _newer_than_default(self, filename)
@@ -239,7 +239,7 @@ def _newer_than_default(trainer, filename) -> Optional[str]:
 def _fall_back(trainer, original, filename, err, args, kwargs):
     """Resume from the newest readable checkpoint when the default one is unreadable;
     an explicit --restore-file is the user's choice and is never replaced."""
-    from energy_lm.checkpoint_errors import CheckpointReadError, CheckpointRefusedError
+    from energy_lm.patches.checkpoint_errors import CheckpointReadError, CheckpointRefusedError
 
     ckpt = trainer.cfg.checkpoint
     if not _is_default_resume(trainer, filename):

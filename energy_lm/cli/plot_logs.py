@@ -40,7 +40,7 @@ from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
-from energy_lm.cli_errors import run_reporting_errors
+from energy_lm.cli.errors import run_reporting_errors
 
 # tag -> num_updates -> {metric: value}
 Points = Dict[str, Dict[int, Dict[str, float]]]

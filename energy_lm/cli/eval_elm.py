@@ -31,10 +31,10 @@ from typing import Callable, Dict, Iterable, List, Optional
 import torch
 from torch import Tensor
 
-from energy_lm.cli_errors import run_reporting_errors
+from energy_lm.cli.errors import run_reporting_errors
 
 LN2 = math.log(2)
-logger = logging.getLogger("energy_lm.eval_elm")
+logger = logging.getLogger("energy_lm.cli.eval_elm")
 
 
 @dataclass
@@ -74,7 +74,7 @@ def score_batch(model, sample, candidates) -> ScoredBatch:
 def head_and_tail(topk: int, num_samples: int, generator: Optional[torch.Generator]) -> Callable:
     """Candidates from the proposal logits (B, P, V): q's top-k tokens, then num_samples
     draws from q restricted to the other tokens -> (B, topk + K, P)."""
-    from energy_lm.losses import sample_tokens
+    from energy_lm.sampling.proposal import sample_tokens
 
     def choose(logits: Tensor) -> Tensor:
         head = logits.topk(topk, dim=-1).indices  # (B, P, k)
