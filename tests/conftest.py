@@ -20,6 +20,17 @@ needs_gpt2_bpe = pytest.mark.skipif(
 BIN = Path(sys.executable).parent
 
 
+def load_script(relative: str):
+    """Import a script of the repository (examples/, benchmarks/) as a module."""
+    import importlib.util
+
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_cli(tool: str, *args, env=None, check=True, timeout=600) -> subprocess.CompletedProcess:
     """Run `tool` (fairseq-train, fairseq-hydra-train, ...) as a user would."""
     full_env = dict(os.environ, **(env or {}))

@@ -2,7 +2,6 @@
 chain's exact NLL, the handicapped proposal is the stated mixture, and, end to end, the
 ELM recovers most of what the handicapped proposal misses."""
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -10,17 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build_model
-
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "energy_lm" / "known_answer.py"
-
+from conftest import build_model, load_script
 
 @pytest.fixture(scope="module")
 def known_answer():
-    spec = importlib.util.spec_from_file_location("known_answer", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/energy_lm/known_answer.py")
 
 
 def test_the_chain_is_a_distribution_with_few_successors(known_answer):

@@ -2,22 +2,17 @@
 table cells, and how `--jobs` merges the seeds' rows (the runs themselves are the
 README's measurement; a smoke run takes minutes)."""
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "energy_lm" / "replicate.py"
-
+from conftest import load_script
 
 @pytest.fixture(scope="module")
 def replicate():
-    spec = importlib.util.spec_from_file_location("replicate", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/energy_lm/replicate.py")
 
 
 def test_parse_log_takes_the_last_records(replicate, tmp_path):
