@@ -3,7 +3,6 @@ chain's exact NLL, the handicapped proposal is the stated mixture, and, end to e
 ELM recovers most of what the handicapped proposal misses."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
