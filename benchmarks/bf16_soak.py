@@ -79,7 +79,7 @@ def soak(data_bin: Path, criterion: str, updates: int, every: int, batch: int, l
         sample = {k: (v.to(device) if torch.is_tensor(v) else
                       {a: b.to(device) for a, b in v.items()} if isinstance(v, dict) else v)
                   for k, v in sample.items()}
-        model.set_num_updates(done)
+        crit.set_num_updates(done)
         with torch.autocast(device, dtype=torch.bfloat16):
             loss, size, log = crit(model, sample)  # raises on a non-finite term
         opt.zero_grad()

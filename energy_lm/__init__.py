@@ -14,12 +14,14 @@ from energy_lm.patches import (  # noqa: E402
     checkpoint_safety,
     data_checks,
     optim_groups,
+    update_number,
 )
 
 checkpoint_errors.install()
 checkpoint_safety.install()
 data_checks.install()
 optim_groups.install()
+update_number.install()
 
 # fairseq's --user-dir auto-imports models/ and tasks/ but not criterions/, so the
 # package imports every component itself.

@@ -89,6 +89,12 @@ class ResidualEnergyCriterion(FairseqCriterion):
         check_energy_flags(cfg)
         self.cfg = cfg
         self._checked = False
+        # fairseq's update number, one of the keys of the candidates' samples; the trainer
+        # sets it (energy_lm.patches.update_number), as it sets the model's
+        self.num_updates = 0
+
+    def set_num_updates(self, num_updates: int) -> None:
+        self.num_updates = int(num_updates)
 
     def energy_terms(self, energy, cand_energy):
         raise NotImplementedError
@@ -121,13 +127,13 @@ class ResidualEnergyCriterion(FairseqCriterion):
                if not ok]
         raise FloatingPointError(f"{self.name}: non-finite loss term(s): {'; '.join(bad)}")
 
-    def _sample_keys(self, model, sample) -> Optional[SampleKeys]:
+    def _sample_keys(self, sample) -> Optional[SampleKeys]:
         """The samples of example `id` at update u depend on (seed, u, id) only, not on
         the batch layout (rank, position in the batch); without ids (a hand-made sample)
         torch's global RNG draws them."""
         if sample.get("id") is None:
             return None
-        return SampleKeys(self.cfg.seed, getattr(model, "energy_lm_num_updates", 0), sample["id"])
+        return SampleKeys(self.cfg.seed, self.num_updates, sample["id"])
 
     def _forward_causal(self, model, sample):
         net_input, target = sample["net_input"], sample["target"]  # target (B, T)
@@ -136,7 +142,7 @@ class ResidualEnergyCriterion(FairseqCriterion):
                                  num_samples=self.cfg.num_candidates,
                                  segment_ids=net_input.get("segment_ids"),
                                  backend=self.cfg.attention_backend,
-                                 sample_keys=self._sample_keys(model, sample))
+                                 sample_keys=self._sample_keys(sample))
         ce = F.cross_entropy(out.logits.float().flatten(0, 1), target.flatten(),
                              ignore_index=self.padding_idx, reduction="sum")
         return self._finish(ce, out.energy, out.cand_energy, out.tokens, out.cand_tokens,
@@ -146,7 +152,7 @@ class ResidualEnergyCriterion(FairseqCriterion):
         out = masked_energy_pass(model, sample["net_input"]["src_tokens"], sample["target"],
                                  num_samples=self.cfg.num_candidates,
                                  backend=self.cfg.attention_backend,
-                                 sample_keys=self._sample_keys(model, sample))
+                                 sample_keys=self._sample_keys(sample))
         ce = F.cross_entropy(out.logits.float().flatten(0, 1), out.targets.flatten(),
                              ignore_index=self.padding_idx, reduction="sum")
         sample_size = sample["target"].ne(self.padding_idx).int().sum()

@@ -7,8 +7,8 @@ its own key; same segment, not padding) and a `score_mod` adds the ALiBi bias of
 row's position (0 for the own key).
 
 The BlockMask depends only on the batch (positions, segments, padding), not on the
-layer: given a `mask_cache` dict that lives for one batch (a model's `PairedStream`
-passes its own), it is built by the first layer and reused by every other one.
+layer: given a `mask_cache` dict that lives for one batch (the candidate
+stage of a paired pass keeps one), it is built by the first layer and reused by every other one.
 On CUDA, `flex_attention` is called through `torch.compile` (that is what makes it a
 fused kernel); on the CPU it runs eagerly.
 

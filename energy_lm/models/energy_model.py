@@ -1,10 +1,11 @@
 """What both model families share to act as residual energy-based LMs: the energy
 head and the two-stage paired forward (docs/methods.md sections 4 and 6).
 
-    with model.paired_stream(src_tokens, segment_ids) as stream:
-        features, _ = model(src_tokens, features_only=True)      # stage 1: data stream
-        ...sample candidates from model.output_layer(features)...
-        cand_features = model.candidate_features(stream, src_tokens, cand_tokens, cand_pos)
+    paired = model.paired_pass(src_tokens, segment_ids, sample_keys=keys)
+    with paired.recording():
+        features, _ = model(src_tokens, features_only=True)     # stage 1: data stream
+    ...sample candidates from model.output_layer(features)...
+    cand_features = model.candidate_features(paired, src_tokens, cand_tokens, cand_pos)
 
 `candidate_features` returns the final (normed) state of each candidate token standing
 at its data position; `model.energy_head` turns states into energies.
@@ -12,14 +13,14 @@ at its data position; `model.energy_head` turns states into energies.
 
 import hashlib
 import os
-from contextlib import contextmanager
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
 
 from energy_lm.modules.energy_head import EnergyHead
-from energy_lm.modules.paired_stream import PairedStream
+from energy_lm.modules.paired_pass import PairedPass
+from energy_lm.sampling.keyed_random import SampleKeys
 
 
 def check_task_length(model, task) -> None:
@@ -72,16 +73,9 @@ class EnergyModelMixin:
     `_trunk()` (the encoder/decoder with `attention_pattern`, `candidate_features`)."""
 
     energy_head: EnergyHead
-    # the update number fairseq's task passes at every train step: one of the keys of the
-    # candidates' samples (energy_lm.sampling.keyed_random)
-    energy_lm_num_updates: int = 0
 
     def _trunk(self):
         raise NotImplementedError
-
-    def set_num_updates(self, num_updates: int) -> None:
-        self.energy_lm_num_updates = int(num_updates)
-        super().set_num_updates(num_updates)
 
     def _head_modules(self) -> List[nn.Module]:
         """The heads a criterion may leave unused: the energy head (cross_entropy, cwt)
@@ -118,27 +112,22 @@ class EnergyModelMixin:
                              "--checkpoint-activations: checkpointed layers keep no graph for "
                              "the recorded data keys/values")
 
-    @contextmanager
-    def paired_stream(self, src_tokens: Tensor, segment_ids: Optional[Tensor] = None,
-                      backend: str = "auto") -> Iterator[PairedStream]:
-        """Record the data stream of the forward passes run inside the block."""
+    def paired_pass(self, src_tokens: Tensor, segment_ids: Optional[Tensor] = None, *,
+                    backend: str = "auto",
+                    sample_keys: Optional[SampleKeys] = None) -> PairedPass:
+        """The description of one batch's paired forward (energy_lm.modules.paired_pass)."""
         self.check_candidate_stream()
         trunk = self._trunk()
-        pad = src_tokens.eq(trunk.padding_idx)
-        stream = PairedStream(segment_ids=segment_ids, key_padding_mask=pad, backend=backend)
-        pattern = trunk.attention_pattern
-        pattern.stream = stream
-        try:
-            yield stream
-        finally:
-            pattern.stream = None
-            stream.cache.clear()
+        return PairedPass(owner=trunk.attention_pattern,
+                          key_padding_mask=src_tokens.eq(trunk.padding_idx),
+                          segment_ids=segment_ids, backend=backend, sample_keys=sample_keys)
 
-    def candidate_features(self, stream: PairedStream, src_tokens: Tensor, cand_tokens: Tensor,
+    def candidate_features(self, paired: PairedPass, src_tokens: Tensor, cand_tokens: Tensor,
                            cand_pos: Tensor) -> Tensor:
-        """cand_tokens, cand_pos: (B, M). Returns the candidates' final states (B, M, C)."""
-        stream.start_candidates(cand_pos)
-        return self._trunk().candidate_features(src_tokens, cand_tokens, cand_pos)
+        """Stage 2: cand_tokens, cand_pos (B, M) after `paired.recording()` ran the data
+        stream. Returns the candidates' final states (B, M, C)."""
+        with paired.candidates(cand_pos):
+            return self._trunk().candidate_features(src_tokens, cand_tokens, cand_pos)
 
     def load_state_dict(self, state_dict, *args, **kwargs):
         """fairseq's load, with one line when the checkpoint's vocabulary is not the data's

@@ -61,6 +61,16 @@ def _token_log_q(lprobs: Tensor, tokens: Tensor) -> Tensor:
     return gathered.squeeze(-1)
 
 
+def _sample(logits: Tensor, positions: Tensor, num_samples: int,
+            sample_keys: Optional[SampleKeys]) -> Tensor:
+    """logits (B, P, V) -> (B, K, P) draws from their detached fp32 softmax, keyed by
+    (seed, update, example id, position, k) when sample_keys are given, else from
+    torch's global RNG."""
+    uniforms = (keyed_uniform(sample_keys, positions, num_samples)
+                if sample_keys is not None else None)  # (B, P, K)
+    return sample_tokens(logits, num_samples, uniforms=uniforms).permute(0, 2, 1)
+
+
 def _fixup_slots(needs: Tensor):
     """needs (B, P) bool -> (slots (B, F) int64 indices into P, valid (B, F) bool): the
     positions whose energy the data stream cannot give, left-aligned, F = the largest
@@ -128,33 +138,31 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
     fix_tokens = tokens.gather(1, fix_slots).masked_fill(~fix_valid, pad)  # (B, F)
     fix_pos = positions[fix_slots]  # (B, F)
 
-    with model.paired_stream(src_tokens, segment_ids, backend=backend) as stream:
+    paired = model.paired_pass(src_tokens, segment_ids, backend=backend, sample_keys=sample_keys)
+    with paired.recording():
         extra = {} if segment_ids is None else {"segment_ids": segment_ids}
         features, _ = model(src_tokens, features_only=True, **extra)  # (B, T, C)
-        logits = model.output_layer(features)  # (B, T, V)
-        # the proposal of position p is logits[:, p - 1]; position 0 has none
-        proposer = logits[:, positions - 1] if start > 0 else None  # (B, P, V)
-        if callable(candidates):  # chosen from the proposal itself (top-k, tail samples)
-            if proposer is None:
-                raise ValueError("choosing candidates from the proposal needs start >= 1")
-            candidates = candidates(proposer.detach())
-        if candidates is None:
-            if proposer is None:
-                raise ValueError("sampling candidates needs start >= 1 (position 0 has no "
-                                 "proposal)")
-            uniforms = (keyed_uniform(sample_keys, positions, num_samples)
-                        if sample_keys is not None else None)  # (B, P, K)
-            candidates = sample_tokens(proposer, num_samples,
-                                       uniforms=uniforms).permute(0, 2, 1)  # (B, K, P)
-        if candidates.dim() != 3 or candidates.shape[0] != bsz or candidates.shape[2] != num_pos:
-            raise ValueError(f"candidates must be (B={bsz}, K, {num_pos}), got "
-                             f"{tuple(candidates.shape)}")
-        k = candidates.size(1)
-        cand_tokens = torch.cat([candidates.reshape(bsz, k * num_pos), fix_tokens], dim=1)
-        cand_pos = torch.cat([positions.repeat(k).unsqueeze(0).expand(bsz, -1), fix_pos], dim=1)
-        cand_features = model.candidate_features(stream, src_tokens, cand_tokens, cand_pos)
-        fix_features = cand_features[:, k * num_pos:]  # (B, F, C)
-        cand_features = cand_features[:, : k * num_pos].view(bsz, k, num_pos, -1)  # (B, K, P, C)
+    logits = model.output_layer(features)  # (B, T, V)
+    # the proposal of position p is logits[:, p - 1]; position 0 has none
+    proposer = logits[:, positions - 1] if start > 0 else None  # (B, P, V)
+    if callable(candidates):  # chosen from the proposal itself (top-k, tail samples)
+        if proposer is None:
+            raise ValueError("choosing candidates from the proposal needs start >= 1")
+        candidates = candidates(proposer.detach())
+    if candidates is None:
+        if proposer is None:
+            raise ValueError("sampling candidates needs start >= 1 (position 0 has no "
+                             "proposal)")
+        candidates = _sample(proposer, positions, num_samples, paired.sample_keys)  # (B, K, P)
+    if candidates.dim() != 3 or candidates.shape[0] != bsz or candidates.shape[2] != num_pos:
+        raise ValueError(f"candidates must be (B={bsz}, K, {num_pos}), got "
+                         f"{tuple(candidates.shape)}")
+    k = candidates.size(1)
+    cand_tokens = torch.cat([candidates.reshape(bsz, k * num_pos), fix_tokens], dim=1)
+    cand_pos = torch.cat([positions.repeat(k).unsqueeze(0).expand(bsz, -1), fix_pos], dim=1)
+    cand_features = model.candidate_features(paired, src_tokens, cand_tokens, cand_pos)
+    fix_features = cand_features[:, k * num_pos:]  # (B, F, C)
+    cand_features = cand_features[:, : k * num_pos].view(bsz, k, num_pos, -1)  # (B, K, P, C)
 
     head = model.energy_head
     state = features[:, in_stream]  # (B, P, C); replaced below where it is not the context
@@ -212,26 +220,24 @@ def masked_energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates: O
     positions, valid = masked_positions(targets, pad)  # (B, S)
     bsz, slots = positions.shape
     data_tokens = targets.gather(1, positions)  # (B, S), pad in invalid slots
-    with model.paired_stream(src_tokens, backend=backend) as stream:
+    paired = model.paired_pass(src_tokens, backend=backend, sample_keys=sample_keys)
+    with paired.recording():
         features, _ = model(src_tokens, features_only=True)  # (B, T, C)
-        state = features.gather(1, positions.unsqueeze(-1).expand(-1, -1, features.size(-1)))
-        logits = model.output_layer(state)  # (B, S, V)
-        if callable(candidates):
-            candidates = candidates(logits.detach())
-        if candidates is None:
-            uniforms = (keyed_uniform(sample_keys, positions, num_samples)
-                        if sample_keys is not None else None)  # (B, S, K)
-            candidates = sample_tokens(logits, num_samples,
-                                       uniforms=uniforms).permute(0, 2, 1)  # (B, K, S)
-        if candidates.dim() != 3 or candidates.shape[0] != bsz or candidates.shape[2] != slots:
-            raise ValueError(f"candidates must be (B={bsz}, K, {slots}), got "
-                             f"{tuple(candidates.shape)}")
-        k = candidates.size(1)
-        # invalid slots score the pad token at some position; their outputs are ignored
-        cand_tokens = torch.cat([data_tokens.unsqueeze(1), candidates], dim=1)  # (B, 1+K, S)
-        cand_pos = positions.repeat(1, k + 1)  # (B, (1+K)*S)
-        cand_features = model.candidate_features(
-            stream, src_tokens, cand_tokens.reshape(bsz, -1), cand_pos).view(bsz, k + 1, slots, -1)
+    state = features.gather(1, positions.unsqueeze(-1).expand(-1, -1, features.size(-1)))
+    logits = model.output_layer(state)  # (B, S, V)
+    if callable(candidates):
+        candidates = candidates(logits.detach())
+    if candidates is None:
+        candidates = _sample(logits, positions, num_samples, paired.sample_keys)  # (B, K, S)
+    if candidates.dim() != 3 or candidates.shape[0] != bsz or candidates.shape[2] != slots:
+        raise ValueError(f"candidates must be (B={bsz}, K, {slots}), got "
+                         f"{tuple(candidates.shape)}")
+    k = candidates.size(1)
+    # invalid slots score the pad token at some position; their outputs are ignored
+    cand_tokens = torch.cat([data_tokens.unsqueeze(1), candidates], dim=1)  # (B, 1+K, S)
+    cand_pos = positions.repeat(1, k + 1)  # (B, (1+K)*S)
+    cand_features = model.candidate_features(
+        paired, src_tokens, cand_tokens.reshape(bsz, -1), cand_pos).view(bsz, k + 1, slots, -1)
 
     head = model.energy_head
     context = log_q = None

@@ -17,7 +17,7 @@ from energy_lm.kernels import paired_attention
 from energy_lm.kernels.alibi import alibi_bias, alibi_slopes, check_alibi_mode
 from energy_lm.kernels.sdpa import attention
 from energy_lm.kernels.visibility import position_visible
-from energy_lm.modules.paired_stream import CANDIDATES, PairedStream
+from energy_lm.modules.paired_pass import CandidateStage, DataStage, current_stage
 
 _MAX_CACHED_MASKS = 8
 
@@ -43,8 +43,6 @@ class AttentionPattern(nn.Module):
             "slopes", alibi_slopes(num_heads) if alibi != "none" else None, persistent=False
         )
         self._static_cache: Dict[Tuple[int, int, torch.device], Optional[Tensor]] = {}
-        # set by a model during a paired (data + candidates) forward, else None
-        self.stream: Optional[PairedStream] = None
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, causal={self.causal}, alibi={self.alibi}"
@@ -114,9 +112,9 @@ class SelfAttention(MultiheadAttention):
     decoder passes one for packed documents); otherwise the pattern builds it.
     Attention weights are never materialised, so `need_weights` returns None.
 
-    During a paired forward (`pattern.stream` set) the layer records its data
+    Inside a paired pass built for its model the layer records its data
     queries/keys/values, then serves the candidate stream from them
-    (`energy_lm.modules.paired_stream`).
+    (`energy_lm.modules.paired_pass`).
     """
 
     pattern: AttentionPattern
@@ -148,13 +146,13 @@ class SelfAttention(MultiheadAttention):
         k = split_heads(self.k_proj(query))
         v = split_heads(self.v_proj(query))
 
-        stream = self.pattern.stream
-        if stream is not None and incremental_state is None:
-            if stream.mode == CANDIDATES:  # query is the candidate stream (M, B, C)
-                out_c = self._candidate_attention(q, k, v, stream)  # (B, H, M, D)
-                out_c = out_c.permute(2, 0, 1, 3).reshape(tq, bsz, embed_dim)  # (M, B, C)
-                return self.out_proj(out_c), None
-            stream.record(self, q, k, v)
+        stage = current_stage(self.pattern) if incremental_state is None else None
+        if isinstance(stage, CandidateStage):  # query is the candidate stream (M, B, C)
+            out_c = self._candidate_attention(q, k, v, stage)  # (B, H, M, D)
+            out_c = out_c.permute(2, 0, 1, 3).reshape(tq, bsz, embed_dim)  # (M, B, C)
+            return self.out_proj(out_c), None
+        if isinstance(stage, DataStage):
+            stage.record(self, q, k, v)
 
         if incremental_state is not None:
             saved = self._get_input_buffer(incremental_state)
@@ -191,14 +189,14 @@ class SelfAttention(MultiheadAttention):
             self.training or self.dropout_module.apply_during_inference) else 0.0
 
     def _candidate_attention(self, q_c: Tensor, k_c: Tensor, v_c: Tensor,
-                             stream: PairedStream) -> Tensor:
-        q, k, v = stream.data_qkv(self)
-        pattern = self.pattern
+                             stage: CandidateStage) -> Tensor:
+        q, k, v = stage.data_qkv(self)
+        pattern, paired = self.pattern, stage.paired
         _, out_c = paired_attention(
-            q, k, v, q_c, k_c, v_c, stream.cand_pos, causal=pattern.causal,
+            q, k, v, q_c, k_c, v_c, stage.cand_pos, causal=pattern.causal,
             alibi_slopes=pattern.slopes if pattern.alibi != "none" else None,
             alibi_mode=pattern.alibi if pattern.alibi != "none" else "causal",
-            segment_ids=stream.segment_ids, key_padding_mask=stream.key_padding_mask,
-            backend=stream.backend, dropout_p=self._dropout_p(), need_data_out=False,
-            mask_cache=stream.mask_cache)
+            segment_ids=paired.segment_ids, key_padding_mask=paired.key_padding_mask,
+            backend=paired.backend, dropout_p=self._dropout_p(), need_data_out=False,
+            mask_cache=stage.mask_cache)
         return out_c

@@ -1,4 +1,5 @@
 """Everything that changes fairseq's own behaviour, each in one small tested module:
 `compat` (a modern stack), `checkpoint_errors` and `checkpoint_safety` (reading and
 writing checkpoints), `data_checks` (input validation), `optim_groups` (no weight decay
-for CLAP's beta). `energy_lm/__init__.py` applies them once."""
+for CLAP's beta), `update_number` (the update number reaches the criterion).
+`energy_lm/__init__.py` applies them once."""

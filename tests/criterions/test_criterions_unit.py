@@ -226,14 +226,14 @@ def test_samples_depend_on_the_example_not_on_the_batch_layout(data_bin, arch, t
         loss, _, _ = crit(model, _split_batch(sample, rows))
         return loss.double(), drawn[-1]
 
-    model.set_num_updates(7)
+    crit.set_num_updates(7)
     whole, y_whole = run(torch.arange(4))
     second, y_second = run(torch.tensor([3, 2]))
     first, y_first = run(torch.tensor([0, 1]))
     torch.testing.assert_close(first + second, whole, rtol=1e-6, atol=1e-4)
     if y_whole.size(1) == y_first.size(1):  # causal: positions align across layouts
         assert torch.equal(y_first, y_whole[:2]) and torch.equal(y_second, y_whole[[3, 2]])
-    model.set_num_updates(8)
+    crit.set_num_updates(8)
     _, y_next = run(torch.arange(4))
     assert not torch.equal(y_next, y_whole)
 

@@ -59,7 +59,7 @@ def test_flex_gradients_equal_reference_on_gpu():
 
 
 def test_block_mask_is_built_once_per_batch_and_reused(monkeypatch):
-    """With a mask_cache (one per batch, as PairedStream keeps), the second layer's call
+    """With a mask_cache (one per candidate stage, as CandidateStage keeps), the second layer's call
     reuses the first one's BlockMask and still equals the reference; new candidates (a
     new cache) build a new one."""
     from energy_lm.kernels import flex_paired

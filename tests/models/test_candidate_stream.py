@@ -120,8 +120,29 @@ def test_data_stream_is_unchanged_by_a_paired_forward(data_bin):
     tokens = torch.randint(4, 300, (2, 7))
     before = model(tokens)[0]
     model.score_candidates(tokens, torch.randint(4, 300, (2, 2, 7)))
-    assert model.decoder.attention_pattern.stream is None  # the stream is cleared
+    assert not hasattr(model.decoder.attention_pattern, "stream")  # no state on the model
     torch.testing.assert_close(model(tokens)[0], before, rtol=0, atol=0)
+
+
+def test_a_paired_pass_records_only_its_own_models_layers(data_bin):
+    """The stage a layer runs in is found through the `with` block, and only by the
+    model the pass was built for: another model run inside it records nothing and
+    computes what it computes outside."""
+    model, _ = energy_model(data_bin, "transformer_lm_clap_tiny")
+    other, _ = energy_model(data_bin, "transformer_lm_clap_tiny", seed=1)
+    tokens = torch.randint(4, 300, (2, 7))
+    alone = other(tokens)[0]
+    paired = model.paired_pass(tokens)
+    with paired.recording():
+        inside = other(tokens)[0]
+    assert not paired.records
+    torch.testing.assert_close(inside, alone, rtol=0, atol=0)
+    with paired.recording():
+        model(tokens)
+    assert len(paired.records) == len(model.decoder.layers)
+    with pytest.raises(RuntimeError, match="no data stream"):
+        with model.paired_pass(tokens).candidates(torch.zeros(2, 1, dtype=torch.long)):
+            pass
 
 
 def test_activation_checkpointing_is_refused_with_one_clear_error(data_bin):
