@@ -8,7 +8,10 @@ Everything else (hub interface, classification heads, `--task sentence_predictio
 is fairseq's RoBERTa.
 """
 
+from dataclasses import dataclass, field
+
 import torch
+from fairseq.dataclass import ChoiceEnum
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.roberta.model import (
     RobertaEncoder,
@@ -20,12 +23,36 @@ from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr, safe_hasattr
 
 from energy_lm.models.energy_model import EnergyModelMixin, attach_dictionary, check_task_length
-from energy_lm.models.energy_options import add_energy_args, check_energy_args
+from energy_lm.models.energy_options import (
+    EnergyOptions,
+    add_energy_args,
+    presets,
+    resolve_energy_options,
+)
 from energy_lm.kernels.alibi import ALIBI_MAX_POSITIONS, ENCODER_ALIBI_CHOICES
 from energy_lm.modules.attention import AttentionPattern
+from energy_lm.modules.candidate_embedding import embed_candidates
 from energy_lm.modules.clap import ClapEmbedding, ClapHead, LinearHead
 from energy_lm.modules.energy_head import EnergyHead
 from energy_lm.modules.layers import EncoderLayer, wrap_layer
+
+
+@dataclass
+class RobertaEnergyOptions(EnergyOptions):
+    """The RoBERTa family's flags: the shared ones, its ALiBi modes, and its own."""
+    alibi: ChoiceEnum(ENCODER_ALIBI_CHOICES) = field(
+        default="none", metadata={"help": "ALiBi mode: symmetric -m|i-j|, or shifted (looking "
+                                          "ahead costs half a slope less); replaces position "
+                                          "embeddings"})
+    mask_embedding: ChoiceEnum(["learned", "zero"]) = field(
+        default="learned", metadata={"help": "embedding of <mask>: its learned row (default), "
+                                             "or the zero vector"})
+    position_init: ChoiceEnum(["normal", "sinusoidal"]) = field(
+        default="normal", metadata={"help": "initial learned position table: BERT's N(0, 0.02) "
+                                            "(default), or sinusoids at the norm of a token row"})
+    scale_embedding: bool = field(
+        default=False, metadata={"help": "multiply input embeddings by sqrt(d) (RoBERTa "
+                                         "default: no)"})
 
 
 class EnergyTransformerEncoder(TransformerEncoder):
@@ -45,16 +72,11 @@ class EnergyTransformerEncoder(TransformerEncoder):
         """Stage 2 of a paired forward (see energy_lm.models.energy_model): each candidate
         token (B, M) enters at its data position cand_pos (B, M) and runs through every
         layer; returns the final states (B, M, C)."""
-        x = self.embed_scale * self.embed_tokens(cand_tokens)  # (B, M, C)
+        positions = None
         if self.embed_positions is not None:
-            positions = self.embed_positions(src_tokens)  # (B, N, C)
-            x = x + positions.gather(1, cand_pos.unsqueeze(-1).expand(-1, -1, positions.size(-1)))
-        if self.layernorm_embedding is not None:
-            x = self.layernorm_embedding(x)
-        x = self.dropout_module(x)
-        if self.quant_noise is not None:
-            x = self.quant_noise(x)
-        x = x.transpose(0, 1)  # (M, B, C)
+            table = self.embed_positions(src_tokens)  # (B, N, C)
+            positions = table.gather(1, cand_pos.unsqueeze(-1).expand(-1, -1, table.size(-1)))
+        x = embed_candidates(self, cand_tokens, positions).transpose(0, 1)  # (M, B, C)
         for layer in self.layers:
             x = layer(x, encoder_padding_mask=None)
             if isinstance(x, tuple):  # layers built with return_fc
@@ -148,16 +170,7 @@ class RobertaEnergyModel(EnergyModelMixin, RobertaModel):
     @staticmethod
     def add_args(parser):
         RobertaModel.add_args(parser)
-        add_energy_args(parser, ENCODER_ALIBI_CHOICES,
-                        "ALiBi mode: symmetric -m|i-j|, or shifted (looking ahead costs "
-                        "half a slope less); replaces position embeddings")
-        parser.add_argument("--mask-embedding", choices=["learned", "zero"],
-                            help="embedding of <mask>: its learned row, or the zero vector")
-        parser.add_argument("--position-init", choices=["normal", "sinusoidal"],
-                            help="initial learned position table: BERT's N(0, 0.02) "
-                                 "(default), or sinusoids at the norm of a token row")
-        parser.add_argument("--scale-embedding", action="store_true",
-                            help="multiply input embeddings by sqrt(d) (RoBERTa default: no)")
+        add_energy_args(parser, RobertaEnergyOptions)
 
     @classmethod
     def build_model(cls, args, task):
@@ -182,60 +195,22 @@ class RobertaEnergyModel(EnergyModelMixin, RobertaModel):
 @register_model_architecture("roberta_energy", "roberta_energy")
 def roberta_energy_architecture(args):
     """Fill every energy_lm field, then RoBERTa's own defaults."""
-    args.alibi = safe_getattr(args, "alibi", "none")
-    args.clap_head = safe_getattr(args, "clap_head", False)
-    args.initial_beta = safe_getattr(args, "initial_beta", 1.0)
-    args.embed_norm = safe_getattr(args, "embed_norm", "l2" if args.clap_head else "none")
-    args.mask_embedding = safe_getattr(args, "mask_embedding", "learned")
-    args.scale_embedding = safe_getattr(args, "scale_embedding", False)
-    args.position_init = safe_getattr(args, "position_init", "normal")
-    args.untied_head = safe_getattr(args, "untied_head", False)
-    if args.untied_head:  # replaces the preset's head; the trunk (embed_norm) is unchanged
-        args.clap_head = False
-    args.energy_head = safe_getattr(args, "energy_head", "linear")
+    resolve_energy_options(args, RobertaEnergyOptions, causal=False)
+    if args.clap_head and safe_getattr(args, "untie_weights_roberta", False):
+        raise ValueError("--clap-head ties the output head to the input embeddings; "
+                         "drop --untie-weights-roberta")
     args.no_scale_embedding = not args.scale_embedding
-    if args.alibi != "none":  # ALiBi replaces position embeddings
-        args.no_token_positional_embeddings = True
-    check_energy_args(args, causal=False)
     roberta_base_architecture(args)
 
 
-def _tiny(args):
-    args.encoder_layers = safe_getattr(args, "encoder_layers", 4)
-    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 256)
-    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 1024)
-    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 4)
-
-
-def _base(args):
-    pass  # RoBERTa base: 12 x 768, 12 heads (fairseq's defaults)
-
-
-def _large(args):
-    args.encoder_layers = safe_getattr(args, "encoder_layers", 24)
-    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 1024)
-    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 4096)
-    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 16)
-
-
-_VARIANTS = {
-    "clap": dict(clap_head=True, alibi="none"),
-    "alibi": dict(clap_head=False, alibi="symmetric"),
-    "zero_clap": dict(clap_head=True, alibi="symmetric"),
-}
-_SIZES = {"tiny": _tiny, "base": _base, "large": _large}
-
-
 def _register_presets():
-    for variant, fields in _VARIANTS.items():
-        for size, set_size in _SIZES.items():
-            def preset(args, fields=fields, set_size=set_size):
-                for name, value in fields.items():
-                    setattr(args, name, safe_getattr(args, name, value))
-                set_size(args)
-                roberta_energy_architecture(args)
+    for name, values in presets("roberta", "encoder", alibi_mode="symmetric"):
+        def preset(args, values=values):
+            for key, value in values.items():
+                setattr(args, key, safe_getattr(args, key, value))
+            roberta_energy_architecture(args)
 
-            register_model_architecture("roberta_energy", f"roberta_{variant}_{size}")(preset)
+        register_model_architecture("roberta_energy", name)(preset)
 
 
 _register_presets()

@@ -29,38 +29,27 @@ from omegaconf import II
 from torch import Tensor, nn
 
 from energy_lm.models.energy_model import EnergyModelMixin, attach_dictionary, check_task_length
-from energy_lm.models.energy_options import check_energy_args
+from energy_lm.models.energy_options import EnergyOptions, presets, resolve_energy_options
 from energy_lm.kernels.alibi import ALIBI_MAX_POSITIONS, DECODER_ALIBI_CHOICES
 from energy_lm.modules.attention import AttentionPattern
+from energy_lm.modules.candidate_embedding import embed_candidates
 from energy_lm.modules.clap import ClapEmbedding, ClapHead
-from energy_lm.modules.energy_head import ENERGY_HEAD_CHOICES, EnergyHead
+from energy_lm.modules.energy_head import EnergyHead
 from energy_lm.modules.layers import DecoderLayer, wrap_layer
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TransformerLMEnergyConfig(TransformerLanguageModelConfig):
+class TransformerLMEnergyConfig(TransformerLanguageModelConfig, EnergyOptions):
+    """fairseq's transformer_lm config with the shared energy_lm options
+    (energy_lm.models.energy_options) and the LM family's own."""
     alibi: ChoiceEnum(DECODER_ALIBI_CHOICES) = field(
-        default="none", metadata={"help": "causal ALiBi bias -m(i-j); replaces position embeddings"})
-    clap_head: bool = field(
-        default=False, metadata={"help": "CLAP output head: beta * h @ normalize(E).T (weight-tied)"})
-    initial_beta: float = field(
-        default=1.0, metadata={"help": "initial inverse temperature of the CLAP head"})
-    embed_norm: ChoiceEnum(["auto", "none", "l2"]) = field(
-        default="auto", metadata={"help": "L2-normalise input embedding rows; auto: l2 with "
-                                          "a CLAP head, else none"})
-    untied_head: bool = field(
-        default=False, metadata={"help": "output head: an untied Linear(d, V, bias=False), "
-                                         "replacing the preset's head (what energy-lm-add-head "
-                                         "gives a headless CWT model)"})
+        default="none", metadata={"help": "causal ALiBi bias -m(i-j); replaces position "
+                                          "embeddings"})
     proposal_uniform_mix: float = field(
         default=0.0, metadata={"help": "handicap the LM on purpose: q = (1 - m) softmax + m "
                                        "uniform (a known-answer test of the energy path; 0: off)"})
-    energy_head: ChoiceEnum(ENERGY_HEAD_CHOICES) = field(
-        default="linear", metadata={"help": "energy head of the residual EBM: linear "
-                                            "(Linear(d, 1) on the final state) or rich (adds "
-                                            "log q and a bilinear term)"})
 
 
 class EnergyTransformerDecoder(TransformerDecoder):
@@ -142,16 +131,9 @@ class EnergyTransformerDecoder(TransformerDecoder):
         """Stage 2 of a paired forward (see energy_lm.models.energy_model): each candidate
         token (B, M) enters at its data position cand_pos (B, M), in the order fairseq's
         own forward embeds a token; returns the final states (B, M, C)."""
-        x = self.embed_scale * self.embed_tokens(cand_tokens)  # (B, M, C)
-        if self.quant_noise is not None:
-            x = self.quant_noise(x)
-        if self.project_in_dim is not None:
-            x = self.project_in_dim(x)
-        if self.embed_positions is not None:
-            x = x + self.candidate_positions(cand_pos, prev_output_tokens.size(1))
-        if self.layernorm_embedding is not None:
-            x = self.layernorm_embedding(x)
-        x = self.dropout_module(x).transpose(0, 1)  # (M, B, C)
+        positions = (None if self.embed_positions is None else
+                     self.candidate_positions(cand_pos, prev_output_tokens.size(1)))
+        x = embed_candidates(self, cand_tokens, positions).transpose(0, 1)  # (M, B, C)
         for layer in self.layers:
             x, _, _ = layer(x, None, None, None, self_attn_mask=None, self_attn_padding_mask=None)
         if self.layer_norm is not None:
@@ -273,45 +255,22 @@ def upgrade_energy_position(state_dict, prefix: str, own: nn.Module) -> None:
 
 def transformer_lm_energy_architecture(args):
     """Fill every energy_lm field, then fairseq's transformer_lm defaults."""
-    args.alibi = str(safe_getattr(args, "alibi", "none"))
-    args.clap_head = safe_getattr(args, "clap_head", False)
-    args.initial_beta = safe_getattr(args, "initial_beta", 1.0)
-    args.embed_norm = str(safe_getattr(args, "embed_norm", "auto"))
-    args.energy_head = str(safe_getattr(args, "energy_head", "linear"))
-    args.untied_head = safe_getattr(args, "untied_head", False)
-    args.proposal_uniform_mix = float(safe_getattr(args, "proposal_uniform_mix", 0.0) or 0.0)
+    resolve_energy_options(args, TransformerLMEnergyConfig, causal=True)
+    args.proposal_uniform_mix = float(args.proposal_uniform_mix or 0.0)
     if not 0.0 <= args.proposal_uniform_mix < 1.0:
         raise ValueError(f"--proposal-uniform-mix must be in [0, 1), got "
                          f"{args.proposal_uniform_mix}")
-    if args.embed_norm == "auto":
-        args.embed_norm = "l2" if args.clap_head else "none"
-    if args.untied_head:  # replaces the preset's head; the trunk (embed_norm) is unchanged
-        args.clap_head = False
+    if args.untied_head:
         args.share_decoder_input_output_embed = False
     if args.clap_head:  # a CLAP head is the input embedding, whatever the tying flag said
         args.share_decoder_input_output_embed = True
-    if args.alibi != "none":  # ALiBi replaces position embeddings
-        args.no_token_positional_embeddings = True
-    check_energy_args(args, causal=True)
     base_lm_architecture(args)
 
 
-# Presets. fairseq-hydra-train fills a dataclass model's config from its dataclass
-# defaults before any arch function could run, so for this (dataclass) family each
-# preset is a model name with its own dataclass whose defaults are the preset's values;
-# the command line reads the same defaults. (RoBERTa's presets are arch functions.)
-_SIZES = {  # layers, embed dim, ffn dim, heads
-    "tiny": (4, 256, 1024, 4),
-    "base": (12, 768, 3072, 12),  # GPT-2 small / the seeds' 163M trunk
-    "large": (24, 1024, 4096, 16),  # the seeds' 430M trunk
-}
-_VARIANTS = {
-    "clap": dict(clap_head=True, alibi="none", embed_norm="l2"),
-    "alibi": dict(clap_head=False, alibi="causal", embed_norm="none",
-                  no_token_positional_embeddings=True),
-    "zero_clap": dict(clap_head=True, alibi="causal", embed_norm="l2",
-                      no_token_positional_embeddings=True),
-}
+# Presets (energy_lm.models.energy_options). fairseq-hydra-train fills a dataclass
+# model's config from its dataclass defaults before any arch function could run, so for
+# this family each preset is a model name with its own dataclass whose defaults are the
+# preset's values; the command line reads the same defaults.
 _GPT_STYLE = dict(  # pre-norm, GELU, learned positions, tied embeddings
     decoder_normalize_before=True, activation_fn="gelu", decoder_learned_pos=True,
     share_decoder_input_output_embed=True,
@@ -328,15 +287,12 @@ def _preset_config(class_name: str, values: dict) -> type:
 
 
 def _register_presets():
-    for variant, variant_values in _VARIANTS.items():
-        for size, (layers, dim, ffn, heads) in _SIZES.items():
-            name = f"transformer_lm_{variant}_{size}"
-            stem = "TransformerLM" + "".join(p.title() for p in f"{variant}_{size}".split("_"))
-            values = dict(_GPT_STYLE, **variant_values, decoder_layers=layers, decoder_embed_dim=dim,
-                          decoder_ffn_embed_dim=ffn, decoder_attention_heads=heads)
-            # a subclass per preset: fairseq keeps a model's dataclass on its class
-            model_cls = type(stem, (TransformerLMEnergyModel,), {"__module__": __name__})
-            register_model(name, dataclass=_preset_config(stem + "Config", values))(model_cls)
+    for name, values in presets("transformer_lm", "decoder", alibi_mode="causal"):
+        stem = "".join(part.title() for part in name.split("_")).replace("Lm", "LM")
+        # a subclass per preset: fairseq keeps a model's dataclass on its class
+        model_cls = type(stem, (TransformerLMEnergyModel,), {"__module__": __name__})
+        config = _preset_config(stem + "Config", dict(_GPT_STYLE, **values))
+        register_model(name, dataclass=config)(model_cls)
 
 
 _register_presets()
