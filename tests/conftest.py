@@ -100,3 +100,41 @@ def build_model(data_bin, arch, *extra, task="masked_lm"):
     task_obj = tasks.setup_task(cfg.task)
     torch.manual_seed(0)
     return task_obj.build_model(cfg.model).eval(), task_obj
+
+
+# --- paired-attention kernels: what the reference, flex and Triton tests share ---------
+
+# (causal, ALiBi mode or None): "causal" ALiBi only with causal attention, the others
+# only bidirectional, as the models use them
+PAIRED_MODES = [(True, None), (True, "causal"), (False, None), (False, "symmetric"),
+                (False, "shifted")]
+PAIRED_MODE_IDS = ["causal", "causal-alibi", "bidir", "bidir-symmetric", "bidir-shifted"]
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Kernel test tensors are tiny: extra intra-op threads only spin against a busy CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def paired_tensors(b: int, h: int, n: int, d: int, cand_pos, masks: str = "none",
+                   dtype=None, seed: int = 0, segment_rate: float = 0.3, generator=None):
+    """Six random (B, H, ., D) tensors (q, k, v over N data positions; q_c, k_c, v_c over
+    M = cand_pos.size(1) candidates) and the optional masks: masks in none, padding
+    (a quarter of the keys), segments (a new document with probability segment_rate at
+    each position), both. Returns (six, segment_ids or None, key_padding_mask or None)."""
+    import torch
+
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
+    m = cand_pos.size(1)
+    six = [torch.randn(b, h, length, d, generator=g).to(dtype or torch.float32)
+           for length in (n, n, n, m, m, m)]
+    pad = torch.rand(b, n, generator=g) < 0.25 if masks in ("padding", "both") else None
+    seg = ((torch.rand(b, n, generator=g) < segment_rate).cumsum(1)
+           if masks in ("segments", "both") else None)
+    return six, seg, pad

@@ -1,7 +1,7 @@
 """Fixes for running fairseq 0.12 on a modern stack (Python 3.11, torch >= 2.6, numpy 2).
 
 Each fix names the upstream behaviour it works around, is applied once when energy_lm
-is imported, and has its own test in tests/test_compat.py. Nothing here edits fairseq's
+is imported, and has its own test in tests/patches/test_compat.py. Nothing here edits fairseq's
 files; nothing here turns off torch's safe loading.
 """
 

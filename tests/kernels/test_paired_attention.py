@@ -7,25 +7,14 @@ import logging
 import pytest
 import torch
 
+from conftest import PAIRED_MODE_IDS, PAIRED_MODES, paired_tensors
 from energy_lm.kernels import paired_attention
 from energy_lm.kernels.reference import paired_mask
 from energy_lm.kernels.alibi import alibi_bias, alibi_slopes
 
 HEADS = 3  # not a power of two: the ALiBi slopes interleave
-
-# (causal, ALiBi mode or None): "causal" ALiBi only with causal attention, the others
-# only bidirectional, as the models use them
-MODES = [(True, None), (True, "causal"), (False, None), (False, "symmetric"), (False, "shifted")]
-MODE_IDS = ["causal", "causal-alibi", "bidir", "bidir-symmetric", "bidir-shifted"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors here are tiny: extra intra-op threads only spin against a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+MODES, MODE_IDS = PAIRED_MODES, PAIRED_MODE_IDS
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def positions(name: str) -> torch.Tensor:
@@ -51,13 +40,8 @@ def make_case(shape: str, masks: str = "none", dtype=torch.float32, seed: int = 
     cand_pos = positions(shape)
     if causal and shape == "m5":
         cand_pos[:, -1] = n
-    m = cand_pos.size(1)
-    g = torch.Generator().manual_seed(seed)
-    qkv = [torch.randn(b, HEADS, n, d, generator=g).to(dtype) for _ in range(3)]
-    qkv_c = [torch.randn(b, HEADS, m, d, generator=g).to(dtype) for _ in range(3)]
-    pad = torch.rand(b, n, generator=g) < 0.25 if masks in ("padding", "both") else None
-    seg = (torch.rand(b, n, generator=g) < 0.3).cumsum(1) if masks in ("segments", "both") else None
-    return qkv + qkv_c, cand_pos, seg, pad
+    six, seg, pad = paired_tensors(b, HEADS, n, d, cand_pos, masks, dtype, seed)
+    return six, cand_pos, seg, pad
 
 
 def naive_paired(q, k, v, q_c, k_c, v_c, cand_pos, causal, mode, seg, pad):

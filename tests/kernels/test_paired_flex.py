@@ -4,10 +4,11 @@ FlexAttention backward on the CPU, so gradients are compared only with CUDA."""
 import pytest
 import torch
 
+from conftest import PAIRED_MODES
 from energy_lm.kernels import paired_attention
 from energy_lm.kernels.alibi import alibi_slopes
 
-MODES = [(True, None), (True, "causal"), (False, None), (False, "symmetric"), (False, "shifted")]
+MODES = PAIRED_MODES
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -23,6 +23,7 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 
 triton = pytest.importorskip("triton")
 
+from conftest import paired_tensors  # noqa: E402
 from energy_lm.kernels import triton_paired  # noqa: E402
 from energy_lm.kernels.reference import paired_attention_reference  # noqa: E402
 from energy_lm.kernels.alibi import alibi_slopes  # noqa: E402
@@ -35,13 +36,7 @@ if DEVICE == "cpu" and not triton_paired._interpreting():
 NAMES = ["out", "out_c", "dq", "dk", "dv", "dq_c", "dk_c", "dv_c"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def few_threads():
-    """The tensors are small; extra intra-op threads only spin against a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_case(b, h, n, d, cand, masks="none", dtype=torch.float32, seed=0, causal=False):
@@ -59,13 +54,8 @@ def make_case(b, h, n, d, cand, masks="none", dtype=torch.float32, seed=0, causa
     else:
         cand_pos = torch.randint(0, n, (b, cand), generator=g)
         cand_pos[:, 0], cand_pos[:, -1] = 0, n if causal else n - 1
-    m = cand_pos.size(1)
-    six = [torch.randn(b, h, length, d, generator=g).to(dtype)
-           for length in (n, n, n, m, m, m)]
-    pad = torch.rand(b, n, generator=g) < 0.25 if masks in ("padding", "both") else None
-    seg = None
-    if masks in ("segments", "both"):
-        seg = (torch.rand(b, n, generator=g) < 0.15).cumsum(1)
+    six, seg, pad = paired_tensors(b, h, n, d, cand_pos, masks, dtype, segment_rate=0.15,
+                                   generator=g)
     return six, cand_pos, seg, pad
 
 

@@ -1,7 +1,7 @@
 """Checkpoints are whole or absent (energy_lm.patches.checkpoint_safety), unit level: atomic
 writes under failing writes, the copy fairseq uses, the dictionary fingerprint, and the
 one-line refusals of flags and tools. The fault injection through the real
-fairseq-train is in tests/test_checkpoint_faults.py."""
+fairseq-train is in tests/e2e/test_checkpoint_faults.py."""
 
 import errno
 import os
