@@ -40,9 +40,18 @@ def _set(model_cfg, **values) -> None:
             setattr(model_cfg, key, value)
 
 
-def _head_rows(weight: torch.Tensor, model_cfg) -> torch.Tensor:
+def _embed_norm(model_cfg) -> str:
+    """The embedding norm the trunk used: `auto` means l2 with a CLAP head (as
+    energy_lm.models.energy_options resolves it when the model is built)."""
+    norm = str(_get(model_cfg, "embed_norm", "none"))
+    if norm == "auto":
+        norm = "l2" if _get(model_cfg, "clap_head", False) else "none"
+    return norm
+
+
+def _head_rows(weight: torch.Tensor, norm: str) -> torch.Tensor:
     rows = weight.detach().clone().float()
-    if str(_get(model_cfg, "embed_norm", "none")) == "l2":
+    if norm == "l2":
         rows = F.normalize(rows, dim=-1)
     return rows.to(weight.dtype)
 
@@ -51,6 +60,9 @@ def add_head(state: dict) -> dict:
     """A fairseq checkpoint dict (with a plain-container `cfg`) -> the same with a head."""
     model_cfg = state["cfg"]["model"]
     weights = state["model"]
+    # written out: the head is no longer CLAP, and `auto` would then mean none
+    norm = _embed_norm(model_cfg)
+    _set(model_cfg, embed_norm=norm)
     if "encoder.sentence_encoder.embed_tokens.weight" in weights:  # RoBERTa family
         if _get(model_cfg, "untied_head") is None:
             raise AddHeadError("only energy_lm RoBERTa-family checkpoints (roberta_energy "
@@ -58,7 +70,7 @@ def add_head(state: dict) -> dict:
         for key in [k for k in weights if k.startswith("encoder.lm_head.")]:
             del weights[key]
         weights["encoder.lm_head.weight"] = _head_rows(
-            weights["encoder.sentence_encoder.embed_tokens.weight"], model_cfg)
+            weights["encoder.sentence_encoder.embed_tokens.weight"], norm)
         _set(model_cfg, untied_head=True, clap_head=False)
     elif "decoder.embed_tokens.weight" in weights:  # causal LM
         if _get(model_cfg, "untied_head") is None:
@@ -66,7 +78,7 @@ def add_head(state: dict) -> dict:
                                "its presets) can take an untied head here")
         weights.pop("decoder.output_projection.beta", None)  # a CLAP head's temperature
         weights["decoder.output_projection.weight"] = _head_rows(
-            weights["decoder.embed_tokens.weight"], model_cfg)
+            weights["decoder.embed_tokens.weight"], norm)
         _set(model_cfg, untied_head=True, share_decoder_input_output_embed=False, clap_head=False)
     else:
         raise AddHeadError("not a RoBERTa or transformer LM checkpoint: no input embedding found")
