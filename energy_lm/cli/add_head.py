@@ -1,8 +1,8 @@
 """`energy-lm-add-head`: give a headless (CWT-trained) checkpoint an LM/MLM head.
 
     energy-lm-add-head checkpoints/checkpoint_last.pt headed.pt
-    fairseq-train DATA --arch SAME_ARCH --untied-head --restore-file headed.pt \
-        --reset-optimizer --reset-dataloader --reset-meters --reset-lr-scheduler \
+    fairseq-train DATA --arch SAME_ARCH --untied-head --restore-file headed.pt \\
+        --reset-optimizer --reset-dataloader --reset-meters --reset-lr-scheduler \\
         --criterion cross_entropy ...                                       # the CE fine-tune
 
 The new head is an untied `Linear(d, V, bias=False)` initialised as a copy of the input

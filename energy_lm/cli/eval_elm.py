@@ -275,11 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="vocabulary entries scored per pass by --exact-z (memory)")
     parser.add_argument("--tokens-per-sample", type=int, default=None,
                         help="block length (default: the checkpoint's)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-batches", type=int, default=0, help="0: the whole split")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="rows per batch (default 8; the exact figures do not depend on it)")
+    parser.add_argument("--max-batches", type=int, default=0,
+                        help="score only the first N batches (0, the default: the whole split)")
     parser.add_argument("--seed", type=int, default=1,
                         help="seed of the tail samples and of a masked model's masking")
-    parser.add_argument("--cpu", action="store_true")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the figures (bits) to this file as JSON")
     return parser

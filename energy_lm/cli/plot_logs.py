@@ -14,10 +14,9 @@ Inputs, each `PATH` or `LABEL=PATH` (the label defaults to the file or folder na
   stripped from its keys. fairseq writes numbers as strings ("11.064"); they are read
   back as floats. When a run logs one update twice (a resumed run) the later record wins.
 - a `--tensorboard-logdir` folder: fairseq writes one sub-folder per tag (`train_inner/`,
-  `valid/`, `train/`) of TFRecord files of `Event` protos. They are read here without
-  tensorboard (a short TFRecord + protobuf reader, CRCs checked, a torn last record
-  ignored); only the scalar `simple_value`s that fairseq writes through
-  `SummaryWriter.add_scalar` are read (not `new_style` tensor scalars).
+  `valid/`, `train/`) of event files, read here by tensorboard's own reader: every scalar
+  fairseq wrote with `SummaryWriter.add_scalar`; a record still being written, or a
+  corrupt one, ends what is read of that file (tensorboard's rule).
 
 Each metric gets one subplot with, per run, the train curve (the `train_inner` records,
 or the end-of-epoch `train` records for a log without any) as a solid line and each
@@ -32,11 +31,10 @@ placed at the wall time of the training records around their update (interpolate
 
 import argparse
 import json
-import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -119,98 +117,20 @@ def parse_json_log(lines) -> Points:
 
 # ---------------------------------------------------------------- TensorBoard event files
 
-def _crc32c_table() -> List[int]:
-    table = []
-    for n in range(256):
-        for _ in range(8):  # reflected CRC-32C (Castagnoli) polynomial
-            n = (n >> 1) ^ (0x82F63B78 if n & 1 else 0)
-        table.append(n)
-    return table
-
-
-_CRC32C = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-    crc = crc32c(data)  # TFRecord stores the CRC rotated right by 15 plus a constant
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def tfrecords(data: bytes, name: str = "event file") -> Iterator[bytes]:
-    """Record = u64 length, u32 masked crc(length), payload, u32 masked crc(payload)."""
-    pos = 0
-    while pos + 12 <= len(data):
-        header = data[pos:pos + 8]
-        length, header_crc = struct.unpack("<QI", data[pos:pos + 12])
-        if _masked_crc(header) != header_crc:
-            raise PlotLogsError(f"{name}: corrupt TFRecord header at byte {pos}")
-        end = pos + 12 + length
-        if end + 4 > len(data):
-            return  # a record still being written when the file was read
-        payload = data[pos + 12:end]
-        if _masked_crc(payload) != struct.unpack("<I", data[end:end + 4])[0]:
-            raise PlotLogsError(f"{name}: corrupt TFRecord payload at byte {pos}")
-        yield payload
-        pos = end + 4
-
-
-def _varint(buf: bytes, pos: int):
-    value = shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-
-
-def proto_fields(buf: bytes) -> Iterator[tuple]:
-    """(field number, value) of a protobuf message: int for varints, bytes otherwise."""
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        wire = key & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire in (1, 5):  # fixed 64 / fixed 32 bits
-            size = 8 if wire == 1 else 4
-            value, pos = buf[pos:pos + size], pos + size
-        elif wire == 2:
-            size, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + size], pos + size
-        else:
-            raise PlotLogsError(f"unsupported protobuf wire type {wire}")
-        yield key >> 3, value
-
-
-def event_scalars(event: bytes) -> Iterator[tuple]:
-    """(step, tag, value) of each simple_value in an Event (step = 2, summary = 5;
-    Summary.value = 1; Value.tag = 1, Value.simple_value = 2 as float32)."""
-    fields = list(proto_fields(event))
-    step = next((v for f, v in fields if f == 2 and isinstance(v, int)), 0)
-    for summary in (v for f, v in fields if f == 5):
-        for value in (v for f, v in proto_fields(summary) if f == 1):
-            parts = dict(proto_fields(value))
-            if isinstance(parts.get(2), bytes) and len(parts[2]) == 4 and 1 in parts:
-                yield step, parts[1].decode("utf-8"), struct.unpack("<f", parts[2])[0]
-
-
 def parse_tensorboard_dir(root: Path) -> Points:
+    """Every scalar of every event folder under root, read by tensorboard's own reader
+    (`EventAccumulator`, all points kept); the folder's path below root is the tag."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
     points: Points = {}
-    for path in sorted(root.rglob("events.out.tfevents.*")):
-        tag = path.parent.relative_to(root).as_posix()
+    for folder in sorted({path.parent for path in root.rglob("events.out.tfevents.*")}):
+        tag = folder.relative_to(root).as_posix()
         tag = root.name if tag == "." else tag  # pointed at one tag's folder
-        for record in tfrecords(path.read_bytes(), str(path)):
-            for step, key, value in event_scalars(record):
-                points.setdefault(tag, {}).setdefault(step, {})[key] = value
+        events = EventAccumulator(str(folder), size_guidance={SCALARS: 0})  # 0: keep all
+        events.Reload()
+        for key in events.Tags()["scalars"]:
+            for event in events.Scalars(key):
+                points.setdefault(tag, {}).setdefault(event.step, {})[key] = event.value
     return points
 
 

@@ -4,7 +4,7 @@
     energy-lm-prepare debian      --out DIR [--debs-dir DEBS]    # ~3M words from Debian
     energy-lm-prepare wikitext103 --out DIR --raw-dir RAW --gpt2-dir GPT2
     energy-lm-prepare wikitext103 --out DIR --download            # fetch raw + GPT-2 BPE
-    energy-lm-prepare pile        --out DIR --train A.jsonl.zst --valid V.jsonl.zst \
+    energy-lm-prepare pile        --out DIR --train A.jsonl.zst --valid V.jsonl.zst \\
                                   --test T.jsonl.zst --gpt2-dir GPT2
 
 Each writes DIR/text/{split}.bpe (one document per line, BPE ids) and binarizes them

@@ -8,5 +8,5 @@
     collect     the runs' dev scores as one table (MNLI ... STS-B, Avg)
 
 Each runs as `python -m energy_lm.glue.<module> --help`. Configs and a walk-through:
-examples/energy_lm/glue/.
+energy_lm/configs/glue/ (`energy-lm-config-dir glue`).
 """

@@ -1,10 +1,10 @@
 """Fine-tune one GLUE task: `fairseq-hydra-train` with the task's YAML
-(examples/energy_lm/glue/<task>.yaml), from a checkpoint or from random initialisation.
+(energy_lm/configs/glue/<task>.yaml), from a checkpoint or from random initialisation.
 
-    python -m energy_lm.glue.finetune glue-bin/RTE-bin --checkpoint ckpt/checkpoint_best.pt \
+    python -m energy_lm.glue.finetune glue-bin/RTE-bin --checkpoint ckpt/checkpoint_best.pt \\
         --out runs/RTE
-    python -m energy_lm.glue.finetune glue-bin/RTE-bin --random-init --arch roberta_zero_clap_tiny \
-        --out runs/RTE-scratch --cpu --max-update 300 --batch-size 16 --lr 1e-4 \
+    python -m energy_lm.glue.finetune glue-bin/RTE-bin --random-init --arch roberta_zero_clap_tiny \\
+        --out runs/RTE-scratch --cpu --max-update 300 --batch-size 16 --lr 1e-4 \\
         -- ++model.encoder_layers=2 dataset.num_workers=0    # hydra overrides after `--`
 
 The task comes from the data folder's glue.json (`energy_lm.glue.preprocess` writes it)
@@ -36,11 +36,12 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from energy_lm.cli.errors import log_to_stdout, run_reporting_errors
+from energy_lm.configs import config_dir
 from energy_lm.glue.tasks import GlueError, GlueTask, get_task
 
 logger = logging.getLogger("energy_lm.glue.finetune")
 
-DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "examples" / "energy_lm" / "glue"
+DEFAULT_CONFIG_DIR = config_dir("glue")
 WARMUP_SHARE = 0.06
 # model fields that decide the shapes or the function of the pretrained weights
 ARCH_FIELDS = ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim",

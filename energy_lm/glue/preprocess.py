@@ -1,7 +1,7 @@
 """GLUE task folders -> binarized fairseq `sentence_prediction` data.
 
     python -m energy_lm.glue.preprocess GLUE_DIR --out glue-bin --pretrain-bin corpus/data-bin
-    python -m energy_lm.glue.preprocess GLUE_DIR --out glue-bin --tasks RTE MRPC \
+    python -m energy_lm.glue.preprocess GLUE_DIR --out glue-bin --tasks RTE MRPC \\
         --bpe gpt2 --gpt2-dir gpt2_bpe --dict roberta.base/dict.txt
 
 For each task, OUT/<TASK>-bin/ holds what `--task sentence_prediction` reads:

@@ -46,7 +46,7 @@ class Layout:
 @dataclass(frozen=True)
 class GlueTask:
     name: str
-    config: str                   # examples/energy_lm/glue/<config>.yaml
+    config: str                   # energy_lm/configs/glue/<config>.yaml
     files: Dict[str, str]         # fairseq split name -> file name in the task folder
     labelled: Layout              # train and dev files
     unlabelled: Layout            # test files

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from energy_lm.modules.energy_head import EnergyHead
+from energy_lm.models.stock_conversion import adapt_stock_checkpoint
 from energy_lm.modules.paired_pass import PairedPass
 from energy_lm.sampling.keyed_random import SampleKeys
 
@@ -152,9 +153,12 @@ class EnergyModelMixin:
 
     def upgrade_state_dict_named(self, state_dict, name):
         """Checkpoints written before the energy head (or the dictionary fingerprint)
-        existed load with E = 0 (and without a dictionary check)."""
+        existed, stock fairseq ones included, load with E = 0 (and without a dictionary
+        check); a stock one is converted where positions or head differ
+        (energy_lm.models.stock_conversion)."""
         super().upgrade_state_dict_named(state_dict, name)
         prefix = name + "." if name else ""
+        adapt_stock_checkpoint(state_dict, prefix, self, self._trunk())
         if getattr(self, "dictionary_fingerprint", None) is not None:
             state_dict.setdefault(prefix + "dictionary_fingerprint",
                                   self.dictionary_fingerprint.clone())

@@ -21,7 +21,6 @@ from fairseq.models.transformer_lm import (
     DEFAULT_MAX_TARGET_POSITIONS,
     TransformerLanguageModel,
     TransformerLanguageModelConfig,
-    base_lm_architecture,
 )
 from fairseq.modules import LearnedPositionalEmbedding
 from fairseq.utils import safe_getattr
@@ -254,7 +253,8 @@ def upgrade_energy_position(state_dict, prefix: str, own: nn.Module) -> None:
 
 
 def transformer_lm_energy_architecture(args):
-    """Fill every energy_lm field, then fairseq's transformer_lm defaults."""
+    """Fill, derive and check every energy_lm field; fairseq's own fields keep the
+    config's values (the bare name: stock transformer_lm's defaults)."""
     resolve_energy_options(args, TransformerLMEnergyConfig, causal=True)
     args.proposal_uniform_mix = float(args.proposal_uniform_mix or 0.0)
     if not 0.0 <= args.proposal_uniform_mix < 1.0:
@@ -264,7 +264,9 @@ def transformer_lm_energy_architecture(args):
         args.share_decoder_input_output_embed = False
     if args.clap_head:  # a CLAP head is the input embedding, whatever the tying flag said
         args.share_decoder_input_output_embed = True
-    base_lm_architecture(args)
+    # No base_lm_architecture: it forces pre-norm, and stock `transformer_lm` (whose
+    # checkpoints the bare `transformer_lm_energy` must load) takes its dataclass
+    # defaults as they are (post-norm); the presets set pre-norm in their own defaults.
 
 
 # Presets (energy_lm.models.energy_options). fairseq-hydra-train fills a dataclass

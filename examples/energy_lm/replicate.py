@@ -12,7 +12,7 @@ Comparisons (tiny 4 x 256 models, blocks of 128 tokens, batch 16, 2 CPU cores):
           took, as many updates as fit). ~38 min of one core per seed.
   cwt     masked LM with CE vs headless CWT at equal training time (CWT's share minus
           the time of its head fine-tune), then: accuracy on the docstring
-          classification fixtures (examples/energy_lm/glue) fine-tuned from each
+          classification fixtures (energy_lm/configs/glue) fine-tuned from each
           encoder, and valid MLM ppl after CWT's add-head fine-tune.
 Threads: runs inherit OMP_NUM_THREADS. `--jobs 2` runs two seeds side by side, each in
 its own process with one thread (the runs of one seed stay in order, so its

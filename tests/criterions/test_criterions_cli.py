@@ -107,10 +107,9 @@ def test_headless_checkpoint_gets_a_head_and_fine_tunes_with_cross_entropy(data_
 
 
 def test_hydra_train_runs_the_monarc_yaml(data_bin, tmp_path):
-    from conftest import REPO
+    from energy_lm.configs import config_dir
 
-    run_cli("fairseq-hydra-train", "--config-dir", REPO / "examples" / "energy_lm" / "config" /
-            "pretraining", "--config-name", "transformer_lm_zero_clap_tiny_monarc",
+    run_cli("fairseq-hydra-train", "--config-dir", config_dir("pretraining"), "--config-name", "transformer_lm_zero_clap_tiny_monarc",
             f"task.data={data_bin}", "optimization.max_update=2", f"checkpoint.save_dir={tmp_path}",
             "common.cpu=true", "dataset.num_workers=0", "criterion.energy_weight=2.0",
             f"hydra.run.dir={tmp_path / 'hydra'}")

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TRAIN_SMALL, run_cli
+from conftest import TRAIN_SMALL, run_cli
+from energy_lm.configs import config_dir
 
 pytestmark = pytest.mark.slow
 
-CONFIG_DIR = REPO / "examples" / "energy_lm" / "config" / "pretraining"
+CONFIG_DIR = config_dir("pretraining")
 
 
 @pytest.mark.parametrize("config,beta_key", [

@@ -1,4 +1,4 @@
-"""The seeds' experiments as hydra configs (examples/energy_lm/config/seeds): every
+"""The seeds' experiments as hydra configs (energy_lm/configs/seeds): every
 full-scale config composes and validates against fairseq's dataclasses without running;
 every *_tiny counterpart trains through the real `fairseq-hydra-train`."""
 
@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import run_cli
+from energy_lm.configs import config_dir
 
-SEEDS = REPO / "examples" / "energy_lm" / "config" / "seeds"
+SEEDS = config_dir("seeds")
 FULL = sorted(p.stem for p in SEEDS.glob("*.yaml") if not p.stem.endswith("_tiny"))
 TINY = sorted(p.stem for p in SEEDS.glob("*_tiny.yaml"))
 # fine-tunes restore a checkpoint that an earlier tiny run makes

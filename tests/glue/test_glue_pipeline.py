@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, SHARED_DATA, TRAIN_SMALL, error_line, needs_gpt2_bpe, run_cli
+from conftest import SHARED_DATA, TRAIN_SMALL, error_line, needs_gpt2_bpe, run_cli
+from energy_lm.configs import config_dir
 from energy_lm.glue import collect, finetune, preprocess
 from energy_lm.glue.fixtures import build_fixtures, stdlib_docstrings
 from energy_lm.glue.reader import read_split
 from energy_lm.glue.tasks import TABLE_ORDER, TASKS, GlueError, get_task
 
-GLUE_CONFIGS = REPO / "examples" / "energy_lm" / "glue"
+GLUE_CONFIGS = config_dir("glue")
 SMALL_SIZES = {"train": 96, "dev": 48, "test": 16}
 TINY_OVERRIDES = ["++model.encoder_layers=2", "++model.encoder_embed_dim=32",
                   "++model.encoder_ffn_embed_dim=64", "++model.encoder_attention_heads=4"]
