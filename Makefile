@@ -10,7 +10,7 @@ FAIRSEQ_DIST ?= fairseq-fixed==0.12.3.1
 DEMO_DIR ?= demo
 DEMO_UPDATES ?= 900
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast gpu-check clean
 
 install: $(STAMP)
 
@@ -50,6 +50,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# The GPU check (benchmarks/gpu_check.py): kernel tests compiled, kernel benchmark, the
+# MonArc/LM step on triton, triton vs reference training curves; exits 0 without CUDA.
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --out gpu-check.md
 
 clean:
 	rm -rf $(DEMO_DIR)

@@ -1,8 +1,10 @@
 """Speed and memory of the paired-attention backends, ratios measured in one run.
 
-    python benchmarks/paired_attention.py                       # GPU: bf16, N 512..8192
-    python benchmarks/paired_attention.py --lengths 128 256 512 --tokens 2048 \
-        --step-arch transformer_lm_zero_clap_tiny --step-length 128 --step-batch 8  # CPU
+    python benchmarks/paired_attention.py      # GPU: bf16, N 512..8192; CPU: fp32, N 256..1024
+
+The defaults fit the device they run on: on a GPU B x N = 16384 and the step ratio at
+batch 8; on the CPU B x N = 4096, N up to 1024, and the step ratio at batch 1 (batch 8
+of the 12 x 768 model at N = 1024 needs more than 24 GB there).
 
 For each N (B * N constant, one candidate per position, causal, ALiBi, H = 12, D = 64)
 it times forward and forward + backward of every available backend (median of
@@ -67,7 +69,14 @@ def measure(backend, six, cand_pos, slopes, repeats, backward):
         step()
         sync()
         times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" else float("nan")
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20
+    else:  # the CPU has no allocator statistics: the bytes saved for backward
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: saved.append(t.untyped_storage().nbytes()) or t, lambda t: t):
+            step()
+        peak = sum(saved) / 2 ** 20
     return statistics.median(times) * 1000, peak
 
 
@@ -130,8 +139,10 @@ def step_ratio(arch: str, length: int, batch: int, vocab: int, steps: int, backe
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192])
-    parser.add_argument("--tokens", type=int, default=16384, help="B * N")
+    parser.add_argument("--lengths", type=int, nargs="+", default=None,
+                        help="default: 512 ... 8192 on a GPU, 256 512 1024 on the CPU")
+    parser.add_argument("--tokens", type=int, default=None,
+                        help="B * N (default: 16384 on a GPU, 4096 on the CPU)")
     parser.add_argument("--heads", type=int, default=12)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on CPU")
@@ -140,18 +151,24 @@ def main() -> None:
     parser.add_argument("--step-arch", default="transformer_lm_zero_clap_base",
                         help="model of the MonArc/LM step ratio ('none' skips it)")
     parser.add_argument("--step-length", type=int, default=1024)
-    parser.add_argument("--step-batch", type=int, default=8)
+    parser.add_argument("--step-batch", type=int, default=None,
+                        help="default: 8 on a GPU, 1 on the CPU")
     parser.add_argument("--step-vocab", type=int, default=50304)
     parser.add_argument("--step-repeats", type=int, default=10)
     parser.add_argument("--step-backend", default="auto", help="MonArc's --attention-backend")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.type == "cuda"
+    args.lengths = args.lengths or ([512, 1024, 2048, 4096, 8192] if gpu else [256, 512, 1024])
+    args.tokens = args.tokens or (16384 if gpu else 4096)
+    args.step_batch = args.step_batch or (8 if gpu else 1)
     dtype = getattr(torch, args.dtype) if args.dtype else (
         torch.bfloat16 if device.type == "cuda" else torch.float32)
     backends = args.backends or (["reference", "triton", "flex"] if device.type == "cuda" else ["reference"])
     slopes = alibi_slopes(args.heads).to(device)
     print(f"device {device}, {dtype}, H={args.heads}, D={args.dim}, B*N={args.tokens}, "
-          f"M = N candidates, causal + ALiBi; times in ms (median of {args.repeats})")
+          f"M = N candidates, causal + ALiBi; times in ms (median of {args.repeats}); MiB: "
+          f"{'peak allocated' if gpu else 'saved for backward (fwd+bwd rows)'}")
     print("| N | B | pass | " + " | ".join(f"{b} ms | {b} MiB" for b in backends) + " | ratios |")
     print("|---" * (3 + 2 * len(backends) + 1) + "|")
     for n in args.lengths:

@@ -13,10 +13,12 @@ from typing import Callable, Dict, Optional, Set, Tuple
 import torch
 from torch import Tensor
 
-from energy_lm.kernels.reference import candidate_attention_reference, paired_attention_reference
+from energy_lm.kernels import self_check
 from energy_lm.kernels.alibi import ALIBI_MODES
+from energy_lm.kernels.reference import candidate_attention_reference, paired_attention_reference
 
 logger = logging.getLogger("energy_lm.kernels")
+
 
 def _triton_backend(*args, **kwargs) -> Tuple[Tensor, Tensor]:
     # imported on first use: Triton reads TRITON_INTERPRET (the CPU interpreter) when
@@ -77,6 +79,10 @@ def _resolve_backend(backend: str, q: Tensor, dropout_p: float) -> str:
         raise ValueError(f"paired_attention: unknown backend {backend!r}; choose one of {known}")
     chosen, why = (_auto_backend(q.device.type, q.dtype, dropout_p) if backend == "auto"
                    else (backend, "asked for"))
+    if backend == "auto" and chosen != "reference" and not self_check.backend_agrees(
+            chosen, _BACKENDS[chosen], _CANDIDATE_BACKENDS.get(chosen), q.device, q.dtype,
+            q.size(-1)):
+        chosen, why = "reference", f"the {chosen} backend failed its self-check"
     if (backend, chosen) not in _logged_choices:
         _logged_choices.add((backend, chosen))
         logger.info("paired_attention: backend=%r runs %r (%s)", backend, chosen, why)
@@ -170,8 +176,9 @@ def paired_attention(
     mask_cache: an optional dict that lives for one batch (same cand_pos, segment_ids and
     key_padding_mask on every call, e.g. one per layer): backends that build a mask per
     batch (flex's BlockMask) keep it there and reuse it.
-    backend: "auto" (the Triton kernel for CUDA tensors without attention dropout, else
-    the reference; the choice is logged once) or one of `_BACKENDS`.
+    backend: "auto" (the Triton kernel for CUDA tensors without attention dropout, once it
+    has passed its self-check against the reference (`energy_lm.kernels.self_check`),
+    else the reference; the choice is logged once) or one of `_BACKENDS` (unchecked).
     """
     chosen = _resolve_backend(backend, q, dropout_p)
     _check_inputs(q, k, v, q_c, k_c, v_c, cand_pos, causal, alibi_slopes, alibi_mode,

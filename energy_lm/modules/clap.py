@@ -42,6 +42,40 @@ class ClapEmbedding(nn.Embedding):
         return super().extra_repr() + f", l2_normalize={self.l2_normalize}, zero_index={self.zero_index}"
 
 
+class _NormalizedRows(torch.autograd.Function):
+    """rows / max(|rows|, eps) with no gradient into one row (`skip`, or -1 for none).
+
+    The same values as `F.normalize(rows, dim=-1)`, in fewer passes over the (V, d)
+    matrix: the head normalises the whole embedding at every step, and composing
+    `torch.where` (to stop the pad row's gradient) with `F.normalize` and its autograd
+    took about ten V x d passes, a third of a small model's step beyond the softmax
+    head's (benchmarks/ratios.py). Forward: the row norms, then one scaled copy.
+    Backward: (g - y * <g, y>) / max(|x|, eps), zero in the skipped row.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, skip: int, eps: float) -> Tensor:
+        norm = torch.linalg.vector_norm(rows, dim=-1, keepdim=True).clamp_min_(eps)  # (V, 1)
+        out = rows / norm  # exactly F.normalize's arithmetic
+        ctx.save_for_backward(out, norm.reciprocal())
+        ctx.skip = skip
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        out, inv = ctx.saved_tensors
+        dot = (grad * out).sum(dim=-1, keepdim=True)
+        if ctx.skip >= 0:
+            inv = inv.clone()
+            inv[ctx.skip] = 0.0
+        return torch.addcmul(grad, out, dot, value=-1.0).mul_(inv), None, None
+
+
+def normalized_rows(rows: Tensor, skip: Optional[int] = None, eps: float = 1e-12) -> Tensor:
+    """F.normalize(rows, dim=-1) whose gradient leaves row `skip` untouched."""
+    return _NormalizedRows.apply(rows, -1 if skip is None else int(skip), eps)
+
+
 class ClapHead(nn.Module):
     """Weight-tied head: beta * h @ normalize(weight).T, no bias, no dense layer.
 
@@ -65,13 +99,10 @@ class ClapHead(nn.Module):
     def forward(self, features: Tensor, masked_tokens: Optional[Tensor] = None, **unused) -> Tensor:
         if masked_tokens is not None:
             features = features[masked_tokens, :]  # only the masked positions: (M, d)
-        weight = self.weight
-        if self.padding_idx is not None:
-            is_pad = torch.zeros(weight.size(0), 1, dtype=torch.bool, device=weight.device)
-            is_pad[self.padding_idx] = True
-            weight = torch.where(is_pad, weight.detach(), weight)  # (V, d)
+        # the pad row takes no gradient (see the class docstring)
+        weight = normalized_rows(self.weight, self.padding_idx)  # (V, d)
         # beta scales the d-dim features rather than the V-dim logits: same value, cheaper
-        return F.linear(features * self.beta, F.normalize(weight, dim=-1))  # (..., V)
+        return F.linear(features * self.beta, weight)  # (..., V)
 
 
 class LinearHead(nn.Module):

@@ -1,9 +1,10 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from fairseq import optim
 from omegaconf import OmegaConf
 
-from energy_lm.modules.clap import ClapEmbedding, ClapHead
+from energy_lm.modules.clap import ClapEmbedding, ClapHead, normalized_rows
 from energy_lm.patches.optim_groups import is_excluded_from_weight_decay
 
 
@@ -75,3 +76,28 @@ def test_beta_is_trainable_and_kept_out_of_weight_decay():
     optimizer.step()
     assert head.beta.item() == 3.0
     torch.testing.assert_close(emb.weight.detach(), before * (1 - 0.1 * 0.5))
+
+
+@pytest.mark.parametrize("skip", [None, 0, 3])
+def test_normalized_rows_equals_f_normalize_with_the_skipped_rows_gradient_zero(skip):
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    rows[2] = 0.0  # a zero row (fairseq's pad row): value 0, finite gradient
+    upstream = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    mine = rows.clone().requires_grad_()
+    theirs = rows.clone().requires_grad_()
+    out = normalized_rows(mine, skip)
+    torch.testing.assert_close(out, F.normalize(theirs, dim=-1), rtol=0, atol=0)
+    (out * upstream).sum().backward()
+    want = F.normalize(theirs, dim=-1)
+    (want * upstream).sum().backward()
+    expected = theirs.grad.clone()
+    if skip is not None:
+        expected[skip] = 0.0
+    keep = [i for i in range(7) if i != 2]  # F.normalize's gradient at a zero row is g / eps
+    torch.testing.assert_close(mine.grad[keep], expected[keep], rtol=1e-12, atol=1e-12)
+    assert torch.isfinite(mine.grad).all()
+    if skip is None:  # with a skipped row the gradient is not the function's, by design
+        nonzero = rows.clone()
+        nonzero[2] = 1.0
+        assert torch.autograd.gradcheck(normalized_rows, (nonzero.requires_grad_(),))

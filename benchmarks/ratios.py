@@ -1,0 +1,239 @@
+"""Every speed ratio of the project, measured side by side in one process.
+
+    python benchmarks/ratios.py                  # the full table (about 15 min on 2 CPU cores)
+    python benchmarks/ratios.py --quick --check  # a reduced set; exit 1 if a ratio misses
+
+Each measure is a pair of training steps (forward + backward, the criterion as fairseq
+calls it, on the same random batches), built as fairseq-train builds them; the two
+sides alternate step by step so that a change of machine speed hits both alike, and the
+ratio of their median step times is printed beside the ratio of their memory:
+peak allocated memory on a GPU, and on the CPU the bytes the autograd graph saves for
+the backward pass (activations: what grows with the batch; parameters are excluded).
+
+| measure | A / B | target on 2 CPU cores (FLOP limit) |
+|---|---|---|
+| causal MonArc / CE | 12 x 768, N = 1024 | <= 1.9 (1.71) |
+| causal NCE / CE | as MonArc | <= 1.9 |
+| masked MonArc / masked LM | 12 x 768, N = 512, 15% masked | <= 1.4 (about 1.3) |
+| CWT / CE | 6 x 512, V = 50k | <= 0.7 (0.61) |
+| CLAP head / tied softmax | 12 x 768, N = 1024, CE | <= 1.03 |
+| ALiBi / learned positions | 12 x 768, N = 1024, CE | <= 1.1 |
+
+--quick runs every measure at a reduced size (6 x 512, shorter blocks, fewer steps)
+with the same targets; a ratio is a property of the code, and the reduced sizes keep
+the parts in the same proportions. Vocabulary: 50,304 (GPT-2's, padded) everywhere.
+Threads: torch's default (all cores); run on a quiet machine.
+"""
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+
+VOCAB = 50304
+
+
+@dataclass
+class Side:
+    arch: str
+    criterion: str
+    extra: Tuple[str, ...] = ()
+
+
+@dataclass
+class Measure:
+    name: str
+    masked: bool
+    a: Side
+    b: Side
+    target: float
+    flop_limit: Optional[float]
+
+
+def size_flags(masked: bool, layers: int, dim: int) -> Tuple[str, ...]:
+    side = "encoder" if masked else "decoder"
+    return (f"--{side}-layers", str(layers), f"--{side}-embed-dim", str(dim),
+            f"--{side}-ffn-embed-dim", str(4 * dim), f"--{side}-attention-heads", str(dim // 64))
+
+
+def gpt_style(dim: int) -> Tuple[str, ...]:
+    """The LM presets' trunk under the bare family name, so that one flag can differ."""
+    return ("--decoder-normalize-before", "--activation-fn", "gelu",
+            "--share-decoder-input-output-embed", "--decoder-input-dim", str(dim),
+            "--decoder-output-dim", str(dim))
+
+
+def measures(quick: bool) -> List[Tuple[Measure, int, int]]:
+    """(measure, block length, batch) of every row."""
+    layers, dim = (6, 512) if quick else (12, 768)
+    big, big_mlm = size_flags(False, layers, dim), size_flags(True, layers, dim)
+    small = size_flags(False, 6, 512)
+    n_lm, n_mlm = (256, 256) if quick else (1024, 512)
+    batch_lm, batch_mlm = (2, 2) if quick else (1, 2)
+    lm, mlm = "transformer_lm_zero_clap_tiny", "roberta_zero_clap_tiny"  # sized by the flags
+    bare = "transformer_lm_energy"
+    learned = gpt_style(dim) + ("--decoder-learned-pos",)
+    return [
+        (Measure("causal MonArc / CE", False, Side(lm, "monarc", big),
+                 Side(lm, "cross_entropy", big), 1.9, 1.71), n_lm, batch_lm),
+        (Measure("causal NCE / CE", False, Side(lm, "nce", big),
+                 Side(lm, "cross_entropy", big), 1.9, 1.71), n_lm, batch_lm),
+        (Measure("masked MonArc / masked LM", True, Side(mlm, "monarc", big_mlm),
+                 Side(mlm, "masked_lm", big_mlm), 1.4, 1.3), n_mlm, batch_mlm),
+        (Measure("CWT / CE", False, Side(lm, "cwt", small), Side(lm, "cross_entropy", small),
+                 0.7, 0.61), 256 if quick else 1024, batch_lm),
+        (Measure("CLAP head / tied softmax", False,
+                 Side(bare, "cross_entropy", big + learned + ("--clap-head",)),
+                 Side(bare, "cross_entropy", big + learned), 1.03, None), n_lm, batch_lm),
+        (Measure("ALiBi / learned positions", False,
+                 Side(bare, "cross_entropy", big + gpt_style(dim) + ("--alibi", "causal")),
+                 Side(bare, "cross_entropy", big + learned), 1.1, None), n_lm, batch_lm),
+    ]
+
+
+def build(data: str, side: Side, masked: bool, length: int, device):
+    """(model, criterion, task) as fairseq-train builds them (dropout 0.1, attention
+    dropout 0: the fused kernel's condition on a GPU)."""
+    import energy_lm  # noqa: F401  (registers the archs and criterions)
+    from fairseq import options, tasks
+    from fairseq.criterions import build_criterion
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    task = ["--task", "masked_lm"] if masked else ["--task", "language_modeling"]
+    argv = [data, *task, "--arch", side.arch, "--criterion", side.criterion,
+            "--tokens-per-sample", str(length), "--dropout", "0.1", "--attention-dropout", "0",
+            *side.extra]
+    cfg = convert_namespace_to_omegaconf(
+        options.parse_args_and_arch(options.get_training_parser(), argv))
+    task_obj = tasks.setup_task(cfg.task)
+    torch.manual_seed(1)
+    model = task_obj.build_model(cfg.model).to(device).train()
+    return model, build_criterion(cfg.criterion, task_obj), task_obj
+
+
+def batches(masked: bool, count: int, batch: int, length: int, mask_idx: int, pad: int, device):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(count):
+        tokens = torch.randint(4, VOCAB - 1, (batch, length + 1), generator=g)
+        if masked:
+            src = tokens[:, :length].clone()
+            chosen = torch.rand(batch, length, generator=g) < 0.15
+            target = torch.where(chosen, src, torch.full_like(src, pad))
+            src[chosen] = mask_idx
+        else:
+            src, target = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+        out.append({"id": torch.arange(i * batch, (i + 1) * batch).to(device),
+                    "net_input": {"src_tokens": src.to(device),
+                                  "src_lengths": torch.full((batch,), length).to(device)},
+                    "target": target.to(device), "ntokens": int(target.ne(pad).sum()),
+                    "nsentences": batch})
+    return out
+
+
+class SavedBytes:
+    """Bytes of the tensors the autograd graph saves for backward (each storage once)."""
+
+    def __init__(self, exclude: set):
+        self.exclude, self.seen, self.total = exclude, set(), 0
+
+    def pack(self, tensor):
+        key = (tensor.untyped_storage().data_ptr(), tensor.device)
+        if key not in self.seen and tensor.untyped_storage().data_ptr() not in self.exclude:
+            self.seen.add(key)
+            self.total += tensor.untyped_storage().nbytes()
+        return tensor
+
+
+def run_measure(measure: Measure, length: int, batch: int, steps: int, device) -> dict:
+    warnings.filterwarnings("ignore")
+    logging.getLogger("hydra").setLevel(logging.WARNING)
+    logging.getLogger("fairseq").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory() as data:
+        symbols = "".join(f"w{i} 1\n" for i in range(VOCAB - 5))  # + 4 specials (+ <mask>)
+        Path(data, "dict.txt").write_text(symbols)
+        sides = {"a": build(data, measure.a, measure.masked, length, device),
+                 "b": build(data, measure.b, measure.masked, length, device)}
+    task = sides["a"][2]
+    mask_idx = task.source_dictionary.index("<mask>") if measure.masked else -1
+    data = batches(measure.masked, steps + 2, batch, length, mask_idx,
+                   task.source_dictionary.pad(), device)
+    cuda = device.type == "cuda"
+    times = {key: [] for key in sides}
+    memory = {key: 0.0 for key in sides}
+    for i, sample in enumerate(data):
+        for key, (model, crit, _) in sides.items():
+            params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+            saved = SavedBytes(params)
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            start = time.perf_counter()
+            if hasattr(crit, "set_num_updates"):
+                crit.set_num_updates(i)
+            with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t), \
+                    torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                loss, _, _ = crit(model, sample)
+            loss.backward()
+            if cuda:
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - start
+            model.zero_grad(set_to_none=True)
+            if i >= 2:  # warm-up (and kernel compilation) not timed
+                times[key].append(elapsed * 1000)
+                memory[key] = ((torch.cuda.max_memory_allocated() - base) if cuda
+                               else saved.total) / 2 ** 20
+    a_ms, b_ms = (statistics.median(times[k]) for k in ("a", "b"))
+    return {"a_ms": a_ms, "b_ms": b_ms, "ratio": a_ms / b_ms,
+            "a_mib": memory["a"], "b_mib": memory["b"], "mem_ratio": memory["a"] / memory["b"]}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a reduced set in a few minutes")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when a ratio misses its target")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per side (default 5, --quick 3)")
+    parser.add_argument("--only", nargs="+", default=None, help="measures whose name has one "
+                        "of these words (e.g. MonArc CWT)")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    steps = args.steps or (3 if args.quick else 5)
+    memory_kind = "peak allocated" if device.type == "cuda" else "saved for backward"
+    print(f"device {device}, threads {torch.get_num_threads()}, {'quick' if args.quick else 'full'}"
+          f" set, median of {steps} alternating steps; memory = {memory_kind}")
+    print("| measure | sizes | A ms | B ms | ratio | memory ratio (A / B MiB) | target |")
+    print("|---|---|---|---|---|---|---|")
+    missed = []
+    for measure, length, batch in measures(args.quick):
+        if args.only and not any(word in measure.name for word in args.only):
+            continue
+        res = run_measure(measure, length, batch, steps, device)
+        flags = " ".join(measure.a.extra[1::2][:2])
+        sizes = f"{flags.replace(' ', ' x ')}, N={length}, B={batch}"
+        limit = f" ({measure.flop_limit})" if measure.flop_limit else ""
+        ok = res["ratio"] <= measure.target
+        if not ok:
+            missed.append(measure.name)
+        print(f"| {measure.name} | {sizes} | {res['a_ms']:.0f} | {res['b_ms']:.0f} | "
+              f"**{res['ratio']:.2f}** | {res['mem_ratio']:.2f} ({res['a_mib']:.0f} / "
+              f"{res['b_mib']:.0f}) | <= {measure.target}{limit} {'ok' if ok else 'MISSED'} |",
+              flush=True)
+    if missed:
+        print(f"missed: {', '.join(missed)}")
+    return 1 if (args.check and missed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
