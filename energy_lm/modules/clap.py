@@ -64,7 +64,7 @@ class _NormalizedRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         out, inv = ctx.saved_tensors
-        dot = (grad * out).sum(dim=-1, keepdim=True)
+        dot = torch.einsum("vd,vd->v", grad, out).unsqueeze(-1)  # no (V, d) temporary
         if ctx.skip >= 0:
             inv = inv.clone()
             inv[ctx.skip] = 0.0
