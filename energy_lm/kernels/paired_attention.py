@@ -51,8 +51,10 @@ _CANDIDATE_BACKENDS: Dict[str, Callable[..., Tensor]] = {
     "reference": candidate_attention_reference,
     "triton": _triton_candidates,
 }
-# backends that keep a per-batch mask in `mask_cache`
+# backends that keep a per-batch mask in `mask_cache` (the full call; the candidates-only
+# call of those in _CANDIDATE_CACHING)
 _CACHING_BACKENDS = {"flex"}
+_CANDIDATE_CACHING = {"reference"}
 _logged_choices: Set[Tuple[str, str]] = set()
 
 
@@ -190,6 +192,8 @@ def paired_attention(
         keywords["mask_cache"] = mask_cache
     if not need_data_out:
         if chosen in _CANDIDATE_BACKENDS:
-            return None, _CANDIDATE_BACKENDS[chosen](q_c, k_c, v_c, k, v, cand_pos, **keywords)
+            extra = {"mask_cache": mask_cache} if chosen in _CANDIDATE_CACHING else {}
+            return None, _CANDIDATE_BACKENDS[chosen](q_c, k_c, v_c, k, v, cand_pos, **keywords,
+                                                     **extra)
         return None, _BACKENDS[chosen](q, k, v, q_c, k_c, v_c, cand_pos, **keywords)[1]
     return _BACKENDS[chosen](q, k, v, q_c, k_c, v_c, cand_pos, **keywords)

@@ -139,6 +139,42 @@ def paired_attention_reference(
     return out_all[:, :, :n], out_all[:, :, n:]
 
 
+_CANDIDATE_CHUNK = 512
+
+
+def candidate_mask(
+    cand_pos: Tensor,
+    n: int,
+    *,
+    causal: bool,
+    alibi_slopes: Optional[Tensor] = None,
+    alibi_mode: str = "causal",
+    segment_ids: Optional[Tensor] = None,
+    key_padding_mask: Optional[Tensor] = None,
+) -> Tensor:
+    """The candidate rows of `paired_mask`: queries `candidates` on keys `[data;
+    candidates]`, (B, 1, M, N + M) bool without ALiBi, (B, H, M, N + M) fp32 additive
+    with it. Every row sees its own key, so no row is dead."""
+    b, m = cand_pos.shape
+    device = cand_pos.device
+    j = torch.arange(n, device=device)  # (N,)
+    p = cand_pos.long()[:, :, None]  # (B, M, 1)
+    see = position_visible(p, j, True, causal)  # (B, M, N)
+    if segment_ids is not None:
+        seg_c = segment_ids.gather(1, segment_positions(cand_pos.long(), n, 0, causal))  # (B, M)
+        see = see & (seg_c[:, :, None] == segment_ids[:, None, :])
+    if key_padding_mask is not None:
+        see = see & ~key_padding_mask.bool()[:, None, :]
+    own = torch.eye(m, dtype=torch.bool, device=device).expand(b, m, m)  # (B, M, M)
+    visible = torch.cat([see, own], dim=2)  # (B, M, N + M)
+    if alibi_slopes is None:
+        return visible[:, None]
+    bias = alibi_bias(alibi_slopes, cand_pos.reshape(-1), j, alibi_mode)  # (H, B*M, N)
+    bias = bias.view(-1, b, m, n).transpose(0, 1)  # (B, H, M, N)
+    bias = torch.cat([bias, bias.new_zeros(b, bias.size(1), m, m)], dim=3)  # own key: 0
+    return bias.masked_fill(~visible[:, None], float("-inf"))
+
+
 def candidate_attention_reference(
     q_c: Tensor, k_c: Tensor, v_c: Tensor,
     k: Tensor, v: Tensor,
@@ -150,34 +186,41 @@ def candidate_attention_reference(
     segment_ids: Optional[Tensor] = None,
     key_padding_mask: Optional[Tensor] = None,
     dropout_p: float = 0.0,
+    mask_cache: Optional[dict] = None,
 ) -> Tensor:
     """The candidate rows of `paired_attention_reference` alone: (B, H, M, D).
 
-    What a model's candidate pass needs (its data stream ran already). Scores on the
-    data keys form a (M, N) block; the own key adds one column, so the cost is
-    O(B * H * M * N) and no data query is recomputed. The own key is always visible,
-    so every row has a key. Scores and softmax in fp32.
+    What a model's candidate pass needs (its data stream ran already): the candidate
+    queries attend over keys `[data; candidates]` through the same `attention` call as
+    the full reference, with the candidate rows of its mask, so no data query is
+    recomputed and SDPA's fused CPU kernel never materialises the scores (the explicit
+    scores, bias and softmax of every layer made the MonArc step 2.3x the LM step,
+    benchmarks/ratios.py). Candidates go in chunks of at most 512 rows (of 128, 256, 512
+    and 1024, the fastest MonArc step at 12 x 768, N = 1024), each with only its own
+    candidate keys, so the cost stays O(M * N) for K > 1. The masks depend only on
+    the batch: with a `mask_cache` (one per candidate stage of a model, shared by its
+    layers) they are built once and reused by every layer.
     """
-    n, d = k.size(2), k.size(3)
-    scale = d ** -0.5
-    acc = torch.promote_types(q_c.dtype, torch.float32)  # fp32 for half inputs, fp64 stays
-    j = torch.arange(n, device=k.device)  # (N,)
-    p = cand_pos.long()[:, :, None]  # (B, M, 1)
-    see = position_visible(p, j, True, causal)  # (B, M, N)
-    if segment_ids is not None:
-        seg_c = segment_ids.gather(1, segment_positions(cand_pos.long(), n, 0, causal))  # (B, M)
-        see = see & (seg_c[:, :, None] == segment_ids[:, None, :])
-    if key_padding_mask is not None:
-        see = see & ~key_padding_mask.bool()[:, None, :]
-    scores = torch.matmul(q_c, k.transpose(-1, -2)).to(acc) * scale  # (B, H, M, N)
-    if alibi_slopes is not None:
-        b, m = cand_pos.shape
-        bias = alibi_bias(alibi_slopes, cand_pos.reshape(-1), j, alibi_mode)  # (H, B*M, N)
-        scores = scores + bias.view(-1, b, m, n).transpose(0, 1)
-    scores = scores.masked_fill(~see[:, None], float("-inf"))
-    own = (q_c.to(acc) * k_c.to(acc)).sum(-1, keepdim=True) * scale  # (B, H, M, 1), bias 0
-    probs = torch.softmax(torch.cat([scores, own], dim=-1), dim=-1)  # (B, H, M, N+1)
-    if dropout_p > 0.0:
-        probs = torch.nn.functional.dropout(probs, p=dropout_p)
-    out_c = torch.matmul(probs[..., :n].to(v.dtype), v)  # (B, H, M, D)
-    return out_c + probs[..., n:].to(v_c.dtype) * v_c
+    n, m = k.size(2), q_c.size(2)
+    # candidates in chunks of at most 512 rows: keys [data; chunk], so the own-key
+    # block adds at most 512 keys to the N data keys, and the cost stays O(M * N)
+    # however many candidates a position has (K > 1)
+    chunk = max(1, min(m, _CANDIDATE_CHUNK))
+    outs = []
+    for start in range(0, m, chunk):
+        stop = min(m, start + chunk)
+        key = ("reference-candidates", n, m, start, bool(causal), alibi_mode,
+               alibi_slopes is not None, q_c.device)
+        mask = mask_cache.get(key) if mask_cache is not None else None
+        if mask is None:
+            mask = candidate_mask(cand_pos[:, start:stop], n, causal=causal,
+                                  alibi_slopes=alibi_slopes, alibi_mode=alibi_mode,
+                                  segment_ids=segment_ids, key_padding_mask=key_padding_mask)
+            if mask_cache is not None:
+                mask_cache[key] = mask
+        keys = torch.cat([k, k_c[:, :, start:stop]], dim=2)  # (B, H, N + c, D)
+        values = torch.cat([v, v_c[:, :, start:stop]], dim=2)
+        outs.append(attention(q_c[:, :, start:stop], keys, values, mask, False, dropout_p))
+    if not outs:  # M = 0
+        return q_c.new_zeros(q_c.shape)
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (B, H, M, D)

@@ -325,3 +325,22 @@ def test_log_z_bf16_energies_give_fp32():
     log_z, stderr = log_z_estimate(torch.randn(3, 16).bfloat16())
     assert log_z.dtype == stderr.dtype == torch.float32
     assert exact_log_z(torch.zeros(5).bfloat16(), torch.zeros(5).bfloat16()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("vocab", [300, 512, 1000])
+def test_two_level_inverse_cdf_equals_one_running_sum(vocab):
+    """`inverse_cdf` picks a block by block sums, then a token inside it: the same
+    token as one running sum over the whole vocabulary, for the same uniforms, with
+    empty (probability 0) tokens and blocks never drawn."""
+    from energy_lm.sampling.proposal import inverse_cdf
+
+    g = torch.Generator().manual_seed(vocab)
+    probs = torch.softmax(torch.randn(6, 3, vocab, generator=g) * 3, dim=-1)
+    probs[0, :, 250:] = 0.0  # whole empty blocks
+    probs[1, :, ::2] = 0.0   # every other token empty
+    u = torch.rand(6, 3, 64, generator=g, dtype=torch.float64)
+    cdf = probs.double().cumsum(-1)
+    want = torch.searchsorted(cdf, u * cdf[..., -1:], right=True).clamp(max=vocab - 1)
+    got = inverse_cdf(probs, u)
+    assert torch.equal(got, want)
+    assert bool((probs.gather(-1, got) > 0).all())
