@@ -58,8 +58,9 @@ def scaled_down(argv, tmp_path):
         return extra
     if tool == "fairseq-hydra-train":
         return ["optimization.max_update=2", "dataset.batch_size=2", "dataset.num_workers=0"]
-    if tool == "energy-lm-eval-elm":
-        return ["--max-batches", "4", "--batch-size", "2"]
+    if tool == "energy-lm-eval-elm":  # exact Z scores every vocabulary entry: one short row
+        return ["--max-batches", "1", "--batch-size", "1", "--tokens-per-sample", "32",
+                "--exact-z-batches", "1"]
     return []
 
 
