@@ -51,7 +51,8 @@ def scaled_down(argv, tmp_path):
         return [f"DEMO_DIR={tmp_path / 'demo'}", "DEMO_UPDATES=3", "-C", str(REPO),
                 "-o", ".venv/.energy-lm-installed"]
     if tool == "fairseq-train":
-        extra = ["--max-update", "2", "--batch-size", "2", "--num-workers", "0"]
+        extra = ["--max-update", "2", "--batch-size", "2", "--num-workers", "0",
+                 "--max-valid-steps", "4"]  # validation runs, on its first batches
         arch = argv[argv.index("--arch") + 1]
         if arch.endswith(("_base", "_large")):
             extra += SMALL_ENCODER if arch.startswith("roberta") else SMALL_DECODER
