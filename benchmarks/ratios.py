@@ -171,6 +171,8 @@ def run_measure(measure: Measure, length: int, batch: int, steps: int, device) -
     data = batches(measure.masked, steps + 2, batch, length, mask_idx,
                    task.source_dictionary.pad(), device)
     cuda = device.type == "cuda"
+    params = {key: {p.untyped_storage().data_ptr() for p in model.parameters()}
+              for key, (model, _, _) in sides.items()}
     times = {key: [] for key in sides}
     memory = {key: 0.0 for key in sides}
     for i, sample in enumerate(data):
@@ -178,8 +180,7 @@ def run_measure(measure: Measure, length: int, batch: int, steps: int, device) -
         # memory and warm caches; alternating the order shares that between the sides
         for key in (("a", "b") if i % 2 == 0 else ("b", "a")):
             model, crit, _ = sides[key]
-            params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-            saved = SavedBytes(params)
+            saved = SavedBytes(params[key])
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()

@@ -54,6 +54,33 @@ def segment_positions(row_pos: Tensor, n: int, num_data_rows: int, causal: bool)
     return torch.where(is_cand[None, :], (row_pos - 1).clamp(min=0), row_pos).clamp(max=n - 1)
 
 
+def data_keys_visible(q_pos: Tensor, n: int, num_data_rows: int, is_cand, causal: bool,
+                      segment_ids: Optional[Tensor],
+                      key_padding_mask: Optional[Tensor]) -> Tensor:
+    """(B, R) query rows at positions q_pos -> (B, R, N) bool: which data keys each sees.
+
+    A data query at i sees j <= i (causal) or every j; a candidate (is_cand) at p sees
+    j < p (causal) or every j != p (its own key replaces key p); in its document
+    (`segment_positions`), never padding. Shared by `paired_mask` and `candidate_mask`."""
+    j = torch.arange(n, device=q_pos.device)  # (N,) data key positions
+    see = position_visible(q_pos[:, :, None], j, is_cand, causal)  # (B, R, N)
+    if segment_ids is not None:
+        seg_q = segment_ids.gather(1, segment_positions(q_pos, n, num_data_rows, causal))
+        see = see & (seg_q[:, :, None] == segment_ids[:, None, :])
+    if key_padding_mask is not None:
+        see = see & ~key_padding_mask.bool()[:, None, :]
+    return see
+
+
+def data_keys_bias(alibi_slopes: Tensor, q_pos: Tensor, n: int, alibi_mode: str) -> Tensor:
+    """(B, R) query positions -> (B, H, R, N) fp32 ALiBi bias on the data keys, exactly
+    as a data query at each position gets it."""
+    b, rows = q_pos.shape
+    j = torch.arange(n, device=q_pos.device)
+    bias = alibi_bias(alibi_slopes, q_pos.reshape(-1), j, alibi_mode)  # (H, B*R, N)
+    return bias.view(-1, b, rows, n).transpose(0, 1)
+
+
 def paired_mask(
     cand_pos: Tensor,
     n: int,
@@ -80,17 +107,8 @@ def paired_mask(
     length = n + m
     q_pos = row_positions(cand_pos, n)  # (B, L)
     is_cand = (torch.arange(length, device=device) >= n)[None, :, None]  # (1, L, 1)
-    j = torch.arange(n, device=device)  # (N,) data key positions
-    p = q_pos[:, :, None]  # (B, L, 1)
-
-    # data keys: a data query at i sees j <= i (causal) or every j; a candidate at p
-    # sees j < p (causal) or every j != p (its own key replaces key p)
-    see_data = position_visible(p, j, is_cand, causal)  # (B, L, N)
-    if segment_ids is not None:
-        seg_q = segment_ids.gather(1, segment_positions(q_pos, n, n, causal))  # (B, L)
-        see_data = see_data & (seg_q[:, :, None] == segment_ids[:, None, :])
-    if key_padding_mask is not None:
-        see_data = see_data & ~key_padding_mask.bool()[:, None, :]
+    see_data = data_keys_visible(q_pos, n, n, is_cand, causal, segment_ids,
+                                 key_padding_mask)  # (B, L, N)
 
     # candidate keys: candidate m (query row N + m) sees key N + m only
     rows = torch.arange(length, device=device)[:, None]  # (L, 1)
@@ -103,9 +121,7 @@ def paired_mask(
     if alibi_slopes is None:
         return visible[:, None], live  # (B, 1, L, L) bool
     h = alibi_slopes.numel()
-    # bias of each query row on the data keys, exactly as a data query at its position
-    data_bias = alibi_bias(alibi_slopes, q_pos.reshape(-1), j, alibi_mode)  # (H, B*L, N)
-    data_bias = data_bias.view(h, b, length, n).transpose(0, 1)  # (B, H, L, N)
+    data_bias = data_keys_bias(alibi_slopes, q_pos, n, alibi_mode)  # (B, H, L, N)
     own_bias = data_bias.new_zeros(b, h, length, m)  # own key at distance 0
     bias = torch.cat([data_bias, own_bias], dim=3)  # (B, H, L, L) fp32
     return bias.masked_fill(~visible[:, None], float("-inf")), live
@@ -156,21 +172,13 @@ def candidate_mask(
     candidates]`, (B, 1, M, N + M) bool without ALiBi, (B, H, M, N + M) fp32 additive
     with it. Every row sees its own key, so no row is dead."""
     b, m = cand_pos.shape
-    device = cand_pos.device
-    j = torch.arange(n, device=device)  # (N,)
-    p = cand_pos.long()[:, :, None]  # (B, M, 1)
-    see = position_visible(p, j, True, causal)  # (B, M, N)
-    if segment_ids is not None:
-        seg_c = segment_ids.gather(1, segment_positions(cand_pos.long(), n, 0, causal))  # (B, M)
-        see = see & (seg_c[:, :, None] == segment_ids[:, None, :])
-    if key_padding_mask is not None:
-        see = see & ~key_padding_mask.bool()[:, None, :]
-    own = torch.eye(m, dtype=torch.bool, device=device).expand(b, m, m)  # (B, M, M)
+    see = data_keys_visible(cand_pos.long(), n, 0, True, causal, segment_ids,
+                            key_padding_mask)  # (B, M, N)
+    own = torch.eye(m, dtype=torch.bool, device=cand_pos.device).expand(b, m, m)  # (B, M, M)
     visible = torch.cat([see, own], dim=2)  # (B, M, N + M)
     if alibi_slopes is None:
         return visible[:, None]
-    bias = alibi_bias(alibi_slopes, cand_pos.reshape(-1), j, alibi_mode)  # (H, B*M, N)
-    bias = bias.view(-1, b, m, n).transpose(0, 1)  # (B, H, M, N)
+    bias = data_keys_bias(alibi_slopes, cand_pos.long(), n, alibi_mode)  # (B, H, M, N)
     bias = torch.cat([bias, bias.new_zeros(b, bias.size(1), m, m)], dim=3)  # own key: 0
     return bias.masked_fill(~visible[:, None], float("-inf"))
 
