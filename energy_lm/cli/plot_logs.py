@@ -31,7 +31,6 @@ placed at the wall time of the training records around their update (interpolate
 
 import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional

@@ -16,7 +16,7 @@ that class from then on. ENERGY_LM_SKIP_KERNEL_CHECK=1 trusts the backend unchec
 
 import logging
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import Tensor

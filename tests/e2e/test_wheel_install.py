@@ -15,7 +15,6 @@ import site
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 
