@@ -124,11 +124,13 @@ class EnergyModelMixin:
                           segment_ids=segment_ids, backend=backend, sample_keys=sample_keys)
 
     def candidate_features(self, paired: PairedPass, src_tokens: Tensor, cand_tokens: Tensor,
-                           cand_pos: Tensor) -> Tensor:
+                           cand_pos: Tensor, pre_norm: bool = False) -> Tensor:
         """Stage 2: cand_tokens, cand_pos (B, M) after `paired.recording()` ran the data
-        stream. Returns the candidates' final states (B, M, C)."""
+        stream. Returns the candidates' final states (B, M, C), taken before the trunk's
+        final norm with pre_norm (what the seed energy head reads)."""
         with paired.candidates(cand_pos):
-            return self._trunk().candidate_features(src_tokens, cand_tokens, cand_pos)
+            return self._trunk().candidate_features(src_tokens, cand_tokens, cand_pos,
+                                                    pre_norm=pre_norm)
 
     def load_state_dict(self, state_dict, *args, **kwargs):
         """fairseq's load, with one line when the checkpoint's vocabulary is not the data's
@@ -162,5 +164,8 @@ class EnergyModelMixin:
         if getattr(self, "dictionary_fingerprint", None) is not None:
             state_dict.setdefault(prefix + "dictionary_fingerprint",
                                   self.dictionary_fingerprint.clone())
-        for key, value in self.energy_head.state_dict().items():
-            state_dict.setdefault(prefix + "energy_head." + key, value.detach().clone().zero_())
+        # a newly built head's values: E = 0 for every head (linear and rich start all
+        # zero; the seed head's context factor is zero, its token factor is not, so that
+        # it can learn)
+        for key, value in self.energy_head.initial_state().items():
+            state_dict.setdefault(prefix + "energy_head." + key, value)

@@ -42,7 +42,9 @@ class EnergyOptions(FairseqDataclass):
     energy_head: ChoiceEnum(ENERGY_HEAD_CHOICES) = field(
         default="linear", metadata={"help": "energy head of the residual EBM: linear "
                                             "(default; Linear(d, 1) on the final state) or "
-                                            "rich (adds log q and a bilinear term)"})
+                                            "rich (adds log q and a bilinear term); seed "
+                                            "(the MonArc seed's code: a scaled bilinear form "
+                                            "of context and token states with log q)"})
 
 
 def add_energy_args(parser, options: type) -> None:

@@ -68,10 +68,11 @@ class EnergyTransformerEncoder(TransformerEncoder):
         return wrap_layer(EncoderLayer(cfg, return_fc=self.return_fc), cfg,
                           self.attention_pattern)
 
-    def candidate_features(self, src_tokens, cand_tokens, cand_pos):
+    def candidate_features(self, src_tokens, cand_tokens, cand_pos, pre_norm=False):
         """Stage 2 of a paired forward (see energy_lm.models.energy_model): each candidate
         token (B, M) enters at its data position cand_pos (B, M) and runs through every
-        layer; returns the final states (B, M, C)."""
+        layer; returns the final states (B, M, C) (before the final norm with pre_norm,
+        as the last of fairseq's `encoder_states`)."""
         positions = None
         if self.embed_positions is not None:
             table = self.embed_positions(src_tokens)  # (B, N, C)
@@ -81,7 +82,7 @@ class EnergyTransformerEncoder(TransformerEncoder):
             x = layer(x, encoder_padding_mask=None)
             if isinstance(x, tuple):  # layers built with return_fc
                 x = x[0]
-        if self.layer_norm is not None:
+        if self.layer_norm is not None and not pre_norm:
             x = self.layer_norm(x)
         return x.transpose(0, 1)  # (B, M, C)
 

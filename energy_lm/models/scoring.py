@@ -9,7 +9,8 @@ energy-lm-eval-elm and SIR: every target is scored with exactly the context the 
 to predict it, including a block's last target (position T, past the input) and the
 `</s>` that closes a packed document. Position 0 has no proposal inside the block: its
 candidates see only themselves, and a rich energy head gets a zero context and log q = 0
-there.
+there. The seed head reads the states before the LM's final norm (the same choices
+of state otherwise).
 
 Masked models: at each masked position i (target != pad), the data token and each
 candidate stand at i, see every other position of the masked input and themselves; the
@@ -83,6 +84,18 @@ def _fixup_slots(needs: Tensor):
     return slots, valid
 
 
+def _data_stream(model, src_tokens: Tensor, extra: dict):
+    """Stage 1: the data stream. Returns (features, head_states), both (B, T, C): the
+    final states (for the LM head) and the states the energy head reads, the same
+    tensor unless the head reads the trunk's states before the LM's final norm (the
+    last of fairseq's `inner_states`, time-first)."""
+    if not model.energy_head.reads_pre_norm:
+        features, _ = model(src_tokens, features_only=True, **extra)
+        return features, features
+    features, out = model(src_tokens, features_only=True, return_all_hiddens=True, **extra)
+    return features, out["inner_states"][-1].transpose(0, 1)
+
+
 def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] = None, *,
                        targets: Optional[Tensor] = None, num_samples: int = 1, start: int = 1,
                        segment_ids: Optional[Tensor] = None,
@@ -141,7 +154,7 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
     paired = model.paired_pass(src_tokens, segment_ids, backend=backend, sample_keys=sample_keys)
     with paired.recording():
         extra = {} if segment_ids is None else {"segment_ids": segment_ids}
-        features, _ = model(src_tokens, features_only=True, **extra)  # (B, T, C)
+        features, head_states = _data_stream(model, src_tokens, extra)  # (B, T, C) each
     logits = model.output_layer(features)  # (B, T, V)
     # the proposal of position p is logits[:, p - 1]; position 0 has none
     proposer = logits[:, positions - 1] if start > 0 else None  # (B, P, V)
@@ -160,22 +173,23 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
     k = candidates.size(1)
     cand_tokens = torch.cat([candidates.reshape(bsz, k * num_pos), fix_tokens], dim=1)
     cand_pos = torch.cat([positions.repeat(k).unsqueeze(0).expand(bsz, -1), fix_pos], dim=1)
-    cand_features = model.candidate_features(paired, src_tokens, cand_tokens, cand_pos)
+    cand_features = model.candidate_features(paired, src_tokens, cand_tokens, cand_pos,
+                                             pre_norm=model.energy_head.reads_pre_norm)
     fix_features = cand_features[:, k * num_pos:]  # (B, F, C)
     cand_features = cand_features[:, : k * num_pos].view(bsz, k, num_pos, -1)  # (B, K, P, C)
 
     head = model.energy_head
-    state = features[:, in_stream]  # (B, P, C); replaced below where it is not the context
+    state = head_states[:, in_stream]  # (B, P, C); replaced below where not the context
     context = log_q = cand_log_q = fix_context = fix_log_q = None
     if head.needs_context:
-        context = features.new_zeros(state.shape)
+        context = head_states.new_zeros(state.shape)
         acc = torch.promote_types(logits.dtype, torch.float32)  # fp32; float64 stays
         lprobs = features.new_zeros(bsz, num_pos, logits.size(-1), dtype=acc)
         if start > 0:
-            context = features[:, positions - 1]
+            context = head_states[:, positions - 1]
             lprobs = F.log_softmax(proposer.to(acc), dim=-1)
         else:  # position 0: zero context and log q
-            context[:, 1:] = features[:, positions[1:] - 1]
+            context[:, 1:] = head_states[:, positions[1:] - 1]
             lprobs[:, 1:] = F.log_softmax(logits[:, positions[1:] - 1].to(acc), dim=-1)
         log_q = _token_log_q(lprobs, tokens.unsqueeze(1)).squeeze(1)
         cand_log_q = _token_log_q(lprobs, candidates)
@@ -222,8 +236,9 @@ def masked_energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates: O
     data_tokens = targets.gather(1, positions)  # (B, S), pad in invalid slots
     paired = model.paired_pass(src_tokens, backend=backend, sample_keys=sample_keys)
     with paired.recording():
-        features, _ = model(src_tokens, features_only=True)  # (B, T, C)
-    state = features.gather(1, positions.unsqueeze(-1).expand(-1, -1, features.size(-1)))
+        features, head_states = _data_stream(model, src_tokens, {})  # (B, T, C) each
+    where = positions.unsqueeze(-1).expand(-1, -1, features.size(-1))
+    state = features.gather(1, where)  # (B, S, C): the MLM state at each masked position
     logits = model.output_layer(state)  # (B, S, V)
     if callable(candidates):
         candidates = candidates(logits.detach())
@@ -236,13 +251,14 @@ def masked_energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates: O
     # invalid slots score the pad token at some position; their outputs are ignored
     cand_tokens = torch.cat([data_tokens.unsqueeze(1), candidates], dim=1)  # (B, 1+K, S)
     cand_pos = positions.repeat(1, k + 1)  # (B, (1+K)*S)
-    cand_features = model.candidate_features(
-        paired, src_tokens, cand_tokens.reshape(bsz, -1), cand_pos).view(bsz, k + 1, slots, -1)
-
     head = model.energy_head
+    cand_features = model.candidate_features(
+        paired, src_tokens, cand_tokens.reshape(bsz, -1), cand_pos,
+        pre_norm=head.reads_pre_norm).view(bsz, k + 1, slots, -1)
+
     context = log_q = None
-    if head.needs_context:
-        context = state.unsqueeze(1)  # (B, 1, S, C): the state whose head proposed
+    if head.needs_context:  # the state whose MLM head proposed (B, 1, S, C)
+        context = (head_states.gather(1, where) if head.reads_pre_norm else state).unsqueeze(1)
         acc = torch.promote_types(logits.dtype, torch.float32)
         log_q = _token_log_q(F.log_softmax(logits.to(acc), dim=-1), cand_tokens)
     energies = head(cand_features, context, log_q)  # (B, 1+K, S)

@@ -126,15 +126,18 @@ class EnergyTransformerDecoder(TransformerDecoder):
         # None lets SelfAttention build the causal (+ALiBi) mask from the shared pattern
         return getattr(self, "_document_mask", None)
 
-    def candidate_features(self, prev_output_tokens, cand_tokens, cand_pos):
+    def candidate_features(self, prev_output_tokens, cand_tokens, cand_pos, pre_norm=False):
         """Stage 2 of a paired forward (see energy_lm.models.energy_model): each candidate
         token (B, M) enters at its data position cand_pos (B, M), in the order fairseq's
-        own forward embeds a token; returns the final states (B, M, C)."""
+        own forward embeds a token; returns the final states (B, M, C) (before the final
+        norm with pre_norm, as the last of fairseq's `inner_states`)."""
         positions = (None if self.embed_positions is None else
                      self.candidate_positions(cand_pos, prev_output_tokens.size(1)))
         x = embed_candidates(self, cand_tokens, positions).transpose(0, 1)  # (M, B, C)
         for layer in self.layers:
             x, _, _ = layer(x, None, None, None, self_attn_mask=None, self_attn_padding_mask=None)
+        if pre_norm:
+            return x.transpose(0, 1)
         if self.layer_norm is not None:
             x = self.layer_norm(x)
         x = x.transpose(0, 1)  # (B, M, C)
@@ -150,7 +153,11 @@ class TransformerLMEnergyModel(EnergyModelMixin, TransformerLanguageModel):
 
     def __init__(self, decoder):
         super().__init__(decoder)
-        self.energy_head = EnergyHead(decoder.output_embed_dim, str(decoder.args.energy_head))
+        kind = str(decoder.args.energy_head)
+        # the seed head reads the states before the final norm (and before any output
+        # projection): the trunk's own width
+        dim = decoder.embed_dim if kind == "seed" else decoder.output_embed_dim
+        self.energy_head = EnergyHead(dim, kind)
 
     def _trunk(self):
         return self.decoder

@@ -162,9 +162,10 @@ def test_old_checkpoints_without_an_energy_head_load_with_zero_energy(data_bin):
 
 @pytest.mark.parametrize("arch,task", [("transformer_lm_clap_tiny", "language_modeling"),
                                        ("roberta_clap_tiny", "masked_lm")])
-def test_rich_energy_head_runs_and_starts_at_zero(data_bin, arch, task):
-    model, _ = build_model(data_bin, arch, "--energy-head", "rich", task=task)
-    assert model.energy_head.kind == "rich"
+@pytest.mark.parametrize("head", ["rich", "seed"])
+def test_context_energy_heads_run_and_start_at_zero(data_bin, arch, task, head):
+    model, _ = build_model(data_bin, arch, "--energy-head", head, task=task)
+    assert model.energy_head.kind == head
     tokens = torch.randint(4, 300, (2, 8))
     if task == "language_modeling":
         _, energy, cand_energy = model.score_candidates(tokens, torch.randint(4, 300, (2, 2, 8)))
@@ -174,3 +175,32 @@ def test_rich_energy_head_runs_and_starts_at_zero(data_bin, arch, task):
         out = model.score_masked(tokens, targets, num_samples=2)
         energy, cand_energy = out.energy, out.cand_energy
     assert not energy.any() and not cand_energy.any()  # zero-initialised: E = 0
+
+
+@pytest.mark.parametrize("arch", ["roberta_zero_clap_tiny", "roberta_alibi_tiny"])
+def test_masked_seed_energy_reads_the_masked_positions_state_as_context(data_bin, arch):
+    """Masked family, seed head: E(y at i) pairs y's state at i (a one-layer model: the
+    plain forward with y put at i) with the data stream's state at the masked position,
+    both before the final norm, and log q(y) of the MLM head there."""
+    model, task = energy_model(data_bin, arch, "--encoder-layers", "1", "--energy-head",
+                               "seed", task="masked_lm")
+    d = task.source_dictionary
+    src = torch.randint(4, 300, (1, 10))
+    targets = torch.full_like(src, d.pad())
+    targets[0, 4] = src[0, 4]
+    src[0, 4] = d.index("<mask>")
+    out = model.score_masked(src, targets, num_samples=3)
+
+    def raw_states(tokens):
+        features, extra = model(tokens, features_only=True, return_all_hiddens=True)
+        return features, extra["inner_states"][-1].transpose(0, 1)
+
+    features, masked_raw = raw_states(src)
+    log_q = torch.log_softmax(model.output_layer(features[:, 4:5]), -1)[0, 0]
+    for token, energy in [(targets[0, 4], out.energy[0, 0])] + [
+            (out.cand_tokens[0, k, 0], out.cand_energy[0, k, 0]) for k in range(3)]:
+        filled = src.clone()
+        filled[0, 4] = token
+        _, raw = raw_states(filled)
+        expected = model.energy_head(raw[0, 4], masked_raw[0, 4], log_q[token])
+        torch.testing.assert_close(energy, expected, rtol=1e-9, atol=1e-9)

@@ -27,6 +27,17 @@ def energy_by_plain_forward(model, context, token, segments=None):
     return model.energy_head(features[:, -1])
 
 
+def seed_energy_by_plain_forward(model, context, token):
+    """The seed head's E(token | context) by a plain forward on context + token: the
+    states before the final norm (fairseq's last inner state) of the token and of the
+    context's last position, and the LM's log q(token) there: (B,)."""
+    seq = torch.cat([context, token[:, None]], dim=1)
+    features, extra = model(seq, features_only=True)
+    raw = extra["inner_states"][-1].transpose(0, 1)
+    log_q = torch.log_softmax(model.output_layer(features[:, -2]), -1).gather(-1, token[:, None])
+    return model.energy_head(raw[:, -1], raw[:, -2], log_q[:, 0])
+
+
 def lm_rows(docs, eos, pad, length=None):
     """fairseq's language-modelling layout of one document per row (--sample-break-mode
     eos): src = [</s>, w...], target = [w..., </s>], right-padded to `length`."""
@@ -41,7 +52,7 @@ def lm_rows(docs, eos, pad, length=None):
 
 
 @pytest.mark.parametrize("arch", ALIBI_ARCHS + ["transformer_lm_clap_tiny"])
-@pytest.mark.parametrize("head", ["linear", "rich"])
+@pytest.mark.parametrize("head", ["linear", "rich", "seed"])
 def test_every_target_of_a_padded_batch_is_scored_in_its_own_context(data_bin, arch, head):
     from energy_lm.models.scoring import causal_energy_pass
 
@@ -51,10 +62,11 @@ def test_every_target_of_a_padded_batch_is_scored_in_its_own_context(data_bin, a
     out = causal_energy_pass(model, src, targets=tgt, num_samples=2)
     assert out.scored.sum() == sum(len(doc) + 1 for doc in docs)  # every target, </s> too
     assert out.energy.dtype == torch.float64
-    if head == "linear":  # the rich head's E also needs log q and the context state
+    if head in ("linear", "seed"):
+        score = energy_by_plain_forward if head == "linear" else seed_energy_by_plain_forward
         for b, doc in enumerate(docs):
             for t in range(len(doc) + 1):  # target t is predicted from src[:t + 1]
-                expected = energy_by_plain_forward(model, src[b: b + 1, : t + 1], tgt[b: b + 1, t])
+                expected = score(model, src[b: b + 1, : t + 1], tgt[b: b + 1, t])
                 torch.testing.assert_close(out.energy[b, t], expected[0], rtol=1e-9, atol=1e-9)
     # each row alone, unpadded, gives the same energies and candidate energies
     for b, doc in enumerate(docs):
