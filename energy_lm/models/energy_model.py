@@ -12,6 +12,7 @@ at its data position; `model.energy_head` turns states into energies.
 """
 
 import hashlib
+import logging
 import os
 from typing import List, Optional
 
@@ -164,6 +165,17 @@ class EnergyModelMixin:
         if getattr(self, "dictionary_fingerprint", None) is not None:
             state_dict.setdefault(prefix + "dictionary_fingerprint",
                                   self.dictionary_fingerprint.clone())
+        head_prefix = prefix + "energy_head."
+        theirs = {k[len(head_prefix):] for k in state_dict if k.startswith(head_prefix)}
+        if theirs and theirs != set(self.energy_head.state_dict()):
+            # a checkpoint trained with another kind of energy head: continuing it with
+            # this one (an adaptation) starts this head afresh, the trunk as it was
+            logging.getLogger(__name__).warning(
+                "the checkpoint's energy head has other parameters (%s) than this model's "
+                "%s head: starting the %s head afresh (E = 0)", ", ".join(sorted(theirs)),
+                self.energy_head.kind, self.energy_head.kind)
+            for key in [k for k in state_dict if k.startswith(head_prefix)]:
+                del state_dict[key]
         # a newly built head's values: E = 0 for every head (linear and rich start all
         # zero; the seed head's context factor is zero, its token factor is not, so that
         # it can learn)

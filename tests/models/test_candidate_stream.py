@@ -204,3 +204,17 @@ def test_masked_seed_energy_reads_the_masked_positions_state_as_context(data_bin
         _, raw = raw_states(filled)
         expected = model.energy_head(raw[0, 4], masked_raw[0, 4], log_q[token])
         torch.testing.assert_close(energy, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_a_checkpoint_with_another_energy_head_continues_with_a_fresh_one(data_bin):
+    """An adaptation with --energy-head seed from a linear-head checkpoint: the trunk
+    loads, the new head starts at its own E = 0 state."""
+    old, _ = build_model(data_bin, "transformer_lm_alibi_tiny", task="language_modeling")
+    torch.nn.init.normal_(old.energy_head.proj.weight)
+    new, _ = build_model(data_bin, "transformer_lm_alibi_tiny", "--energy-head", "seed",
+                         task="language_modeling")
+    state = old.state_dict()
+    new.upgrade_state_dict_named(state, "")
+    new.load_state_dict(state, strict=True)
+    assert not new.energy_head.context_proj.weight.any()
+    torch.testing.assert_close(new.decoder.layers[0].fc1.weight, old.decoder.layers[0].fc1.weight)

@@ -1,0 +1,147 @@
+"""Which energy head, loss, weight and candidate count learn on real text (issue 20).
+
+A base causal LM (transformer_lm_alibi_tiny, replicate.py's settings: blocks of 128,
+batch 16) is trained from scratch with MonArc and the default linear head; each setting
+of the grid then continues it for --updates updates with its head (started afresh,
+E = 0), loss, weight and candidate count. Every continued model is scored by
+`energy-lm-eval-elm`: the LM and the ELM with exact Z on a fixed subset (the first
+--exact-batches blocks of the valid split), and the labelled estimate on the whole
+split. The table gives, per setting, exact-Z ELM - LM, the last energy_gap, and the
+stability of the first 50 updates (the largest z and the largest rise of the LM loss
+over its first logged value).
+
+    energy-lm-prepare debian --out debian --workers 2
+    python examples/energy_lm/energy_study.py --data debian/data-bin --out study --jobs 2
+
+Finished runs and evaluations are not redone (an interrupted study resumes); --jobs 2
+runs two settings side by side, one thread each. The table is rewritten after every
+finished setting.
+"""
+
+import argparse
+import itertools
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adapt import evaluate  # noqa: E402  (same folder)
+from replicate import CAUSAL, CAUSAL_ARCH, RESET, train  # noqa: E402
+
+Setting = Tuple[str, str, float, int]  # head, loss, weight, candidates
+
+
+def base_run(data: Path, out: Path, updates: int) -> Path:
+    train(data, out / "base", [*CAUSAL, *CAUSAL_ARCH, "--criterion", "monarc",
+                               "--max-update", str(updates), "--total-num-update", str(updates),
+                               "--save-interval-updates", str(updates)], seed=1)
+    return out / "base" / "checkpoint_best.pt"
+
+
+def run_name(setting: Setting) -> str:
+    head, loss, weight, k = setting
+    return f"{head}-{loss}-w{weight:g}-k{k}"
+
+
+def continue_run(data: Path, out: Path, base: Path, setting: Setting, updates: int,
+                 lr: str, seed: int) -> Path:
+    head, loss, weight, k = setting
+    save = out / f"{run_name(setting)}_seed{seed}"
+    train(data, save, [*CAUSAL, *CAUSAL_ARCH, "--criterion", loss, "--energy-head", head,
+                       "--energy-weight", str(weight), "--num-candidates", str(k),
+                       "--restore-file", str(base), *RESET, "--lr", lr,
+                       "--warmup-updates", "0", "--max-update", str(updates),
+                       "--total-num-update", str(updates), "--save-interval-updates",
+                       str(updates), "--log-interval", "5"], seed)
+    return save
+
+
+def train_curve(log: Path) -> List[dict]:
+    """The train_inner records of a json-format fairseq log (every 5 updates)."""
+    records = []
+    for line in log.read_text().splitlines():
+        brace = line.find("{")
+        if brace < 0 or '"lm_loss"' not in line or "valid_" in line:
+            continue
+        try:
+            rec = json.loads(line[brace:])
+        except json.JSONDecodeError:
+            continue
+        if "num_updates" in rec:
+            records.append({k: float(v) for k, v in rec.items() if k in
+                            ("num_updates", "lm_loss", "z", "energy_gap", "energy_acc",
+                             "ebm_loss", "gnorm")})
+    return records
+
+
+def summarise(save: Path, result: dict) -> dict:
+    curve = train_curve(save / "train.log")
+    first = [r for r in curve if r["num_updates"] <= 50]
+    start = first[0]["lm_loss"] if first else float("nan")
+    return dict(
+        lm_exact=result["lm_on_exact"], elm_exact=result["elm_exact"],
+        gain_exact=result["elm_exact"] - result["lm_on_exact"],
+        lm=result["lm"], elm_est=result.get("elm_est"),
+        energy_gap=curve[-1].get("energy_gap") if curve else None,
+        z_max_50=max((r.get("z", 1.0) for r in first), default=None),
+        lm_rise_50=max((r["lm_loss"] - start for r in first), default=None),
+        seconds=json.loads((save / "summary.json").read_text())["seconds"],
+        gap_curve=[(r["num_updates"], r.get("energy_gap")) for r in curve])
+
+
+def table(rows: Dict[str, dict]) -> str:
+    lines = ["| setting | LM bits (exact subset) | ELM bits, exact Z | ELM - LM | "
+             "last energy_gap | max z, updates 1-50 | max LM rise, 1-50 (bits) | train s | "
+             "ELM - LM per CPU-hour |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in sorted(rows.items(), key=lambda kv: kv[1]["gain_exact"]):
+        per_hour = r["gain_exact"] / (r["seconds"] / 3600)
+        lines.append(f"| {name} | {r['lm_exact']:.4f} | {r['elm_exact']:.4f} | "
+                     f"{r['gain_exact']:+.4f} | {r['energy_gap']:+.4f} | {r['z_max_50']:.3f} | "
+                     f"{r['lm_rise_50']:+.3f} | {r['seconds']:.0f} | {per_hour:+.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--base-updates", type=int, default=300)
+    parser.add_argument("--updates", type=int, default=100, help="each continuation")
+    parser.add_argument("--lr", default="1e-3", help="continuations' peak lr (decays to 0)")
+    parser.add_argument("--heads", nargs="+", default=["linear", "rich", "seed"])
+    parser.add_argument("--losses", nargs="+", default=["monarc", "nce"])
+    parser.add_argument("--weights", type=float, nargs="+", default=[2.0])
+    parser.add_argument("--candidates", type=int, nargs="+", default=[1])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--exact-batches", type=int, default=2,
+                        help="blocks of the valid split that get exact Z")
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    base = base_run(args.data, args.out, args.base_updates)
+    grid = list(itertools.product(args.heads, args.losses, args.weights, args.candidates))
+    rows: Dict[str, dict] = {}
+    results = args.out / "results.json"
+    if results.exists():
+        rows.update(json.loads(results.read_text()))
+
+    def run(setting: Setting):
+        save = continue_run(args.data, args.out, base, setting, args.updates, args.lr, args.seed)
+        return run_name(setting), summarise(save, evaluate(args.data, save, args.exact_batches))
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for name, row in pool.map(run, grid):
+            rows[name] = row
+            results.write_text(json.dumps(rows, indent=1))
+            (args.out / "table.md").write_text(table(rows) + "\n")
+    text = table(rows)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
