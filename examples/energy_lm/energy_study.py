@@ -29,7 +29,7 @@ from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adapt import evaluate  # noqa: E402  (same folder)
-from replicate import CAUSAL, CAUSAL_ARCH, RESET, train  # noqa: E402
+from replicate import CAUSAL, CAUSAL_ARCH, RESET, log_records, train  # noqa: E402
 
 Setting = Tuple[str, str, float, int]  # head, loss, weight, candidates
 
@@ -61,20 +61,9 @@ def continue_run(data: Path, out: Path, base: Path, setting: Setting, updates: i
 
 def train_curve(log: Path) -> List[dict]:
     """The train_inner records of a json-format fairseq log (every 5 updates)."""
-    records = []
-    for line in log.read_text().splitlines():
-        brace = line.find("{")
-        if brace < 0 or '"lm_loss"' not in line or "valid_" in line:
-            continue
-        try:
-            rec = json.loads(line[brace:])
-        except json.JSONDecodeError:
-            continue
-        if "num_updates" in rec:
-            records.append({k: float(v) for k, v in rec.items() if k in
-                            ("num_updates", "lm_loss", "z", "energy_gap", "energy_acc",
-                             "ebm_loss", "gnorm")})
-    return records
+    keep = ("num_updates", "lm_loss", "z", "energy_gap", "energy_acc", "ebm_loss", "gnorm")
+    return [{k: float(v) for k, v in rec.items() if k in keep} for rec in log_records(log)
+            if "lm_loss" in rec and "num_updates" in rec]
 
 
 def summarise(save: Path, result: dict) -> dict:

@@ -78,17 +78,24 @@ def train(data: Path, save_dir: Path, args: List[str], seed: int) -> dict:
     return summary
 
 
-def parse_log(path: Path) -> dict:
-    """The last valid record and the last train record of a json-format fairseq log."""
-    valid, train_rec = {}, {}
+def log_records(path: Path) -> List[dict]:
+    """Every json record of a json-format fairseq log, in order."""
+    records = []
     for line in path.read_text().splitlines():
         brace = line.find("{")
         if brace < 0:
             continue
         try:
-            record = json.loads(line[brace:])
+            records.append(json.loads(line[brace:]))
         except json.JSONDecodeError:
             continue
+    return records
+
+
+def parse_log(path: Path) -> dict:
+    """The last valid record and the last train record of a json-format fairseq log."""
+    valid, train_rec = {}, {}
+    for record in log_records(path):
         if "valid_loss" in record:
             valid = record
         elif "train_loss" in record:
