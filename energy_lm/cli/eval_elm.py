@@ -117,7 +117,7 @@ class Totals:
     """Sums over scored tokens (nats) of each figure, on the whole run and on the
     exact-Z subset."""
 
-    KEYS = ("nll", "energy", "log_z_est", "log_z_var", "log_z_lower", "log_z")
+    KEYS = ("nll", "energy", "log_z_est", "log_z_var", "log_z_lower", "log_z", "gain_sq")
 
     def __init__(self):
         self.all = dict.fromkeys(self.KEYS, 0.0)
@@ -130,12 +130,26 @@ class Totals:
             into[key] += float((value * m).sum())
 
 
+def per_token_rows(sample, out: ScoredBatch, figures: Dict[str, Tensor]) -> List[dict]:
+    """One record per scored token, keyed by (sample id, position in the scored layout) so
+    that two checkpoints scored on the same split pair token by token; figures in bits."""
+    ids = sample.get("id")
+    rows = []
+    for b, p in out.scored.nonzero().tolist():
+        row = {"id": int(ids[b]) if ids is not None else b, "position": p,
+               "token": int(out.tokens[b, p])}
+        row.update({k: float(v[b, p]) / LN2 for k, v in figures.items()})
+        rows.append(row)
+    return rows
+
+
 def evaluate(model, batches: Iterable, num_samples: int = 16, topk: int = 16,
              exact_z_batches: int = 0, generator: Optional[torch.Generator] = None,
-             chunk: int = 256, progress: Optional[Callable[[int, int], None]] = None
-             ) -> Dict[str, float]:
+             chunk: int = 256, progress: Optional[Callable[[int, int], None]] = None,
+             per_token: Optional[List[dict]] = None) -> Dict[str, float]:
     """Figures in bits per scored token (see the module docstring); `exact_z_batches`:
-    how many leading batches also get the exact Z (-1: all)."""
+    how many leading batches also get the exact Z (-1: all). `per_token`, where given,
+    receives one record per scored token of the exact-Z batches (`per_token_rows`)."""
     from energy_lm.losses import topk_tail_log_z
 
     vocab = model._trunk().embed_tokens.num_embeddings
@@ -160,9 +174,14 @@ def evaluate(model, batches: Iterable, num_samples: int = 16, topk: int = 16,
             totals.add(totals.all, out.scored, **figures)
             totals.count += int(out.scored.sum())
             if exact_z_batches < 0 or i < exact_z_batches:
-                totals.add(totals.exact, out.scored, log_z=exact_log_z_of(model, sample, chunk),
-                           **figures)
+                log_z = exact_log_z_of(model, sample, chunk)
+                gain = out.energy + log_z  # ELM - LM at this token (nats), paired by construction
+                totals.add(totals.exact, out.scored, log_z=log_z, gain_sq=gain * gain, **figures)
                 totals.exact_count += int(out.scored.sum())
+                if per_token is not None:
+                    per_token.extend(per_token_rows(sample, out, dict(
+                        lm=figures["nll"], energy=out.energy, log_z=log_z,
+                        log_z_est=figures["log_z_est"])))
             if progress is not None:
                 progress(i + 1, totals.count)
     if totals.count == 0:
@@ -186,6 +205,8 @@ def summarize(totals: Totals) -> Dict[str, float]:
     }
     e, m = totals.exact, totals.exact_count
     if m:
+        gain = (e["energy"] + e["log_z"]) / m  # mean of the per-token ELM - LM (nats)
+        spread = max(e["gain_sq"] / m - gain * gain, 0.0) * m / max(m - 1, 1)
         result.update({
             "exact_tokens": m,
             "lm_on_exact": bits(e, m, "nll"),
@@ -193,6 +214,8 @@ def summarize(totals: Totals) -> Dict[str, float]:
             "elm_est_on_exact": bits(e, m, "nll", "energy", "log_z_est"),
             "elm_est_stderr_on_exact": math.sqrt(e["log_z_var"]) / m / LN2,
             "elm_lower_on_exact": bits(e, m, "nll", "energy", "log_z_lower"),
+            "elm_minus_lm_exact": gain / LN2,
+            "elm_minus_lm_exact_stderr": math.sqrt(spread / m) / LN2,
         })
     return result
 
@@ -225,6 +248,9 @@ def report(result: Dict[str, float], split: str, family: str, topk: int, num_sam
         row("  elm estimate there", result["elm_est_on_exact"],
             f"estimate +- {result['elm_est_stderr_on_exact']:.4f}; bias vs exact "
             f"{result['elm_est_on_exact'] - result['elm_exact']:+.4f}")
+        lines.append(f"  {'  elm - lm, paired per token':<28}{result['elm_minus_lm_exact']:+9.4f}"
+                     f"{'':>10}  exact +- {result['elm_minus_lm_exact_stderr']:.4f} (std error "
+                     f"of the mean over the {result['exact_tokens']} tokens)")
     return "\n".join(lines)
 
 
@@ -284,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the figures (bits) to this file as JSON")
+    parser.add_argument("--per-token", type=Path, default=None,
+                        help="with --exact-z: write one JSON line per token of the exact-Z "
+                             "batches (id, position, token, lm, energy, log_z, log_z_est; "
+                             "bits) to pair two checkpoints token by token")
     return parser
 
 
@@ -295,6 +325,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.max_batches < 0 or args.exact_z_batches < 0:
         parser.error("--max-batches and --exact-z-batches must be >= 0")
+    if args.per_token is not None and not args.exact_z:
+        parser.error("--per-token needs --exact-z (its records are the exact-Z tokens)")
     for required, what in ((args.path, "checkpoint"), (args.data_bin / "dict.txt", "dictionary")):
         if not required.exists():
             parser.error(f"{what} not found: {required}")
@@ -350,9 +382,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
                   file=sys.stderr, flush=True)
 
     generator = torch.Generator(device=device).manual_seed(args.seed)
+    per_token: Optional[List[dict]] = [] if args.per_token is not None else None
     result = evaluate(model, batches(), args.num_samples, args.topk,
                       exact_z_batches=exact_batches, generator=generator,
-                      chunk=args.vocab_chunk, progress=progress)
+                      chunk=args.vocab_chunk, progress=progress, per_token=per_token)
+    if per_token is not None:
+        partial = args.per_token.with_name(args.per_token.name + ".tmp")
+        partial.write_text("".join(json.dumps(row) + "\n" for row in per_token))
+        partial.replace(args.per_token)  # whole or absent
     family = "masked" if is_masked(model) else "causal"
     print(report(result, args.split, family, args.topk, args.num_samples))
     if args.json is not None:

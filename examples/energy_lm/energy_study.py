@@ -4,9 +4,9 @@ A base causal LM (transformer_lm_alibi_tiny, replicate.py's settings: blocks of 
 batch 16) is trained from scratch with MonArc and the default linear head; each setting
 of the grid then continues it for --updates updates with its head (started afresh,
 E = 0), loss, weight and candidate count. Every continued model is scored by
-`energy-lm-eval-elm`: the LM and the ELM with exact Z on a fixed subset (the first
---exact-batches blocks of the valid split), and the labelled estimate on the whole
-split. The table gives, per setting, exact-Z ELM - LM, the last energy_gap, and the
+`energy-lm-eval-elm` on a fixed subset (the first --exact-batches blocks of the valid
+split): the LM and the ELM with exact Z, token by token. The table gives, per setting,
+the paired ELM - LM with its standard error over those tokens, the last energy_gap, and the
 stability of the first 50 updates (the largest z and the largest rise of the LM loss
 over its first logged value).
 
@@ -72,8 +72,9 @@ def summarise(save: Path, result: dict) -> dict:
     start = first[0]["lm_loss"] if first else float("nan")
     return dict(
         lm_exact=result["lm_on_exact"], elm_exact=result["elm_exact"],
-        gain_exact=result["elm_exact"] - result["lm_on_exact"],
-        lm=result["lm"], elm_est=result.get("elm_est"),
+        gain_exact=result["elm_minus_lm_exact"],
+        gain_stderr=result["elm_minus_lm_exact_stderr"], exact_tokens=result["exact_tokens"],
+        elm_est_on_exact=result["elm_est_on_exact"],
         energy_gap=curve[-1].get("energy_gap") if curve else None,
         z_max_50=max((r.get("z", 1.0) for r in first), default=None),
         lm_rise_50=max((r["lm_loss"] - start for r in first), default=None),
@@ -82,13 +83,13 @@ def summarise(save: Path, result: dict) -> dict:
 
 
 def table(rows: Dict[str, dict]) -> str:
-    lines = ["| setting | LM bits (exact subset) | ELM bits, exact Z | ELM - LM | "
+    lines = ["| setting | LM bits (exact subset) | ELM bits, exact Z | ELM - LM, paired ± s.e. | "
              "last energy_gap | max z, updates 1-50 | max LM rise, 1-50 (bits) | train s | "
              "ELM - LM per CPU-hour |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in sorted(rows.items(), key=lambda kv: kv[1]["gain_exact"]):
         per_hour = r["gain_exact"] / (r["seconds"] / 3600)
         lines.append(f"| {name} | {r['lm_exact']:.4f} | {r['elm_exact']:.4f} | "
-                     f"{r['gain_exact']:+.4f} | {r['energy_gap']:+.4f} | {r['z_max_50']:.3f} | "
+                     f"{r['gain_exact']:+.4f} ± {r['gain_stderr']:.4f} | {r['energy_gap']:+.4f} | {r['z_max_50']:.3f} | "
                      f"{r['lm_rise_50']:+.3f} | {r['seconds']:.0f} | {per_hour:+.3f} |")
     return "\n".join(lines)
 
@@ -120,7 +121,8 @@ def main(argv=None) -> str:
 
     def run(setting: Setting):
         save = continue_run(args.data, args.out, base, setting, args.updates, args.lr, args.seed)
-        return run_name(setting), summarise(save, evaluate(args.data, save, args.exact_batches))
+        return run_name(setting), summarise(save, evaluate(args.data, save, args.exact_batches,
+                                                         whole_split=False))
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for name, row in pool.map(run, grid):

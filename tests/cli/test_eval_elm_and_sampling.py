@@ -62,6 +62,37 @@ def test_elm_estimate_approaches_exact_z_and_is_labelled(data_bin):
         assert label in text, (label, text)
 
 
+def test_paired_elm_minus_lm_and_its_per_token_records(data_bin):
+    """The paired ELM - LM is the mean of the per-token differences E(x) + log Z (the
+    records' own figures), with the standard error of that mean."""
+    model, task = energy_lm(data_bin)
+    torch.manual_seed(4)
+    batches = []
+    for n in (5, 7):  # two batches of different lengths, ids as fairseq gives them
+        src = torch.randint(4, 300, (2, n))
+        target = torch.cat([src[:, 1:], torch.randint(4, 300, (2, 1))], dim=1)
+        batches.append(dict(lm_batch(src, target), id=torch.tensor([2 * n, 2 * n + 1])))
+    records = []
+    result = evaluate(model, batches, num_samples=4, topk=4, exact_z_batches=-1,
+                      generator=torch.Generator().manual_seed(0), per_token=records)
+    assert len(records) == result["exact_tokens"] == 24
+    assert len({(r["id"], r["position"]) for r in records}) == 24  # a key per token
+    gains = torch.tensor([r["energy"] + r["log_z"] for r in records], dtype=torch.float64)
+    assert result["elm_minus_lm_exact"] == pytest.approx(float(gains.mean()), abs=1e-6)
+    assert result["elm_minus_lm_exact"] == pytest.approx(
+        result["elm_exact"] - result["lm_on_exact"], abs=1e-6)
+    stderr = float(gains.std() / len(gains) ** 0.5)
+    assert stderr > 0.01 and result["elm_minus_lm_exact_stderr"] == pytest.approx(stderr,
+                                                                                   rel=1e-4)
+    lm = sum(r["lm"] for r in records) / len(records)
+    assert result["lm_on_exact"] == pytest.approx(lm, abs=1e-6)
+    assert "paired per token" in report(result, "valid", "causal", 4, 4)
+    none = []
+    evaluate(model, batches, num_samples=4, topk=4, exact_z_batches=1,
+             generator=torch.Generator().manual_seed(0), per_token=none)
+    assert len(none) == 10  # only the exact-Z batch's tokens
+
+
 def test_a_figure_below_zero_bits_prints_no_perplexity():
     result = {"tokens": 3, "lm": 1.0, "elm_z1": -0.6, "elm_est": -0.61, "elm_est_stderr": 0.01,
               "elm_lower": -0.7}
@@ -143,8 +174,13 @@ def test_eval_elm_cli_and_hub_sampling_on_a_trained_checkpoint(data_bin, tmp_pat
             "--save-dir", tmp_path)
     result = run_cli("energy-lm-eval-elm", data_bin, "--path", tmp_path / "checkpoint_last.pt",
                      "--num-samples", "4", "--topk", "4", "--max-batches", "2", "--batch-size",
-                     "2", "--tokens-per-sample", "16", "--exact-z", "--exact-z-batches", "1")
+                     "2", "--tokens-per-sample", "16", "--exact-z", "--exact-z-batches", "1",
+                     "--per-token", tmp_path / "tokens.jsonl", "--json", tmp_path / "f.json")
     out = result.stdout
+    records = [json.loads(line) for line in (tmp_path / "tokens.jsonl").read_text().splitlines()]
+    figures = json.loads((tmp_path / "f.json").read_text())
+    assert len(records) == figures["exact_tokens"] > 0
+    assert re.search(r"elm - lm, paired per token\s+[-+][0-9.]+\s+exact \+- [0-9.]+", out), out
     for label, kind in (("lm", "exact"), (r"elm \(Z = 1\)", "convention"),
                         (r"elm \(top-4 \+ tail, K=4\)", "estimate"),
                         ("elm lower bound", "bound"), (r"elm \(exact Z\)", "exact")):
@@ -152,6 +188,9 @@ def test_eval_elm_cli_and_hub_sampling_on_a_trained_checkpoint(data_bin, tmp_pat
     assert "exact Z:" in result.stderr and "batch 1/2" in result.stderr  # cost, progress
     bad = run_cli("energy-lm-eval-elm", data_bin, "--path", tmp_path / "missing.pt", check=False)
     assert bad.returncode == 2 and "checkpoint not found" in error_line(bad.stderr)
+    bad = run_cli("energy-lm-eval-elm", data_bin, "--path", tmp_path / "checkpoint_last.pt",
+                  "--per-token", tmp_path / "x.jsonl", check=False)
+    assert bad.returncode == 2 and "--per-token needs --exact-z" in error_line(bad.stderr)
 
     from energy_lm.models.transformer_lm_energy import TransformerLMEnergyModel
 
