@@ -43,13 +43,13 @@ def test_seed_head_is_the_seeds_scaled_bilinear_form():
         torch.testing.assert_close(many[:, k], head(cands[:, k], context, log_q))
 
 
-def test_rich_head_scales_its_bilinear_term_by_one_over_sqrt_d():
+def test_rich_head_scales_its_bilinear_term_by_one_over_d():
     d = 16
     head = randomised(EnergyHead(d, "rich"))
     state, context = torch.randn(7, d, dtype=torch.float64), torch.randn(7, d, dtype=torch.float64)
     log_q = -torch.rand(7, dtype=torch.float64)
     expected = state @ head.proj.weight[0] + head.proj.bias + head.log_q_weight * log_q + \
-        ((context @ head.bilinear.weight) * state).sum(-1) / math.sqrt(d)
+        ((context @ head.bilinear.weight) * state).sum(-1) / d
     torch.testing.assert_close(head(state, context, log_q), expected, rtol=1e-12, atol=1e-12)
 
 
