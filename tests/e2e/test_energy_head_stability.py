@@ -4,7 +4,7 @@ A CE-trained transformer_lm_alibi_tiny (blocks of 128, batch 16: the study's set
 continues for 50 updates under MonArc with `--energy-head rich --energy-weight 4
 --num-candidates 4` at lr 1e-3 with no warmup, the flags that, before the bilinear term
 was scaled by 1/sqrt(d), took z to 16 and the LM loss 0.19 bits up within 25 updates on
-this corpus (5.5 and 0.5 bits on the Debian corpus), and at 1/sqrt(d) still swung z from
+this corpus from a 100-update base (5.5 and 0.5 bits on the Debian corpus), and at 1/sqrt(d) still swung z from
 3.9 to 0.35 and the LM 0.13 bits up in 15 updates. Now z stays within [0.5, 2] and the
 LM loss within 0.05 bits of its start (the first log record, updates 1-5) at every log
 point of the first 50 updates.
