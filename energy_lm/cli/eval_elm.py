@@ -130,15 +130,18 @@ class Totals:
             into[key] += float((value * m).sum())
 
 
-def per_token_rows(sample, out: ScoredBatch, figures: Dict[str, Tensor]) -> List[dict]:
+def per_token_rows(sample, out: ScoredBatch, figures: Dict[str, Optional[Tensor]]
+                   ) -> List[dict]:
     """One record per scored token, keyed by (sample id, position in the scored layout) so
-    that two checkpoints scored on the same split pair token by token; figures in bits."""
+    that two checkpoints scored on the same split pair token by token; figures in bits
+    (None where a figure was not computed: log_z outside the exact-Z batches)."""
     ids = sample.get("id")
     rows = []
     for b, p in out.scored.nonzero().tolist():
         row = {"id": int(ids[b]) if ids is not None else b, "position": p,
                "token": int(out.tokens[b, p])}
-        row.update({k: float(v[b, p]) / LN2 for k, v in figures.items()})
+        row.update({k: None if v is None else float(v[b, p]) / LN2
+                    for k, v in figures.items()})
         rows.append(row)
     return rows
 
@@ -149,7 +152,7 @@ def evaluate(model, batches: Iterable, num_samples: int = 16, topk: int = 16,
              per_token: Optional[List[dict]] = None) -> Dict[str, float]:
     """Figures in bits per scored token (see the module docstring); `exact_z_batches`:
     how many leading batches also get the exact Z (-1: all). `per_token`, where given,
-    receives one record per scored token of the exact-Z batches (`per_token_rows`)."""
+    receives one record per scored token (`per_token_rows`)."""
     from energy_lm.losses import topk_tail_log_z
 
     vocab = model._trunk().embed_tokens.num_embeddings
@@ -173,15 +176,16 @@ def evaluate(model, batches: Iterable, num_samples: int = 16, topk: int = 16,
                            log_z_est=log_z, log_z_var=stderr ** 2, log_z_lower=lower)
             totals.add(totals.all, out.scored, **figures)
             totals.count += int(out.scored.sum())
+            log_z = None
             if exact_z_batches < 0 or i < exact_z_batches:
                 log_z = exact_log_z_of(model, sample, chunk)
                 gain = out.energy + log_z  # ELM - LM at this token (nats), paired by construction
                 totals.add(totals.exact, out.scored, log_z=log_z, gain_sq=gain * gain, **figures)
                 totals.exact_count += int(out.scored.sum())
-                if per_token is not None:
-                    per_token.extend(per_token_rows(sample, out, dict(
-                        lm=figures["nll"], energy=out.energy, log_z=log_z,
-                        log_z_est=figures["log_z_est"])))
+            if per_token is not None:
+                per_token.extend(per_token_rows(sample, out, dict(
+                    lm=figures["nll"], energy=out.energy, log_z=log_z,
+                    log_z_est=figures["log_z_est"])))
             if progress is not None:
                 progress(i + 1, totals.count)
     if totals.count == 0:
@@ -311,9 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the figures (bits) to this file as JSON")
     parser.add_argument("--per-token", type=Path, default=None,
-                        help="with --exact-z: write one JSON line per token of the exact-Z "
-                             "batches (id, position, token, lm, energy, log_z, log_z_est; "
-                             "bits) to pair two checkpoints token by token")
+                        help="write one JSON line per scored token (id, position, token, lm, "
+                             "energy, log_z_est and, on the exact-Z batches, log_z; bits) "
+                             "to pair two checkpoints token by token")
     return parser
 
 
@@ -325,8 +329,6 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.max_batches < 0 or args.exact_z_batches < 0:
         parser.error("--max-batches and --exact-z-batches must be >= 0")
-    if args.per_token is not None and not args.exact_z:
-        parser.error("--per-token needs --exact-z (its records are the exact-Z tokens)")
     for required, what in ((args.path, "checkpoint"), (args.data_bin / "dict.txt", "dictionary")):
         if not required.exists():
             parser.error(f"{what} not found: {required}")

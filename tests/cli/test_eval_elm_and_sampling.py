@@ -87,10 +87,12 @@ def test_paired_elm_minus_lm_and_its_per_token_records(data_bin):
     lm = sum(r["lm"] for r in records) / len(records)
     assert result["lm_on_exact"] == pytest.approx(lm, abs=1e-6)
     assert "paired per token" in report(result, "valid", "causal", 4, 4)
-    none = []
+    partly = []
     evaluate(model, batches, num_samples=4, topk=4, exact_z_batches=1,
-             generator=torch.Generator().manual_seed(0), per_token=none)
-    assert len(none) == 10  # only the exact-Z batch's tokens
+             generator=torch.Generator().manual_seed(0), per_token=partly)
+    assert len(partly) == 24  # every token; log Z only where it was summed (the first batch)
+    assert [r["log_z"] is None for r in partly] == [False] * 10 + [True] * 14
+    assert [r["lm"] for r in partly] == pytest.approx([r["lm"] for r in records], abs=1e-9)
 
 
 def test_a_figure_below_zero_bits_prints_no_perplexity():
@@ -179,7 +181,8 @@ def test_eval_elm_cli_and_hub_sampling_on_a_trained_checkpoint(data_bin, tmp_pat
     out = result.stdout
     records = [json.loads(line) for line in (tmp_path / "tokens.jsonl").read_text().splitlines()]
     figures = json.loads((tmp_path / "f.json").read_text())
-    assert len(records) == figures["exact_tokens"] > 0
+    assert len(records) == figures["tokens"] > figures["exact_tokens"] > 0
+    assert sum(r["log_z"] is not None for r in records) == figures["exact_tokens"]
     assert re.search(r"elm - lm, paired per token\s+[-+][0-9.]+\s+exact \+- [0-9.]+", out), out
     for label, kind in (("lm", "exact"), (r"elm \(Z = 1\)", "convention"),
                         (r"elm \(top-4 \+ tail, K=4\)", "estimate"),
@@ -188,9 +191,6 @@ def test_eval_elm_cli_and_hub_sampling_on_a_trained_checkpoint(data_bin, tmp_pat
     assert "exact Z:" in result.stderr and "batch 1/2" in result.stderr  # cost, progress
     bad = run_cli("energy-lm-eval-elm", data_bin, "--path", tmp_path / "missing.pt", check=False)
     assert bad.returncode == 2 and "checkpoint not found" in error_line(bad.stderr)
-    bad = run_cli("energy-lm-eval-elm", data_bin, "--path", tmp_path / "checkpoint_last.pt",
-                  "--per-token", tmp_path / "x.jsonl", check=False)
-    assert bad.returncode == 2 and "--per-token needs --exact-z" in error_line(bad.stderr)
 
     from energy_lm.models.transformer_lm_energy import TransformerLMEnergyModel
 
