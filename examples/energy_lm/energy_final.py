@@ -1,0 +1,159 @@
+"""Does one energy setting beat its LM, and CE, on real text? (issue 20's decision run)
+
+For each seed, two runs of transformer_lm_alibi_tiny with replicate.py's settings (blocks
+of 128, batch 16, lr 1e-3, warmup 60): one with the energy criterion and head given, one
+with plain cross-entropy, the same updates, the same seed (so the same batches). Each is
+scored on the first --exact-batches blocks of the valid split token by token
+(`energy-lm-eval-elm --per-token`); the energy run with exact Z there. Per seed, paired
+over those tokens (mean ± standard error of the mean):
+
+    ELM - LM    the energy run's exact-Z ELM against its own LM (what the energy adds)
+    ELM - CE    the energy run's exact-Z ELM against the CE run's LM (what the run gives
+                against not using an energy at all)
+    LM - CE     the price the energy run's LM paid
+
+and over seeds the mean with the standard error over seeds.
+
+    energy-lm-prepare debian --out debian --workers 1
+    OMP_NUM_THREADS=1 python examples/energy_lm/energy_final.py --data debian/data-bin \\
+        --out final --head rich --loss nce --weight 2 --candidates 1 --jobs 2
+
+Finished runs and evaluations are not redone; the table (OUT/final.md, OUT/final.json) is
+rewritten after every finished seed.
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adapt import evaluate  # noqa: E402  (same folder)
+from replicate import CAUSAL, CAUSAL_ARCH, train  # noqa: E402
+
+Key = Tuple[int, int]
+
+
+def run(data: Path, save: Path, criterion: List[str], updates: int, seed: int) -> Path:
+    train(data, save, [*CAUSAL, *CAUSAL_ARCH, *criterion, "--max-update", str(updates),
+                       "--total-num-update", str(updates), "--save-interval-updates",
+                       str(updates), "--log-interval", "10"], seed)
+    return save
+
+
+def score_lm(data: Path, save: Path, blocks: int) -> Path:
+    """Per-token LM records of a run on the first `blocks` valid blocks (no exact Z:
+    a CE run's energy head is 0)."""
+    records = save / "tokens.jsonl"
+    if not records.exists():
+        cmd = [sys.executable, "-m", "energy_lm.cli.eval_elm", str(data), "--path",
+               str(save / "checkpoint_best.pt"), "--cpu", "--batch-size", "1", "--topk", "8",
+               "--num-samples", "8", "--max-batches", str(blocks), "--per-token",
+               str(records)]
+        with open(save / "lm-eval.txt", "w") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return records
+
+
+def read_records(path: Path) -> Dict[Key, dict]:
+    return {(r["id"], r["position"]): r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def elm_bits(record: dict) -> float:
+    """The ELM's NLL of the token in bits: -log2 q + (E + log Z) / ln 2."""
+    return record["lm"] + record["energy"] + record["log_z"]
+
+
+def paired(a: Dict[Key, dict], b: Dict[Key, dict], fa, fb) -> dict:
+    """Mean and standard error of fa(a) - fb(b) over the tokens both score (which must
+    be the same tokens)."""
+    keys = sorted(a)
+    if sorted(b) != keys or any(a[k]["token"] != b[k]["token"] for k in keys):
+        raise ValueError("the two runs were not scored on the same tokens")
+    diffs = [fa(a[k]) - fb(b[k]) for k in keys]
+    return {"mean": statistics.mean(diffs),
+            "stderr": statistics.stdev(diffs) / math.sqrt(len(diffs)), "tokens": len(diffs)}
+
+
+def over_seeds(values: List[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:+.4f} (one seed)"
+    return f"{statistics.mean(values):+.4f} ± {statistics.stdev(values) / math.sqrt(len(values)):.4f}"
+
+
+def table(rows: Dict[str, dict]) -> str:
+    cols = ("elm_minus_lm", "elm_minus_ce", "lm_minus_ce")
+    lines = ["| seed | tokens | ELM - LM (own), paired ± s.e. | ELM - CE | LM - CE |",
+             "|---|---|---|---|---|"]
+    for seed, r in sorted(rows.items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {seed} | {r['elm_minus_lm']['tokens']} | " + " | ".join(
+            f"{r[c]['mean']:+.4f} ± {r[c]['stderr']:.4f}" for c in cols) + " |")
+    lines.append("| mean ± s.e. over seeds | | " + " | ".join(
+        over_seeds([r[c]["mean"] for r in rows.values()]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--head", required=True)
+    parser.add_argument("--loss", required=True, help="monarc or nce")
+    parser.add_argument("--weight", type=float, required=True)
+    parser.add_argument("--candidates", type=int, required=True)
+    parser.add_argument("--updates", type=int, default=400, help="each run, from scratch")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--exact-batches", type=int, default=9,
+                        help="valid blocks scored token by token (9 blocks: ~1,100 tokens)")
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    name = f"{args.head}-{args.loss}-w{args.weight:g}-k{args.candidates}"
+    energy_flags = ["--criterion", args.loss, "--energy-head", args.head, "--energy-weight",
+                    str(args.weight), "--num-candidates", str(args.candidates)]
+    results = args.out / "final.json"
+    rows = json.loads(results.read_text()) if results.exists() else {}
+
+    def jobs(seed: int):
+        return [(seed, "energy", energy_flags), (seed, "ce", ["--criterion", "cross_entropy"])]
+
+    def one(job):
+        seed, kind, flags = job
+        save = run(args.data, args.out / f"{name if kind == 'energy' else 'ce'}_seed{seed}",
+                   flags, args.updates, seed)
+        if kind == "energy":
+            evaluate(args.data, save, args.exact_batches, whole_split=False)
+        else:
+            score_lm(args.data, save, args.exact_batches)
+        return seed, kind, save
+
+    saves: Dict[int, Dict[str, Path]] = {}
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for seed, kind, save in pool.map(one, [j for s in args.seeds for j in jobs(s)]):
+            saves.setdefault(seed, {})[kind] = save
+            if len(saves[seed]) < 2:
+                continue
+            elm = read_records(saves[seed]["energy"] / "tokens.jsonl")
+            ce = read_records(saves[seed]["ce"] / "tokens.jsonl")
+            rows[str(seed)] = {
+                "elm_minus_lm": paired(elm, elm, elm_bits, lambda r: r["lm"]),
+                "elm_minus_ce": paired(elm, ce, elm_bits, lambda r: r["lm"]),
+                "lm_minus_ce": paired(elm, ce, lambda r: r["lm"], lambda r: r["lm"]),
+                "setting": name, "updates": args.updates}
+            results.write_text(json.dumps(rows, indent=1))
+            (args.out / "final.md").write_text(table(rows) + "\n")
+    text = table(rows)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
