@@ -45,7 +45,8 @@ LN2 = math.log(2)
 @dataclass
 class ResidualEnergyConfig(FairseqDataclass):
     energy_weight: float = field(
-        default=1.0, metadata={"help": "weight w of the energy term"})
+        default=2.0, metadata={"help": "weight w of the energy term (default 2: the seed's "
+                                       "NCE run's, and the grid's choice, docs/measurements.md)"})
     num_candidates: int = field(
         default=1, metadata={"help": "samples y ~ q per position (their terms are averaged)"})
     energy_guard: float = field(

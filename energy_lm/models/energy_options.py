@@ -40,11 +40,12 @@ class EnergyOptions(FairseqDataclass):
                                          "replacing the preset's head (what "
                                          "energy-lm-add-head gives a headless CWT model)"})
     energy_head: ChoiceEnum(ENERGY_HEAD_CHOICES) = field(
-        default="linear", metadata={"help": "energy head of the residual EBM: linear "
-                                            "(default; Linear(d, 1) on the final state) or "
-                                            "rich (adds log q and a bilinear term); seed "
-                                            "(the MonArc seed's code: a scaled bilinear form "
-                                            "of context and token states with log q)"})
+        default="seed", metadata={"help": "energy head of the residual EBM: seed (default; "
+                                          "the MonArc seed's code: a scaled bilinear form of "
+                                          "context and token states with log q), linear "
+                                          "(Linear(d, 1) on the final state: learned nothing "
+                                          "on real text here) or rich (linear + log q + a "
+                                          "bilinear term)"})
 
 
 def add_energy_args(parser, options: type) -> None:

@@ -1,8 +1,8 @@
 """The energy heads of a residual energy-based LM (docs/methods.md section 4).
 
-    linear (default):  E = w . h_tok + b
+    seed (default):    E = (F n(r_ctx) + log q(tok) a_f) . (B n(r_tok) + log q(tok) a_b) / sqrt(d)
+    linear:            E = w . h_tok + b
     rich:              E = w . h_tok + b + a * log q(tok) + h_ctx . (W h_tok) / d
-    seed:              E = (F n(r_ctx) + log q(tok) a_f) . (B n(r_tok) + log q(tok) a_b) / sqrt(d)
 
 `h_tok` is the final (normed) state at the position where the scored token is the
 input; `h_ctx` the state whose LM head proposed it; `log q(tok)` the detached LM

@@ -111,9 +111,9 @@ def test_hydra_train_runs_the_monarc_yaml(data_bin, tmp_path):
 
     run_cli("fairseq-hydra-train", "--config-dir", config_dir("pretraining"), "--config-name", "transformer_lm_zero_clap_tiny_monarc",
             f"task.data={data_bin}", "optimization.max_update=2", f"checkpoint.save_dir={tmp_path}",
-            "common.cpu=true", "dataset.num_workers=0", "criterion.energy_weight=2.0",
+            "common.cpu=true", "dataset.num_workers=0", "criterion.energy_weight=3.0",
             f"hydra.run.dir={tmp_path / 'hydra'}")
     state = torch.load(tmp_path / "checkpoint_last.pt")
     assert state["cfg"]["criterion"]["_name"] == "monarc"
-    assert state["cfg"]["criterion"]["energy_weight"] == 2.0
-    assert "energy_head.proj.weight" in state["model"]
+    assert state["cfg"]["criterion"]["energy_weight"] == 3.0  # the override, not the yaml's 2.0
+    assert "energy_head.context_proj.weight" in state["model"]  # the default (seed) head

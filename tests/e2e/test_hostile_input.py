@@ -126,7 +126,8 @@ def test_non_finite_loss_names_the_term(data_bin, poison, named):
     from fairseq.criterions import CRITERION_DATACLASS_REGISTRY
     from omegaconf import OmegaConf
 
-    model, task = build_model(data_bin, "transformer_lm_clap_tiny", task="language_modeling")
+    model, task = build_model(data_bin, "transformer_lm_clap_tiny", "--energy-head", "linear",
+                              task="language_modeling")
     with torch.no_grad():
         if poison == "energy":
             model.energy_head.proj.bias.fill_(float("inf"))

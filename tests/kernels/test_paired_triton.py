@@ -258,17 +258,19 @@ def test_dispatcher_runs_the_triton_backend():
     torch.testing.assert_close(alone, want[1], atol=2e-5, rtol=1e-4)
 
 
-def test_monarc_loss_and_gradients_inside_a_model_equal_the_reference(data_bin):
+@pytest.mark.parametrize("head,std", [("linear", 0.3), ("seed", 0.05)])
+def test_monarc_loss_and_gradients_inside_a_model_equal_the_reference(data_bin, head, std):
     """A full tiny causal model: the MonArc training loss and every parameter gradient
-    with the Triton backend equal those with the reference backend (fp32)."""
+    with the Triton backend equal those with the reference backend (fp32). Each head is
+    randomised to energies of a few units (the seed head's bilinear form grows as std^2 d)."""
     from conftest import build_model
     from fairseq.criterions import CRITERION_DATACLASS_REGISTRY, build_criterion
     from omegaconf import OmegaConf
 
     model, task = build_model(data_bin, "transformer_lm_zero_clap_tiny", "--decoder-layers", "1",
-                              task="language_modeling")
+                              "--energy-head", head, task="language_modeling")
     for p in model.energy_head.parameters():
-        torch.nn.init.normal_(p, std=0.3)
+        torch.nn.init.normal_(p, std=std)
     model = model.to(DEVICE).train()
     torch.manual_seed(0)
     src = torch.randint(4, 300, (2, 12), device=DEVICE)
@@ -289,7 +291,14 @@ def test_monarc_loss_and_gradients_inside_a_model_equal_the_reference(data_bin):
     torch.testing.assert_close(tri_loss, ref_loss, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(tri_ebm, ref_ebm, atol=1e-5, rtol=1e-4)
     assert ref_grads.keys() == tri_grads.keys()
+    scale = max(float(g.abs().max()) for g in ref_grads.values())
     for name in ref_grads:
+        if name.endswith("k_proj.bias"):
+            # a key bias shifts every score of a query's row alike, so softmax cancels it:
+            # its gradient is 0 and both backends give rounding noise around it
+            for grads in (ref_grads, tri_grads):
+                assert float(grads[name].abs().max()) <= 1e-6 * scale, name
+            continue
         torch.testing.assert_close(tri_grads[name], ref_grads[name], atol=1e-5, rtol=1e-3, msg=name)
 
 

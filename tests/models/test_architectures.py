@@ -96,10 +96,12 @@ def test_state_dict_names_match_stock_roberta(data_bin):
     assert ours_keys == stock_keys
     # so stock weights load into the ALiBi model unchanged, with a zero energy head (E = 0)
     # (and no dictionary fingerprint to check)
-    ours.energy_head.proj.weight.data.fill_(1.0)
+    for p in ours.energy_head.parameters():
+        p.data.fill_(1.0)
     state = {k: v for k, v in stock.state_dict().items() if "embed_positions" not in k}
     ours.load_state_dict(state, strict=True)
-    assert not ours.energy_head.proj.weight.any()
+    d = ours.energy_head.dim
+    assert not ours.energy_head(torch.randn(3, d), torch.randn(3, d), -torch.rand(3)).any()
 
 
 def test_lm_incremental_decoding_equals_full_pass(data_bin):

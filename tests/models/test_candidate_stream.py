@@ -11,7 +11,9 @@ MLM_ARCHS = ["roberta_clap_tiny", "roberta_zero_clap_tiny", "roberta_alibi_tiny"
 
 
 def energy_model(data_bin, arch, *extra, task="language_modeling", seed=0):
-    model, task_obj = build_model(data_bin, arch, *extra, task=task)
+    """The linear head unless `extra` names another: these invariances compare with the
+    plain forward's final state (the seed head's own: tests/models/test_scoring_rule.py)."""
+    model, task_obj = build_model(data_bin, arch, "--energy-head", "linear", *extra, task=task)
     torch.manual_seed(seed)
     for p in model.energy_head.parameters():  # a trained-looking, nonzero energy head
         torch.nn.init.normal_(p, std=0.5)
@@ -155,9 +157,12 @@ def test_activation_checkpointing_is_refused_with_one_clear_error(data_bin):
 def test_old_checkpoints_without_an_energy_head_load_with_zero_energy(data_bin):
     model, _ = build_model(data_bin, "transformer_lm_clap_tiny", task="language_modeling")
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("energy_head")}
-    torch.nn.init.normal_(model.energy_head.proj.weight)
+    for p in model.energy_head.parameters():
+        torch.nn.init.normal_(p)
     model.load_state_dict(state, strict=True)
-    assert not model.energy_head.proj.weight.any() and not model.energy_head.proj.bias.any()
+    d = model.energy_head.dim
+    energy = model.energy_head(torch.randn(5, d), torch.randn(5, d), -torch.rand(5))
+    assert not energy.any()  # the fresh head's E = 0
 
 
 @pytest.mark.parametrize("arch,task", [("transformer_lm_clap_tiny", "language_modeling"),
@@ -209,7 +214,8 @@ def test_masked_seed_energy_reads_the_masked_positions_state_as_context(data_bin
 def test_a_checkpoint_with_another_energy_head_continues_with_a_fresh_one(data_bin):
     """An adaptation with --energy-head seed from a linear-head checkpoint: the trunk
     loads, the new head starts at its own E = 0 state."""
-    old, _ = build_model(data_bin, "transformer_lm_alibi_tiny", task="language_modeling")
+    old, _ = build_model(data_bin, "transformer_lm_alibi_tiny", "--energy-head", "linear",
+                         task="language_modeling")
     torch.nn.init.normal_(old.energy_head.proj.weight)
     new, _ = build_model(data_bin, "transformer_lm_alibi_tiny", "--energy-head", "seed",
                          task="language_modeling")
