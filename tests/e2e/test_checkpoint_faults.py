@@ -130,7 +130,7 @@ def test_a_diverging_run_stops_before_saving_diverged_weights(data_bin, tmp_path
     done = run(cmd)
     assert done.returncode != 0
     line = error_line(done.stderr)
-    assert "lr=1e+10" in line and "--energy-weight 1" in line, line
+    assert "lr=1e+10" in line and "--energy-weight 2" in line, line
     assert assert_every_file_loads(save) >= good  # every file on disk is finite
 
 
