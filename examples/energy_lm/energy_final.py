@@ -62,6 +62,20 @@ def score_lm(data: Path, save: Path, blocks: int) -> Path:
     return records
 
 
+def score_whole_split(data: Path, save: Path) -> dict:
+    """eval-elm's labelled estimate on the whole valid split (no exact Z)."""
+    cached = save / "elm-whole.json"
+    if not cached.exists():
+        cmd = [sys.executable, "-m", "energy_lm.cli.eval_elm", str(data), "--path",
+               str(save / "checkpoint_best.pt"), "--cpu", "--batch-size", "8", "--topk", "8",
+               "--num-samples", "8", "--json", str(cached.with_suffix(".tmp"))]
+        with open(save / "elm-whole.txt", "w") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+        cached.with_suffix(".tmp").rename(cached)
+    return json.loads(cached.read_text())
+
+
 def read_records(path: Path) -> Dict[Key, dict]:
     return {(r["id"], r["position"]): r for r in map(json.loads, path.read_text().splitlines())}
 
@@ -90,13 +104,21 @@ def over_seeds(values: List[float]) -> str:
 
 def table(rows: Dict[str, dict]) -> str:
     cols = ("elm_minus_lm", "elm_minus_ce", "lm_minus_ce")
-    lines = ["| seed | tokens | ELM - LM (own), paired ± s.e. | ELM - CE | LM - CE |",
-             "|---|---|---|---|---|"]
+    lines = ["| seed | tokens | ELM - LM (own), paired ± s.e. | ELM - CE | LM - CE | "
+             "whole split: ELM estimate - LM |", "|---|---|---|---|---|---|"]
+
+    def whole(r: dict) -> str:
+        w = r.get("whole")
+        return "" if w is None else (f"{w['elm_est'] - w['lm']:+.4f} ± "
+                                     f"{w['elm_est_stderr']:.4f} est. ({w['tokens']} tokens)")
+
     for seed, r in sorted(rows.items(), key=lambda kv: int(kv[0])):
         lines.append(f"| {seed} | {r['elm_minus_lm']['tokens']} | " + " | ".join(
-            f"{r[c]['mean']:+.4f} ± {r[c]['stderr']:.4f}" for c in cols) + " |")
+            f"{r[c]['mean']:+.4f} ± {r[c]['stderr']:.4f}" for c in cols) + f" | {whole(r)} |")
+    wholes = [r["whole"]["elm_est"] - r["whole"]["lm"] for r in rows.values() if r.get("whole")]
     lines.append("| mean ± s.e. over seeds | | " + " | ".join(
-        over_seeds([r[c]["mean"] for r in rows.values()]) for c in cols) + " |")
+        over_seeds([r[c]["mean"] for r in rows.values()]) for c in cols) + " | " +
+        (over_seeds(wholes) if len(wholes) == len(rows) else "") + " |")
     return "\n".join(lines)
 
 
@@ -113,6 +135,9 @@ def main(argv=None) -> str:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--exact-batches", type=int, default=9,
                         help="valid blocks scored token by token (9 blocks: ~1,100 tokens)")
+    parser.add_argument("--whole-split", action="store_true",
+                        help="also score each energy run's ELM on the whole valid split with "
+                             "the labelled top-k + tail estimate (~10 min of one thread each)")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -131,6 +156,8 @@ def main(argv=None) -> str:
                    flags, args.updates, seed)
         if kind == "energy":
             evaluate(args.data, save, args.exact_batches, whole_split=False)
+            if args.whole_split:
+                score_whole_split(args.data, save)
         else:
             score_lm(args.data, save, args.exact_batches)
         return seed, kind, save
@@ -148,6 +175,9 @@ def main(argv=None) -> str:
                 "elm_minus_ce": paired(elm, ce, elm_bits, lambda r: r["lm"]),
                 "lm_minus_ce": paired(elm, ce, lambda r: r["lm"], lambda r: r["lm"]),
                 "setting": name, "updates": args.updates}
+            whole_file = saves[seed]["energy"] / "elm-whole.json"
+            if whole_file.exists():
+                rows[str(seed)]["whole"] = json.loads(whole_file.read_text())
             results.write_text(json.dumps(rows, indent=1))
             (args.out / "final.md").write_text(table(rows) + "\n")
     text = table(rows)
