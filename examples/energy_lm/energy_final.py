@@ -105,20 +105,33 @@ def over_seeds(values: List[float]) -> str:
 def table(rows: Dict[str, dict]) -> str:
     cols = ("elm_minus_lm", "elm_minus_ce", "lm_minus_ce")
     lines = ["| seed | tokens | ELM - LM (own), paired ± s.e. | ELM - CE | LM - CE | "
-             "whole split: ELM estimate - LM |", "|---|---|---|---|---|---|"]
+             "whole split: ELM estimate - LM | whole split: ELM estimate - CE |",
+             "|---|---|---|---|---|---|---|"]
 
-    def whole(r: dict) -> str:
-        w = r.get("whole")
-        return "" if w is None else (f"{w['elm_est'] - w['lm']:+.4f} ± "
-                                     f"{w['elm_est_stderr']:.4f} est. ({w['tokens']} tokens)")
+    def whole(r: dict, against: str):
+        """The whole split's ELM estimate minus the run's own LM ('lm') or the CE run's
+        ('ce'): (value, its standard error) or None where not scored."""
+        w, ce = r.get("whole"), r.get("whole_ce")
+        if w is None or (against == "ce" and ce is None):
+            return None
+        return w["elm_est"] - (w["lm"] if against == "lm" else ce["lm"]), w["elm_est_stderr"]
+
+    def cell(value) -> str:
+        return "" if value is None else f"{value[0]:+.4f} ± {value[1]:.4f} (estimate)"
 
     for seed, r in sorted(rows.items(), key=lambda kv: int(kv[0])):
         lines.append(f"| {seed} | {r['elm_minus_lm']['tokens']} | " + " | ".join(
-            f"{r[c]['mean']:+.4f} ± {r[c]['stderr']:.4f}" for c in cols) + f" | {whole(r)} |")
-    wholes = [r["whole"]["elm_est"] - r["whole"]["lm"] for r in rows.values() if r.get("whole")]
-    lines.append("| mean ± s.e. over seeds | | " + " | ".join(
-        over_seeds([r[c]["mean"] for r in rows.values()]) for c in cols) + " | " +
-        (over_seeds(wholes) if len(wholes) == len(rows) else "") + " |")
+            f"{r[c]['mean']:+.4f} ± {r[c]['stderr']:.4f}" for c in cols) +
+            f" | {cell(whole(r, 'lm'))} | {cell(whole(r, 'ce'))} |")
+    spread = [over_seeds([r[c]["mean"] for r in rows.values()]) for c in cols]
+    for against in ("lm", "ce"):
+        values = [whole(r, against) for r in rows.values()]
+        spread.append(over_seeds([v[0] for v in values]) if all(values) else "")
+    lines.append("| mean ± s.e. over seeds | | " + " | ".join(spread) + " |")
+    if any(r.get("whole") for r in rows.values()):
+        tokens = next(r["whole"]["tokens"] for r in rows.values() if r.get("whole"))
+        lines.append(f"\nWhole split: {tokens} tokens, log Z by eval-elm's top-8 + tail estimate "
+                     f"(K = 8) with its standard error.")
     return "\n".join(lines)
 
 
@@ -156,10 +169,10 @@ def main(argv=None) -> str:
                    flags, args.updates, seed)
         if kind == "energy":
             evaluate(args.data, save, args.exact_batches, whole_split=False)
-            if args.whole_split:
-                score_whole_split(args.data, save)
         else:
             score_lm(args.data, save, args.exact_batches)
+        if args.whole_split:
+            score_whole_split(args.data, save)
         return seed, kind, save
 
     saves: Dict[int, Dict[str, Path]] = {}
@@ -175,9 +188,10 @@ def main(argv=None) -> str:
                 "elm_minus_ce": paired(elm, ce, elm_bits, lambda r: r["lm"]),
                 "lm_minus_ce": paired(elm, ce, lambda r: r["lm"], lambda r: r["lm"]),
                 "setting": name, "updates": args.updates}
-            whole_file = saves[seed]["energy"] / "elm-whole.json"
-            if whole_file.exists():
-                rows[str(seed)]["whole"] = json.loads(whole_file.read_text())
+            for kind, key in (("energy", "whole"), ("ce", "whole_ce")):
+                whole_file = saves[seed][kind] / "elm-whole.json"
+                if whole_file.exists():
+                    rows[str(seed)][key] = json.loads(whole_file.read_text())
             results.write_text(json.dumps(rows, indent=1))
             (args.out / "final.md").write_text(table(rows) + "\n")
     text = table(rows)

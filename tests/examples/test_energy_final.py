@@ -50,7 +50,7 @@ def test_table_gives_each_seed_and_the_spread_over_seeds(final):
     rows = {str(s): {"elm_minus_lm": cell(-0.03 * s), "elm_minus_ce": cell(-0.01 * s),
                      "lm_minus_ce": cell(0.02 * s)} for s in (1, 2, 3)}
     text = final.table(rows)
-    assert "| 1 | 1100 | -0.0300 ± 0.0100 | -0.0100 ± 0.0100 | +0.0200 ± 0.0100 |  |" in text
+    assert "| 1 | 1100 | -0.0300 ± 0.0100 | -0.0100 ± 0.0100 | +0.0200 ± 0.0100 |  |  |" in text
     spread = statistics.stdev([-0.03, -0.06, -0.09]) / math.sqrt(3)
     assert f"-0.0600 ± {spread:.4f}" in text.splitlines()[-1]
 
@@ -59,7 +59,9 @@ def test_table_adds_the_whole_split_estimate_where_it_was_run(final):
     cell = {"mean": -0.02, "stderr": 0.01, "tokens": 1100}
     row = {"elm_minus_lm": cell, "elm_minus_ce": cell, "lm_minus_ce": cell}
     whole = {"lm": 8.6, "elm_est": 8.58, "elm_est_stderr": 0.0003, "tokens": 71925}
-    rows = {"1": dict(row, whole=whole), "2": dict(row, whole=dict(whole, elm_est=8.56))}
+    rows = {"1": dict(row, whole=whole, whole_ce={"lm": 8.61}),
+            "2": dict(row, whole=dict(whole, elm_est=8.56), whole_ce={"lm": 8.62})}
     lines = final.table(rows).splitlines()
-    assert "-0.0200 ± 0.0003 est. (71925 tokens)" in lines[2]
-    assert lines[-1].endswith("-0.0300 ± 0.0100 |")  # over seeds: -0.02 and -0.04
+    assert "| -0.0200 ± 0.0003 (estimate) | -0.0300 ± 0.0003 (estimate) |" in lines[2]
+    assert "| -0.0300 ± 0.0100 | -0.0450 ± 0.0150 |" in lines[4]  # over seeds
+    assert "71925 tokens" in lines[-1] and "estimate" in lines[-1]
