@@ -16,6 +16,9 @@ Figures per scored token, in bits, each labelled for what it is:
   elm lower bnd   bound         with log Z >= log(top-k part): the ELM's NLL is at least this
   elm (exact Z)   exact         with Z summed over the whole vocabulary (--exact-z, on the
                                 first --exact-z-batches batches, beside the estimate there)
+  elm - lm        exact +- s.e. on those tokens, the mean of the per-token (E + log Z)/ln 2
+                                with the standard error of that mean
+--per-token FILE writes each scored token's figures (JSON lines) to pair two checkpoints.
 """
 
 import argparse
