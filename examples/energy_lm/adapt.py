@@ -56,23 +56,30 @@ def continue_run(data: Path, out: Path, criterion: str, seed: int, updates: int,
     return save
 
 
+def run_eval_elm(data: Path, save: Path, flags: List[str], log_name: str) -> None:
+    """energy-lm-eval-elm on save/checkpoint_best.pt in its own one-thread process (two
+    may run side by side), top-8 + 8 tail samples; its output goes to save/log_name."""
+    cmd = [sys.executable, "-m", "energy_lm.cli.eval_elm", str(data), "--path",
+           str(save / "checkpoint_best.pt"), "--cpu", "--topk", "8", "--num-samples", "8",
+           *flags]
+    with open(save / log_name, "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
 def evaluate(data: Path, save: Path, exact_batches: int, whole_split: bool = True) -> dict:
-    """energy-lm-eval-elm in its own one-thread process (two may run side by side); the
-    exact-Z tokens' records go to tokens.jsonl beside the checkpoint (to pair runs).
-    `whole_split=False` scores only the exact-Z blocks (the estimate's whole-split pass
-    costs as much as exact Z on a few blocks)."""
+    """The exact-Z figures of a run (cached in save/elm-eval.json); the exact-Z tokens'
+    records go to tokens.jsonl beside the checkpoint (to pair runs). `whole_split=False`
+    scores only the exact-Z blocks (the estimate's whole-split pass costs as much as
+    exact Z on a few blocks)."""
     cached = save / "elm-eval.json"
     if not cached.exists():
-        cmd = [sys.executable, "-m", "energy_lm.cli.eval_elm", str(data), "--path",
-               str(save / "checkpoint_best.pt"), "--cpu", "--batch-size", "1", "--topk", "8",
-               "--num-samples", "8", "--exact-z", "--exact-z-batches", str(exact_batches),
-               "--per-token", str(save / "tokens.jsonl"),
-               "--json", str(cached.with_suffix(".tmp"))]
+        flags = ["--batch-size", "1", "--exact-z", "--exact-z-batches", str(exact_batches),
+                 "--per-token", str(save / "tokens.jsonl"),
+                 "--json", str(cached.with_suffix(".tmp"))]
         if not whole_split:
-            cmd += ["--max-batches", str(exact_batches)]
-        with open(save / "elm-eval.txt", "w") as log:
-            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
-                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+            flags += ["--max-batches", str(exact_batches)]
+        run_eval_elm(data, save, flags, "elm-eval.txt")
         cached.with_suffix(".tmp").rename(cached)
     return json.loads(cached.read_text())
 

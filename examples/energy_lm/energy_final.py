@@ -27,14 +27,13 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapt import evaluate  # noqa: E402  (same folder)
+from adapt import evaluate, run_eval_elm  # noqa: E402  (same folder)
 from replicate import CAUSAL, CAUSAL_ARCH, train  # noqa: E402
 
 Key = Tuple[int, int]
@@ -52,13 +51,8 @@ def score_lm(data: Path, save: Path, blocks: int) -> Path:
     a CE run's energy head is 0)."""
     records = save / "tokens.jsonl"
     if not records.exists():
-        cmd = [sys.executable, "-m", "energy_lm.cli.eval_elm", str(data), "--path",
-               str(save / "checkpoint_best.pt"), "--cpu", "--batch-size", "1", "--topk", "8",
-               "--num-samples", "8", "--max-batches", str(blocks), "--per-token",
-               str(records)]
-        with open(save / "lm-eval.txt", "w") as log:
-            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
-                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+        run_eval_elm(data, save, ["--batch-size", "1", "--max-batches", str(blocks),
+                                  "--per-token", str(records)], "lm-eval.txt")
     return records
 
 
@@ -66,12 +60,8 @@ def score_whole_split(data: Path, save: Path) -> dict:
     """eval-elm's labelled estimate on the whole valid split (no exact Z)."""
     cached = save / "elm-whole.json"
     if not cached.exists():
-        cmd = [sys.executable, "-m", "energy_lm.cli.eval_elm", str(data), "--path",
-               str(save / "checkpoint_best.pt"), "--cpu", "--batch-size", "8", "--topk", "8",
-               "--num-samples", "8", "--json", str(cached.with_suffix(".tmp"))]
-        with open(save / "elm-whole.txt", "w") as log:
-            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
-                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+        run_eval_elm(data, save, ["--batch-size", "8", "--json", str(cached.with_suffix(".tmp"))],
+                     "elm-whole.txt")
         cached.with_suffix(".tmp").rename(cached)
     return json.loads(cached.read_text())
 
