@@ -66,6 +66,44 @@ def score_whole_split(data: Path, save: Path) -> dict:
     return json.loads(cached.read_text())
 
 
+def curve(data: Path, out: Path, name: str, flags: List[str], updates: int, seed: int,
+          every: int, blocks: int) -> List[dict]:
+    """ELM - LM with exact Z over updates: the energy run of `seed` trained again, saving a
+    checkpoint every `every` updates, each scored on the same blocks as the final model.
+    fairseq seeds every update with seed + update, so the retrained run is the same run
+    (main checks that its last valid loss is the original's); its last point is the
+    original run's records."""
+    save = out / f"{name}_seed{seed}_curve"
+    train(data, save, [*CAUSAL, *CAUSAL_ARCH, *flags, "--max-update", str(updates),
+                       "--total-num-update", str(updates), "--save-interval-updates",
+                       str(every), "--log-interval", "10"], seed)
+    points = []
+    for update in [*range(every, updates, every), updates]:
+        if update == updates:
+            records = read_records(out / f"{name}_seed{seed}" / "tokens.jsonl")
+        else:
+            point = save / f"update{update}"
+            point.mkdir(exist_ok=True)
+            link = point / "checkpoint_best.pt"
+            if not link.is_symlink():
+                link.symlink_to(f"../checkpoint_1_{update}.pt")
+            evaluate(data, point, blocks, whole_split=False)
+            records = read_records(point / "tokens.jsonl")
+        lm = statistics.mean(r["lm"] for r in records.values())
+        points.append(dict(update=update, lm=lm,
+                           elm_minus_lm=paired(records, records, elm_bits, lambda r: r["lm"])))
+    return points
+
+
+def curve_table(points: List[dict], seed: int) -> str:
+    lines = [f"ELM - LM with exact Z over updates (seed {seed}, the same tokens at every point)",
+             "", "| update | LM bits | ELM - LM, paired ± s.e. |", "|---|---|---|"]
+    for p in points:
+        d = p["elm_minus_lm"]
+        lines.append(f"| {p['update']} | {p['lm']:.4f} | {d['mean']:+.4f} ± {d['stderr']:.4f} |")
+    return "\n".join(lines)
+
+
 def read_records(path: Path) -> Dict[Key, dict]:
     return {(r["id"], r["position"]): r for r in map(json.loads, path.read_text().splitlines())}
 
@@ -141,6 +179,12 @@ def main(argv=None) -> str:
     parser.add_argument("--whole-split", action="store_true",
                         help="also score each energy run's ELM on the whole valid split with "
                              "the labelled top-k + tail estimate (~10 min of one thread each)")
+    parser.add_argument("--curve-seed", type=int,
+                        help="after the table, train this seed's energy run again saving "
+                             "every --curve-every updates and score each checkpoint with "
+                             "exact Z on the same blocks: ELM - LM over updates "
+                             "(OUT/curve.md; ~15 min of one thread per point)")
+    parser.add_argument("--curve-every", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -185,6 +229,19 @@ def main(argv=None) -> str:
             results.write_text(json.dumps(rows, indent=1))
             (args.out / "final.md").write_text(table(rows) + "\n")
     text = table(rows)
+    if args.curve_seed is not None:
+        points = curve(args.data, args.out, name, energy_flags, args.updates, args.curve_seed,
+                       args.curve_every, args.exact_batches)
+        again = json.loads((args.out / f"{name}_seed{args.curve_seed}_curve" / "summary.json")
+                           .read_text())
+        first = json.loads((args.out / f"{name}_seed{args.curve_seed}" / "summary.json")
+                           .read_text())
+        if again["valid_loss"] != first["valid_loss"]:
+            raise SystemExit(f"the retrained run is not the same run: valid {again['valid_loss']} "
+                             f"against {first['valid_loss']}")
+        (args.out / "curve.json").write_text(json.dumps(points, indent=1))
+        (args.out / "curve.md").write_text(curve_table(points, args.curve_seed) + "\n")
+        text += "\n\n" + curve_table(points, args.curve_seed)
     print(text)
     return text
 

@@ -65,3 +65,13 @@ def test_table_adds_the_whole_split_estimate_where_it_was_run(final):
     assert "| -0.0200 ± 0.0003 (estimate) | -0.0300 ± 0.0003 (estimate) |" in lines[2]
     assert "| -0.0300 ± 0.0100 | -0.0450 ± 0.0150 |" in lines[4]  # over seeds
     assert "71925 tokens" in lines[-1] and "estimate" in lines[-1]
+
+
+def test_curve_table_gives_each_point_with_its_standard_error(final):
+    points = [{"update": u, "lm": 9.5 - u / 1000,
+               "elm_minus_lm": {"mean": -u / 20000, "stderr": 0.004, "tokens": 1141}}
+              for u in (100, 200)]
+    lines = final.curve_table(points, seed=3).splitlines()
+    assert "seed 3" in lines[0]
+    assert lines[-2:] == ["| 100 | 9.4000 | -0.0050 ± 0.0040 |",
+                          "| 200 | 9.3000 | -0.0100 ± 0.0040 |"]
