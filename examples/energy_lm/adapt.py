@@ -1,9 +1,11 @@
 """The seeds' adaptation experiment on real text: does MonArc pay off when it adapts an
 existing LM? One causal LM is trained with CE until its valid loss flattens; then it is
 continued for the same number of updates with CE and with MonArc (3 seeds each), and
-`energy-lm-eval-elm` scores every continued model on the valid split: the LM alone, the
-ELM with the labelled log Z estimate on the whole split, and the ELM with exact Z on a
-subset of positions.
+`energy-lm-eval-elm` scores every continued model on the valid split: the LM alone and
+the ELM with the labelled log Z estimate on the whole split, and token by token on the
+first --exact-batches blocks, the ELM with exact Z there. Per seed, paired over those
+tokens: the MonArc continuation's ELM against its own LM and against the CE
+continuation's LM (same seed, so the same batches).
 
     energy-lm-prepare debian --out debian --workers 2
     python examples/energy_lm/adapt.py --data debian/data-bin --out adaptation --jobs 2
@@ -18,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +27,9 @@ from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replicate import CAUSAL, CAUSAL_ARCH, RESET, train  # noqa: E402  (same folder)
+from run_scoring import (  # noqa: E402
+    evaluate, read_records, score_lm, score_whole_split, seed_row)
+from run_scoring import table as paired_table  # noqa: E402
 
 
 def base_run(data: Path, out: Path, updates: int) -> dict:
@@ -56,52 +60,35 @@ def continue_run(data: Path, out: Path, criterion: str, seed: int, updates: int,
     return save
 
 
-def run_eval_elm(data: Path, save: Path, flags: List[str], log_name: str) -> None:
-    """energy-lm-eval-elm on save/checkpoint_best.pt in its own one-thread process (two
-    may run side by side), top-8 + 8 tail samples; its output goes to save/log_name."""
-    cmd = [sys.executable, "-m", "energy_lm.cli.eval_elm", str(data), "--path",
-           str(save / "checkpoint_best.pt"), "--cpu", "--topk", "8", "--num-samples", "8",
-           *flags]
-    with open(save / log_name, "w") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"))
-
-
-def evaluate(data: Path, save: Path, exact_batches: int, whole_split: bool = True) -> dict:
-    """The exact-Z figures of a run (cached in save/elm-eval.json); the exact-Z tokens'
-    records go to tokens.jsonl beside the checkpoint (to pair runs). `whole_split=False`
-    scores only the exact-Z blocks (the estimate's whole-split pass costs as much as
-    exact Z on a few blocks)."""
-    cached = save / "elm-eval.json"
-    if not cached.exists():
-        flags = ["--batch-size", "1", "--exact-z", "--exact-z-batches", str(exact_batches),
-                 "--per-token", str(save / "tokens.jsonl"),
-                 "--json", str(cached.with_suffix(".tmp"))]
-        if not whole_split:
-            flags += ["--max-batches", str(exact_batches)]
-        run_eval_elm(data, save, flags, "elm-eval.txt")
-        cached.with_suffix(".tmp").rename(cached)
-    return json.loads(cached.read_text())
-
-
 def mean_std(values: List[float]) -> str:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.4f} ± {std:.4f}"
 
 
-def table(results: Dict[str, List[dict]], base: dict, curve: List[float]) -> str:
+def score(data: Path, save: Path, criterion: str, exact_batches: int) -> None:
+    """Per-token records of the first exact_batches valid blocks (with exact Z for an
+    energy run; a CE run's energy head is untrained, so its LM alone) and the whole
+    split's figures (the ELM by the labelled estimate)."""
+    if criterion == "cross_entropy":
+        score_lm(data, save, exact_batches)
+    else:
+        evaluate(data, save, exact_batches, whole_split=False)
+    score_whole_split(data, save)
+
+
+def table(whole: Dict[str, List[dict]], rows: Dict[str, dict], base: dict,
+          curve: List[float]) -> str:
     lines = [f"base: CE, {base['updates']} updates, valid loss per validation (bits): "
              + ", ".join(f"{v:.3f}" for v in curve), "",
-             "| continued with | LM bits | ELM bits, estimate (whole split) | "
-             "LM bits on the exact-Z subset | ELM bits, exact Z (subset) | train s |",
-             "|---|---|---|---|---|---|"]
-    for criterion, rows in results.items():
-        lines.append(
-            f"| {criterion} | {mean_std([r['lm'] for r in rows])} | "
-            f"{mean_std([r['elm_est'] for r in rows])} | "
-            f"{mean_std([r['lm_on_exact'] for r in rows])} | "
-            f"{mean_std([r['elm_exact'] for r in rows])} | "
-            f"{statistics.mean(r['seconds'] for r in rows):.0f} |")
+             "Whole valid split, mean ± std over seeds:", "",
+             "| continued with | LM bits | ELM bits, estimate | train s |", "|---|---|---|---|"]
+    for criterion, runs in whole.items():
+        elm = "-" if criterion == "cross_entropy" else mean_std([r["elm_est"] for r in runs])
+        lines.append(f"| {criterion} | {mean_std([r['lm'] for r in runs])} | {elm} | "
+                     f"{statistics.mean(r['seconds'] for r in runs):.0f} |")
+    lines += ["", "Paired per seed (the MonArc continuation against its own LM and against "
+              "the CE continuation of the same seed; exact Z on the first blocks):", "",
+              paired_table(rows)]
     return "\n".join(lines)
 
 
@@ -114,8 +101,8 @@ def main(argv=None) -> str:
     parser.add_argument("--updates", type=int, default=600, help="each continuation")
     parser.add_argument("--lr", default="3e-4", help="continuations' peak lr (decays to 0)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--exact-batches", type=int, default=1,
-                        help="blocks of 128 tokens that get exact Z")
+    parser.add_argument("--exact-batches", type=int, default=2,
+                        help="valid blocks of 128 tokens that get exact Z (2: 245 tokens)")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -126,15 +113,25 @@ def main(argv=None) -> str:
     def run(job):
         criterion, seed = job
         save = continue_run(args.data, args.out, criterion, seed, args.updates, args.lr)
-        summary = json.loads((save / "summary.json").read_text())
-        return criterion, dict(evaluate(args.data, save, args.exact_batches),
-                               seconds=summary["seconds"])
+        score(args.data, save, criterion, args.exact_batches)
+        return criterion, seed, save
 
-    results: Dict[str, List[dict]] = {"cross_entropy": [], "monarc": []}
+    saves: Dict[int, Dict[str, Path]] = {}
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for criterion, result in pool.map(run, jobs):
-            results[criterion].append(result)
-    text = table(results, base, curve)
+        for criterion, seed, save in pool.map(run, jobs):
+            saves.setdefault(seed, {})[criterion] = save
+    whole: Dict[str, List[dict]] = {"cross_entropy": [], "monarc": []}
+    rows: Dict[str, dict] = {}
+    for seed, runs in sorted(saves.items()):
+        for criterion, save in runs.items():
+            seconds = json.loads((save / "summary.json").read_text())["seconds"]
+            whole[criterion].append(dict(json.loads((save / "elm-whole.json").read_text()),
+                                         seconds=seconds))
+        rows[str(seed)] = seed_row(read_records(runs["monarc"] / "tokens.jsonl"),
+                                   read_records(runs["cross_entropy"] / "tokens.jsonl"),
+                                   runs["monarc"], runs["cross_entropy"])
+    (args.out / "results.json").write_text(json.dumps({"whole": whole, "paired": rows}, indent=1))
+    text = table(whole, rows, base, curve)
     (args.out / "table.md").write_text(text + "\n")
     print(text)
     return text

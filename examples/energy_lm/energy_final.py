@@ -24,19 +24,18 @@ rewritten after every finished seed.
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapt import evaluate, run_eval_elm  # noqa: E402  (same folder)
-from replicate import CAUSAL, CAUSAL_ARCH, train  # noqa: E402
+from replicate import CAUSAL, CAUSAL_ARCH, train  # noqa: E402  (same folder)
+from run_scoring import (  # noqa: E402
+    elm_bits, evaluate, paired, read_records, score_lm, score_whole_split, seed_row, table)
 
-Key = Tuple[int, int]
 
 
 def run(data: Path, save: Path, criterion: List[str], updates: int, seed: int) -> Path:
@@ -44,26 +43,6 @@ def run(data: Path, save: Path, criterion: List[str], updates: int, seed: int) -
                        "--total-num-update", str(updates), "--save-interval-updates",
                        str(updates), "--log-interval", "10"], seed)
     return save
-
-
-def score_lm(data: Path, save: Path, blocks: int) -> Path:
-    """Per-token LM records of a run on the first `blocks` valid blocks (no exact Z:
-    a CE run's energy head is 0)."""
-    records = save / "tokens.jsonl"
-    if not records.exists():
-        run_eval_elm(data, save, ["--batch-size", "1", "--max-batches", str(blocks),
-                                  "--per-token", str(records)], "lm-eval.txt")
-    return records
-
-
-def score_whole_split(data: Path, save: Path) -> dict:
-    """eval-elm's labelled estimate on the whole valid split (no exact Z)."""
-    cached = save / "elm-whole.json"
-    if not cached.exists():
-        run_eval_elm(data, save, ["--batch-size", "8", "--json", str(cached.with_suffix(".tmp"))],
-                     "elm-whole.txt")
-        cached.with_suffix(".tmp").rename(cached)
-    return json.loads(cached.read_text())
 
 
 def curve(data: Path, out: Path, name: str, flags: List[str], updates: int, seed: int,
@@ -101,65 +80,6 @@ def curve_table(points: List[dict], seed: int) -> str:
     for p in points:
         d = p["elm_minus_lm"]
         lines.append(f"| {p['update']} | {p['lm']:.4f} | {d['mean']:+.4f} ± {d['stderr']:.4f} |")
-    return "\n".join(lines)
-
-
-def read_records(path: Path) -> Dict[Key, dict]:
-    return {(r["id"], r["position"]): r for r in map(json.loads, path.read_text().splitlines())}
-
-
-def elm_bits(record: dict) -> float:
-    """The ELM's NLL of the token in bits: -log2 q + (E + log Z) / ln 2."""
-    return record["lm"] + record["energy"] + record["log_z"]
-
-
-def paired(a: Dict[Key, dict], b: Dict[Key, dict], fa, fb) -> dict:
-    """Mean and standard error of fa(a) - fb(b) over the tokens both score (which must
-    be the same tokens)."""
-    keys = sorted(a)
-    if sorted(b) != keys or any(a[k]["token"] != b[k]["token"] for k in keys):
-        raise ValueError("the two runs were not scored on the same tokens")
-    diffs = [fa(a[k]) - fb(b[k]) for k in keys]
-    return {"mean": statistics.mean(diffs),
-            "stderr": statistics.stdev(diffs) / math.sqrt(len(diffs)), "tokens": len(diffs)}
-
-
-def over_seeds(values: List[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:+.4f} (one seed)"
-    return f"{statistics.mean(values):+.4f} ± {statistics.stdev(values) / math.sqrt(len(values)):.4f}"
-
-
-def table(rows: Dict[str, dict]) -> str:
-    cols = ("elm_minus_lm", "elm_minus_ce", "lm_minus_ce")
-    lines = ["| seed | tokens | ELM - LM (own), paired ± s.e. | ELM - CE | LM - CE | "
-             "whole split: ELM estimate - LM | whole split: ELM estimate - CE |",
-             "|---|---|---|---|---|---|---|"]
-
-    def whole(r: dict, against: str):
-        """The whole split's ELM estimate minus the run's own LM ('lm') or the CE run's
-        ('ce'): (value, its standard error) or None where not scored."""
-        w, ce = r.get("whole"), r.get("whole_ce")
-        if w is None or (against == "ce" and ce is None):
-            return None
-        return w["elm_est"] - (w["lm"] if against == "lm" else ce["lm"]), w["elm_est_stderr"]
-
-    def cell(value) -> str:
-        return "" if value is None else f"{value[0]:+.4f} ± {value[1]:.4f} (estimate)"
-
-    for seed, r in sorted(rows.items(), key=lambda kv: int(kv[0])):
-        lines.append(f"| {seed} | {r['elm_minus_lm']['tokens']} | " + " | ".join(
-            f"{r[c]['mean']:+.4f} ± {r[c]['stderr']:.4f}" for c in cols) +
-            f" | {cell(whole(r, 'lm'))} | {cell(whole(r, 'ce'))} |")
-    spread = [over_seeds([r[c]["mean"] for r in rows.values()]) for c in cols]
-    for against in ("lm", "ce"):
-        values = [whole(r, against) for r in rows.values()]
-        spread.append(over_seeds([v[0] for v in values]) if all(values) else "")
-    lines.append("| mean ± s.e. over seeds | | " + " | ".join(spread) + " |")
-    if any(r.get("whole") for r in rows.values()):
-        tokens = next(r["whole"]["tokens"] for r in rows.values() if r.get("whole"))
-        lines.append(f"\nWhole split: {tokens} tokens, log Z by eval-elm's top-8 + tail estimate "
-                     f"(K = 8) with its standard error.")
     return "\n".join(lines)
 
 
@@ -217,15 +137,8 @@ def main(argv=None) -> str:
                 continue
             elm = read_records(saves[seed]["energy"] / "tokens.jsonl")
             ce = read_records(saves[seed]["ce"] / "tokens.jsonl")
-            rows[str(seed)] = {
-                "elm_minus_lm": paired(elm, elm, elm_bits, lambda r: r["lm"]),
-                "elm_minus_ce": paired(elm, ce, elm_bits, lambda r: r["lm"]),
-                "lm_minus_ce": paired(elm, ce, lambda r: r["lm"], lambda r: r["lm"]),
-                "setting": name, "updates": args.updates}
-            for kind, key in (("energy", "whole"), ("ce", "whole_ce")):
-                whole_file = saves[seed][kind] / "elm-whole.json"
-                if whole_file.exists():
-                    rows[str(seed)][key] = json.loads(whole_file.read_text())
+            rows[str(seed)] = dict(seed_row(elm, ce, saves[seed]["energy"], saves[seed]["ce"]),
+                                   setting=name, updates=args.updates)
             results.write_text(json.dumps(rows, indent=1))
             (args.out / "final.md").write_text(table(rows) + "\n")
     text = table(rows)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapt import evaluate  # noqa: E402  (same folder)
+from run_scoring import evaluate  # noqa: E402  (same folder)
 from replicate import CAUSAL, CAUSAL_ARCH, RESET, log_records, train  # noqa: E402
 
 Setting = Tuple[str, str, float, int]  # head, loss, weight, candidates

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapt import evaluate  # noqa: E402  (same folder)
-from energy_final import Key, elm_bits, paired, read_records, run, score_lm  # noqa: E402
+from energy_final import run  # noqa: E402  (same folder)
+from run_scoring import Key, elm_bits, evaluate, paired, read_records, score_lm  # noqa: E402
 
 
 def on_keys(records: Dict[Key, dict], keys) -> Dict[Key, dict]:
