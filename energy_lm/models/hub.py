@@ -36,15 +36,13 @@ class EnergyLMHubInterface(GeneratorHubInterface):
 
     def sample_tokens(self, prompts: List[torch.LongTensor], num_candidates: int = 1,
                       max_new_tokens: int = 32, seed: Optional[int] = None) -> List[torch.LongTensor]:
-        """Token-level SIR sampling; each prompt is continued on its own (no padding)."""
+        """Token-level SIR sampling of a batch of prompts of any lengths (cached: one
+        forward of the K candidates per step, energy_lm.sampling.decode_cache)."""
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed if seed is not None else torch.initial_seed())
-        model = self.models[0]
-        out = []
-        for prompt in prompts:
-            row = sir_sample(model, prompt.to(self.device).unsqueeze(0), max_new_tokens,
-                             num_candidates, eos=self.src_dict.eos(), pad=self.src_dict.pad(),
-                             generator=generator)[0]
-            # drop the final </s>: decode() reads only text
-            out.append(row[:-1] if row[-1] == self.src_dict.eos() and len(row) > len(prompt) else row)
-        return out
+        rows = sir_sample(self.models[0], [p.to(self.device) for p in prompts], max_new_tokens,
+                          num_candidates, eos=self.src_dict.eos(), pad=self.src_dict.pad(),
+                          generator=generator)
+        # drop the final </s>: decode() reads only text
+        return [row[:-1] if row[-1] == self.src_dict.eos() and len(row) > len(prompt) else row
+                for row, prompt in zip(rows, prompts)]

@@ -126,21 +126,27 @@ class EnergyTransformerDecoder(TransformerDecoder):
         # None lets SelfAttention build the causal (+ALiBi) mask from the shared pattern
         return getattr(self, "_document_mask", None)
 
-    def candidate_features(self, prev_output_tokens, cand_tokens, cand_pos, pre_norm=False):
+    def candidate_features(self, prev_output_tokens, cand_tokens, cand_pos, pre_norm=False,
+                           embed_pos: Optional[Tensor] = None):
         """Stage 2 of a paired forward (see energy_lm.models.energy_model): each candidate
         token (B, M) enters at its data position cand_pos (B, M), in the order fairseq's
         own forward embeds a token; returns the final states (B, M, C) (before the final
-        norm with pre_norm, as the last of fairseq's `inner_states`)."""
-        positions = (None if self.embed_positions is None else
-                     self.candidate_positions(cand_pos, prev_output_tokens.size(1)))
+        norm with pre_norm, as the last of fairseq's `inner_states`). embed_pos (B, M),
+        when given, is the position whose embedding a candidate gets, where cand_pos
+        counts left padding (a cached sampler's batch of prompts) and the row does not."""
+        positions = (None if self.embed_positions is None else self.candidate_positions(
+            cand_pos if embed_pos is None else embed_pos, prev_output_tokens.size(1)))
         x = embed_candidates(self, cand_tokens, positions).transpose(0, 1)  # (M, B, C)
         for layer in self.layers:
             x, _, _ = layer(x, None, None, None, self_attn_mask=None, self_attn_padding_mask=None)
-        if pre_norm:
-            return x.transpose(0, 1)
+        x = x.transpose(0, 1)  # (B, M, C)
+        return x if pre_norm else self.final_states(x)
+
+    def final_states(self, x: Tensor) -> Tensor:
+        """The last layer's output (B, M, C) -> the states the LM head reads, as fairseq's
+        forward ends: the final norm, then the output projection of the width."""
         if self.layer_norm is not None:
             x = self.layer_norm(x)
-        x = x.transpose(0, 1)  # (B, M, C)
         if self.project_out_dim is not None:
             x = self.project_out_dim(x)
         return x

@@ -148,6 +148,7 @@ class SelfAttention(MultiheadAttention):
 
         stage = current_stage(self.pattern) if incremental_state is None else None
         if isinstance(stage, CandidateStage):  # query is the candidate stream (M, B, C)
+            stage.keep(self, k, v)
             out_c = self._candidate_attention(q, k, v, stage)  # (B, H, M, D)
             out_c = out_c.permute(2, 0, 1, 3).reshape(tq, bsz, embed_dim)  # (M, B, C)
             return self.out_proj(out_c), None

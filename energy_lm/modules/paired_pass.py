@@ -57,12 +57,14 @@ class PairedPass:
             yield stage
 
     @contextmanager
-    def candidates(self, cand_pos: Tensor) -> Iterator["CandidateStage"]:
-        """cand_pos (B, M): the data position each candidate stands at."""
+    def candidates(self, cand_pos: Tensor, keep_kv: bool = False) -> Iterator["CandidateStage"]:
+        """cand_pos (B, M): the data position each candidate stands at. With keep_kv,
+        every layer leaves the candidates' own keys and values in `stage.kept` (cached
+        sampling appends the chosen one's to the data stream's cache)."""
         if not self.records:
             raise RuntimeError("paired pass: no data stream was recorded; run the model's "
                                "forward inside `with paired.recording():` first")
-        with _entered(CandidateStage(self, cand_pos)) as stage:
+        with _entered(CandidateStage(self, cand_pos, kept={} if keep_kv else None)) as stage:
             yield stage
 
 
@@ -78,6 +80,8 @@ class DataStage:
 class CandidateStage:
     paired: PairedPass
     cand_pos: Tensor  # (B, M)
+    # per layer, the candidates' own (k, v), each (B, H, M, D), when asked for; else None
+    kept: Optional[Dict[nn.Module, Tuple[Tensor, Tensor]]] = field(default=None, repr=False)
     # what an attention backend builds once per stage and every layer reuses (flex's
     # BlockMask)
     mask_cache: dict = field(default_factory=dict, repr=False)
@@ -87,6 +91,10 @@ class CandidateStage:
             raise RuntimeError("paired pass: this layer saw no data stream; run the model's "
                                "forward on the data tokens first (stage 1)")
         return self.paired.records[layer]
+
+    def keep(self, layer: nn.Module, k: Tensor, v: Tensor) -> None:
+        if self.kept is not None:
+            self.kept[layer] = (k, v)
 
 
 Stage = Union[DataStage, CandidateStage]

@@ -9,21 +9,85 @@ no extra random number is drawn, so a fixed seed gives exactly the LM's sample).
 Like fairseq's sampling, the padding symbol is never proposed: SIR targets the ELM
 conditioned on y != <pad>, i.e. q * exp(-E) / Z renormalised without <pad>. Training's
 samples and evaluation's Z use the whole vocabulary; the two agree wherever q(<pad>) is
-negligible, as it is for any trained LM (<pad> is never a target). Each step runs the
-model on the whole prefix (no incremental state): meant for research-scale generation.
+negligible, as it is for any trained LM (<pad> is never a target).
+
+Two ways to get the proposal and the energies, which make the same choices from the same
+random numbers: `cached=True` (the default) keeps the data stream's keys and values and
+runs one batched forward of the K candidates per step (energy_lm.sampling.decode_cache);
+`cached=False` reruns the model on the whole prefix at every step (the reference the
+cached sampler is tested against; O(T^2) per sequence).
 """
 
-from typing import List, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
 from torch import Tensor
+
+from energy_lm.sampling import decode_cache
+
+
+class _Cached:
+    def __init__(self, model, prompts: List[Tensor]):
+        self.model = model
+        self.cache = decode_cache.prefill(model, prompts)
+        self.step: Optional[decode_cache.StepForward] = None
+
+    def logits(self) -> Tensor:
+        return self.cache.logits
+
+    def _forward(self, candidates: Tensor) -> decode_cache.StepForward:
+        if self.step is None or not torch.equal(self.step.candidates, candidates):
+            self.step = decode_cache.forward_candidates(self.model, self.cache, candidates)
+        return self.step
+
+    def energies(self, candidates: Tensor) -> Tensor:
+        return decode_cache.candidate_energies(self.model, self.cache, self._forward(candidates))
+
+    def append(self, candidates: Tensor, pick: Tensor) -> None:
+        step = self._forward(candidates)
+        self.cache = decode_cache.append_chosen(self.model, self.cache, step, pick)
+        self.step = None
+
+
+class _Recompute:
+    """The whole prefix through the model at every step (rows of one length at a time)."""
+
+    def __init__(self, model, prompts: List[Tensor]):
+        self.model = model
+        self.rows = list(prompts)
+
+    def _groups(self):
+        """Rows of equal length run as one batch: [(row indices, (b, T) tokens)]."""
+        by_len: Dict[int, List[int]] = {}
+        for i, row in enumerate(self.rows):
+            by_len.setdefault(row.numel(), []).append(i)
+        return [(idx, torch.stack([self.rows[i] for i in idx])) for idx in by_len.values()]
+
+    def logits(self) -> Tensor:
+        out: List[Optional[Tensor]] = [None] * len(self.rows)
+        for idx, tokens in self._groups():
+            logits, _ = self.model(tokens)  # (b, T, V)
+            for j, i in enumerate(idx):
+                out[i] = logits[j, -1]
+        return torch.stack(out)
+
+    def energies(self, candidates: Tensor) -> Tensor:
+        out: List[Optional[Tensor]] = [None] * len(self.rows)
+        for idx, tokens in self._groups():
+            energies = _step_energies(self.model, tokens, candidates[idx])
+            for j, i in enumerate(idx):
+                out[i] = energies[j]
+        return torch.stack(out)
+
+    def append(self, candidates: Tensor, pick: Tensor) -> None:
+        chosen = candidates.gather(1, pick.unsqueeze(1)).squeeze(1)
+        self.rows = [torch.cat([row, chosen[i:i + 1]]) for i, row in enumerate(self.rows)]
 
 
 def _step_energies(model, prefix: Tensor, candidates: Tensor) -> Tensor:
     """Energies of candidates (B, K) standing at position T of prefix (B, T) -> (B, K)."""
     from energy_lm.models.scoring import causal_energy_pass
 
-    bsz, k = candidates.shape
     # the candidate position must exist in the data stream: extend the prefix by one
     # placeholder token; causal attention keeps it out of the candidates' view
     extended = torch.cat([prefix, candidates[:, :1]], dim=1)  # (B, T+1)
@@ -33,44 +97,60 @@ def _step_energies(model, prefix: Tensor, candidates: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def sir_sample(model, prefix: Tensor, max_new_tokens: int, num_candidates: int = 1,
-               eos: Optional[int] = None, pad: Optional[int] = None,
-               generator: Optional[torch.Generator] = None) -> List[Tensor]:
-    """Continue each row of prefix (B, T) by up to max_new_tokens tokens.
+def sir_sample(model, prefix: Union[Tensor, List[Tensor]], max_new_tokens: int,
+               num_candidates: int = 1, eos: Optional[int] = None, pad: Optional[int] = None,
+               generator: Optional[torch.Generator] = None, *, cached: bool = True,
+               trace: Optional[List[dict]] = None) -> List[Tensor]:
+    """Continue each prompt by up to max_new_tokens tokens.
 
-    Returns one 1-D tensor per row: the prefix and its continuation, up to and including
-    the first eos (when given).
+    prefix: (B, T) tokens, or a list of B 1-D prompts of any lengths. Returns one 1-D
+    tensor per row: the prompt and its continuation, up to and including the first eos
+    (when given). trace, when given, receives one record per step: the candidates (B, K),
+    their energies (B, K; None for K = 1) and the chosen index (B,).
     """
     if num_candidates < 1:
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    prompts = list(prefix) if isinstance(prefix, Tensor) else list(prefix)
+    if not prompts:
+        return []
     model.eval()
-    tokens = prefix
-    done = torch.zeros(prefix.size(0), dtype=torch.bool, device=prefix.device)
-    for _ in range(max_new_tokens):
-        logits, _ = model(tokens)  # (B, T, V)
-        logits = logits[:, -1].float()
+    source = (_Cached if cached else _Recompute)(model, prompts)
+    device = prompts[0].device
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    new: List[Tensor] = []
+    for step in range(max_new_tokens):
+        logits = source.logits()
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).clone()  # (B, V)
         if pad is not None:
             logits[:, pad] = float("-inf")
         probs = torch.softmax(logits, dim=-1)
         candidates = torch.multinomial(probs, num_candidates, replacement=True,
                                        generator=generator)  # (B, K)
+        energies = None
         if num_candidates == 1:
-            chosen = candidates[:, 0]
+            pick = torch.zeros(len(prompts), dtype=torch.long, device=device)
         else:
-            weights = torch.softmax(-_step_energies(model, tokens, candidates), dim=-1)
-            pick = torch.multinomial(weights, 1, generator=generator)  # (B, 1)
-            chosen = candidates.gather(1, pick).squeeze(1)
+            energies = source.energies(candidates)
+            weights = torch.softmax(-energies.to(probs.dtype), dim=-1)
+            pick = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (B,)
+        chosen = candidates.gather(1, pick.unsqueeze(1)).squeeze(1)
+        if trace is not None:
+            trace.append({"candidates": candidates, "energies": energies, "pick": pick})
         if eos is not None:
             chosen = torch.where(done, torch.full_like(chosen, eos), chosen)
             done = done | chosen.eq(eos)
-        tokens = torch.cat([tokens, chosen.unsqueeze(1)], dim=1)
-        if eos is not None and bool(done.all()):
+        new.append(chosen)
+        if (eos is not None and bool(done.all())) or step == max_new_tokens - 1:
             break
+        source.append(candidates, pick)
     rows = []
-    for row in tokens:
+    steps = torch.stack(new, dim=1) if new else prompts[0].new_zeros(len(prompts), 0)
+    for prompt, cont in zip(prompts, steps):
         if eos is not None:
-            ends = (row[prefix.size(1):] == eos).nonzero()
+            ends = (cont == eos).nonzero()
             if len(ends):
-                row = row[: prefix.size(1) + int(ends[0]) + 1]
-        rows.append(row)
+                cont = cont[: int(ends[0]) + 1]
+        rows.append(torch.cat([prompt, cont]))
     return rows
