@@ -14,6 +14,7 @@ from energy_lm.patches import (  # noqa: E402
     checkpoint_safety,
     data_checks,
     optim_groups,
+    sir_generation,
     update_number,
 )
 
@@ -21,6 +22,7 @@ checkpoint_errors.install()
 checkpoint_safety.install()
 data_checks.install()
 optim_groups.install()
+sir_generation.install()
 update_number.install()
 
 # fairseq's --user-dir auto-imports models/ and tasks/ but not criterions/, so the

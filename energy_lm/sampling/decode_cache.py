@@ -104,7 +104,10 @@ def forward_candidates(model, cache: DecodeCache, candidates: Tensor,
     trunk = model._trunk()
     attns = _layers_attention(trunk)
     buffers = [attn._get_input_buffer(cache.state) for attn in attns]
-    hidden = buffers[0]["prev_key_padding_mask"]  # (B, S)
+    keys = buffers[0]["prev_key"]  # (B, H, S, D)
+    hidden = buffers[0].get("prev_key_padding_mask")  # (B, S); None: no padding
+    if hidden is None:
+        hidden = torch.zeros(keys.size(0), keys.size(2), dtype=torch.bool, device=keys.device)
     width = hidden.size(1)
     _check_positions(trunk, int(cache.lengths.max()) + 1)
     # the paired kernel's candidates need only the data keys/values (the data queries
@@ -147,11 +150,12 @@ def append_chosen(model, cache: DecodeCache, step: StepForward, pick: Tensor) ->
         k, v = step.kept[attn]  # (B, H, K, D)
         k = k[rows, :, pick].unsqueeze(2)  # (B, H, 1, D)
         v = v[rows, :, pick].unsqueeze(2)
-        hidden = saved["prev_key_padding_mask"]
-        attn._set_input_buffer(state, {
-            "prev_key": torch.cat([saved["prev_key"], k], dim=2),
-            "prev_value": torch.cat([saved["prev_value"], v], dim=2),
-            "prev_key_padding_mask": torch.cat([hidden, hidden.new_zeros(hidden.size(0), 1)], 1)})
+        hidden = saved.get("prev_key_padding_mask")
+        if hidden is not None:
+            hidden = torch.cat([hidden, hidden.new_zeros(hidden.size(0), 1)], dim=1)
+        attn._set_input_buffer(state, {"prev_key": torch.cat([saved["prev_key"], k], dim=2),
+                                       "prev_value": torch.cat([saved["prev_value"], v], dim=2),
+                                       "prev_key_padding_mask": hidden})
     final = step.final[rows, pick]  # (B, C)
     return DecodeCache(state, cache.lengths + 1, model.output_layer(final),
                        step.head_states[rows, pick])
