@@ -3,10 +3,13 @@ energy-based generation.
 
     lm = TransformerLMEnergyModel.from_pretrained(ckpt_dir, "checkpoint_best.pt", data_bin, ...)
     lm.sample("The list", num_candidates=8, max_new_tokens=20, seed=1)   # SIR with K = 8
+    lm.sample("The list", beam=1, sampling=True, sir_candidates=8)       # the same, fairseq's words
     lm.sample("The list", beam=1, sampling=True)                         # fairseq's own sampling
 
-With `num_candidates` the text comes from `energy_lm.sampling.sir_sample` (K = 1 is plain
-ancestral sampling from the LM); without it, from fairseq's SequenceGenerator unchanged.
+Both SIR calls run fairseq's SequenceGenerator with `--sir-candidates` (the generator of
+fairseq-generate and fairseq-interactive, energy_lm.sampling.sir_generator; K = 1 is
+fairseq's own sampling); `sample_tokens` runs `energy_lm.sampling.sir_sample` on token
+ids with its own torch.Generator. Both serve the candidates from the key/value cache.
 """
 
 from typing import List, Optional, Union
@@ -28,11 +31,14 @@ class EnergyLMHubInterface(GeneratorHubInterface):
                seed: Optional[int] = None, **kwargs):
         if num_candidates is None:
             return super().sample(sentences, beam=beam, verbose=verbose, **kwargs)
-        if isinstance(sentences, str):
-            return self.sample([sentences], num_candidates=num_candidates,
-                               max_new_tokens=max_new_tokens, seed=seed)[0]
-        return [self.decode(row[1:]) for row in self.sample_tokens(
-            [self.prompt_tokens(s) for s in sentences], num_candidates, max_new_tokens, seed)]
+        if num_candidates < 1:
+            raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+        # max_len_a = 1: each prompt may grow by max_new_tokens (fairseq counts the prompt)
+        flags = dict(dict(sampling=True, max_len_a=1, max_len_b=max_new_tokens), **kwargs)
+        with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
+            torch.manual_seed(seed if seed is not None else torch.initial_seed())
+            return super().sample(sentences, beam=1, verbose=verbose,
+                                  sir_candidates=num_candidates, **flags)
 
     def sample_tokens(self, prompts: List[torch.LongTensor], num_candidates: int = 1,
                       max_new_tokens: int = 32, seed: Optional[int] = None) -> List[torch.LongTensor]:

@@ -130,6 +130,7 @@ class SirSampling(search.Sampling):
                  sampling_topk: int = -1, sampling_topp: float = -1.0,
                  print_weights: bool = False):
         super().__init__(tgt_dict, sampling_topk, sampling_topp)
+        self.words = tgt_dict  # fairseq's Search keeps only its special symbols
         self.ensemble = ensemble
         self.num_candidates = num_candidates
         self.print_weights = print_weights
@@ -176,7 +177,7 @@ class SirSampling(search.Sampling):
         return scores_buf, indices_buf, beams_buf
 
     def _log(self, step, candidates, energies, weights, pick, ids) -> None:
-        words = self.tgt_dict
+        words = self.words
         for row in range(candidates.size(0)):
             rid = int(ids[row]) if ids is not None else row
             parts = [f"{words[int(c)]}:E={float(e):+.3f}:w={float(w):.3f}"
