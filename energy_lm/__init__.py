@@ -13,6 +13,7 @@ from energy_lm.patches import (  # noqa: E402
     checkpoint_errors,
     checkpoint_safety,
     data_checks,
+    elm_fill_mask,
     optim_groups,
     sir_generation,
     update_number,
@@ -21,6 +22,7 @@ from energy_lm.patches import (  # noqa: E402
 checkpoint_errors.install()
 checkpoint_safety.install()
 data_checks.install()
+elm_fill_mask.install()
 optim_groups.install()
 sir_generation.install()
 update_number.install()

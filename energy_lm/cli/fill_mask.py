@@ -2,6 +2,11 @@
 `RobertaModel.from_pretrained` and print the top-k fillings of `<mask>`.
 
     energy-lm-fill-mask CHECKPOINT_DIR DATA_BIN ["A sentence with a <mask> ." ...]
+    energy-lm-fill-mask CHECKPOINT_DIR DATA_BIN --scoring elm     # ranked by q * exp(-E)
+
+`--scoring elm` (a masked checkpoint with an energy head: MonArc or NCE) ranks q's top
+`--elm-candidates` fillings by the ELM, q * exp(-E) renormalised over them (`all`: over
+the whole vocabulary, exactly); the header line says which.
 
 DATA_BIN holds dict.txt and, for the embedded corpus, the byte-level BPE files
 (vocab.json, merges.txt) that `energy-lm-prepare embedded` puts there; without them
@@ -74,10 +79,23 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--checkpoint-file", default="checkpoint_best.pt",
                         help="file in CHECKPOINT_DIR (default checkpoint_best.pt)")
     parser.add_argument("--topk", type=int, default=3, help="fillings to print per sentence")
+    parser.add_argument("--scoring", choices=["lm", "elm"], default="lm",
+                        help="rank by the MLM head q (default) or by the ELM q * exp(-E)")
+    parser.add_argument("--elm-candidates", default="32",
+                        help="with --scoring elm: q's top N fillings get an energy and the "
+                             "ELM is renormalised over them; 'all': the whole vocabulary")
     parser.add_argument("--verbose", action="store_true", help="keep fairseq's INFO logging")
     args = parser.parse_intermixed_args(argv)
     if args.topk < 1:
         parser.error(f"--topk must be >= 1, got {args.topk}")
+    if args.elm_candidates == "all":
+        elm_candidates = None
+    elif args.elm_candidates.isdigit() and (int(args.elm_candidates) >= args.topk
+                                            or args.scoring == "lm"):
+        elm_candidates = int(args.elm_candidates)
+    else:
+        parser.error(f"--elm-candidates must be 'all' or a count >= --topk ({args.topk}), "
+                     f"got {args.elm_candidates!r}")
     for path, what in ((args.checkpoint_dir / args.checkpoint_file, "checkpoint"),
                        (args.data_bin / "dict.txt", "dictionary (DATA_BIN/dict.txt)")):
         if not path.is_file():
@@ -91,10 +109,21 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     roberta = load_roberta(args.checkpoint_dir, args.data_bin, args.checkpoint_file)
     check_model(roberta, args.topk)
+    if args.scoring == "elm" and not hasattr(roberta.model, "energy_head"):
+        raise FillMaskError("--scoring elm needs a checkpoint with an energy head (an "
+                            "energy_lm RoBERTa arch)")
     print(f"model: {type(roberta.model).__name__} ({args.checkpoint_dir / args.checkpoint_file})")
+    if args.scoring == "elm":
+        over = ("the whole vocabulary (exact)" if elm_candidates is None
+                else f"the top {elm_candidates} fillings of q")
+        print(f"scoring: elm, q * exp(-E) renormalised over {over}")
+    else:
+        print("scoring: lm, the MLM head's probability q")
     for sentence in args.sentences:
         print(f"\n{sentence}")
-        for filled, prob, token in roberta.fill_mask(sentence, topk=args.topk):
+        for filled, prob, token in roberta.fill_mask(sentence, topk=args.topk,
+                                                     scoring=args.scoring,
+                                                     elm_candidates=elm_candidates):
             print(f"  {prob:6.3f}  {token.strip()!r:16}  {filled}")
 
 

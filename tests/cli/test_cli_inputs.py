@@ -27,11 +27,31 @@ def checkpoints(data_bin, tmp_path_factory):
     ([""], "exactly one <mask>, got 0"),
     (["A <mask>.", "--topk", "0"], "--topk must be >= 1, got 0"),
     (["A <mask>.", "--topk", "5000"], "--topk must be in [1,"),
+    (["A <mask>.", "--scoring", "elm", "--elm-candidates", "2"],
+     "--elm-candidates must be 'all' or a count >= --topk (3), got '2'"),
+    (["A <mask>.", "--elm-candidates", "many"], "--elm-candidates must be 'all' or a count"),
 ])
 def test_fill_mask_inputs(checkpoints, data_bin, args, expected):
     done = run_cli("energy-lm-fill-mask", checkpoints / "mlm", data_bin, "--checkpoint-file",
                    "checkpoint_last.pt", *args, check=False)
     assert done.returncode in (1, 2) and expected in error_line(done.stderr), done.stderr[-1500:]
+
+
+def test_fill_mask_ranks_by_the_elm_and_says_so(checkpoints, data_bin):
+    for scoring, header in (("elm", "scoring: elm, q * exp(-E) renormalised over the top 32 "
+                                    "fillings of q"),
+                            ("lm", "scoring: lm, the MLM head's probability q")):
+        done = run_cli("energy-lm-fill-mask", checkpoints / "mlm", data_bin, "--checkpoint-file",
+                       "checkpoint_last.pt", "Return the <mask>.", "--scoring", scoring,
+                       "--topk", "2")
+        lines = done.stdout.splitlines()
+        assert header in lines, done.stdout
+        filled = [line for line in lines if line.startswith("  ") and "Return the" in line]
+        assert len(filled) == 2, done.stdout
+        probs = [float(line.split()[0]) for line in filled]
+        assert 0 <= probs[1] <= probs[0] <= 1
+        if scoring == "elm":  # renormalised over 32 candidates: the best has >= 1/32
+            assert probs[0] >= 1 / 32 - 1e-3
 
 
 def test_fill_mask_folders_and_model_family(checkpoints, data_bin, tmp_path):
