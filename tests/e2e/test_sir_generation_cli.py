@@ -21,10 +21,10 @@ def checkpoint(data_bin, tmp_path_factory):
     return save / "checkpoint_last.pt"
 
 
-def interactive(data_bin, checkpoint, prompts, *flags, check=True):
+def interactive(data_bin, checkpoint, prompts, *flags, check=True, task="language_modeling"):
     bpe = ["--bpe", "energy_byte_bpe", "--bpe-vocab", data_bin / "vocab.json",
            "--bpe-merges", data_bin / "merges.txt"]
-    return run_cli("fairseq-interactive", data_bin, "--task", "language_modeling", "--path",
+    return run_cli("fairseq-interactive", data_bin, "--task", task, "--path",
                    checkpoint, "--input", prompts, "--sampling", "--beam", "1", "--max-len-b",
                    "6", "--seed", "7", "--cpu", *bpe, *flags, check=check)
 
@@ -47,6 +47,9 @@ def test_interactive_samples_the_elm_and_k1_is_fairseqs_sampling(data_bin, check
     plain = interactive(data_bin, checkpoint, prompts)
     one = interactive(data_bin, checkpoint, prompts, "--sir-candidates", "1")
     assert hypotheses(one.stdout) == hypotheses(plain.stdout) != []
+    other = interactive(data_bin, checkpoint, prompts, "--sir-candidates", "4",
+                        task="energy_language_modeling")
+    assert len(hypotheses(other.stdout)) == 2, other.stdout[-2000:] + other.stderr[-2000:]
     bad = interactive(data_bin, checkpoint, prompts, "--sir-candidates", "4", "--beam", "2",
                       "--nbest", "2", check=False)
     assert bad.returncode != 0 and "needs --beam 1" in error_line(bad.stderr), bad.stderr[-2000:]
