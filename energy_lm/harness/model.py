@@ -1,0 +1,167 @@
+"""The lm-evaluation-harness model `energy_lm`: a causal checkpoint of this package (or a
+stock fairseq `transformer_lm`) scored by q or by its ELM.
+
+    import lm_eval
+    from energy_lm.harness.model import EnergyLMEval
+    lm = EnergyLMEval(path="runs/lm-nce/checkpoint_best.pt", data="corpus/data-bin",
+                      scoring="elm", log_z="exact")
+    lm_eval.simple_evaluate(model=lm, tasks=[...])
+
+or, through the harness's registry, `--model energy_lm --model_args path=...,data=...`.
+Further keyword arguments go to fairseq's `from_pretrained` (e.g. `bpe=gpt2`).
+
+Text is encoded as `from_pretrained` encodes it (the checkpoint's BPE and dictionary); a
+document starts after `</s>`, as in the binarized data. A context longer than the
+model's block (the task's --tokens-per-sample) is cut from the left, as fairseq-eval-lm
+cuts its --context-window. `loglikelihood_rolling` scores a text in disjoint windows of
+that block, each after one token of context: the windows of a split in
+`fairseq-eval-lm` / `energy-lm-eval-elm` blocks.
+"""
+
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+from tqdm import tqdm
+
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+from energy_lm.harness.scoring import LOG_Z_MODES, score
+
+
+class HarnessArgumentError(ValueError):
+    pass
+
+
+def _flag(value) -> str:
+    return str(value).strip().lower()
+
+
+@register_model("energy_lm")
+class EnergyLMEval(LM):
+    def __init__(self, path: str = None, data: str = None, scoring: str = "lm",
+                 log_z: str = "exact", topk: int = 16, num_samples: int = 16,
+                 batch_size: int = 1, max_batch_size: Optional[int] = None,
+                 device: str = "cpu", dtype: str = "float32", seed: int = 0, **load_kwargs):
+        super().__init__()
+        if not path or not data:
+            raise HarnessArgumentError("model_args needs path=CHECKPOINT and data=DATA_BIN")
+        scoring, log_z = _flag(scoring), _flag(log_z)
+        if scoring not in ("lm", "elm"):
+            raise HarnessArgumentError(f"scoring must be lm or elm, got {scoring!r}")
+        if log_z not in LOG_Z_MODES:
+            raise HarnessArgumentError(f"log_z must be exact or estimate, got {log_z!r}")
+        checkpoint = Path(path)
+        if not checkpoint.is_file():
+            raise HarnessArgumentError(f"path: checkpoint not found: {checkpoint}")
+        if not (Path(data) / "dict.txt").is_file():
+            raise HarnessArgumentError(f"data: no dict.txt in {data}")
+        from fairseq import hub_utils
+
+        loaded = hub_utils.from_pretrained(str(checkpoint.parent), checkpoint.name, str(data),
+                                           **self._bpe_defaults(Path(data), load_kwargs))
+        self.hub = hub_utils.GeneratorHubInterface(loaded["args"], loaded["task"],
+                                                   loaded["models"])
+        # fairseq's hub makes the model inference-only: its eval() then returns None
+        self.model = self.hub.models[0].to(device=device, dtype=getattr(torch, dtype))
+        self.model.eval()
+        self.dictionary = loaded["task"].source_dictionary
+        if hasattr(getattr(self.model, "encoder", None), "sentence_encoder"):
+            raise HarnessArgumentError("path: a masked checkpoint; the harness model scores "
+                                       "causal LMs (pseudo-log-likelihood is not built yet)")
+        if scoring == "elm" and not hasattr(self.model, "energy_head"):
+            raise HarnessArgumentError(f"scoring=elm needs an energy LM; "
+                                       f"{type(self.model).__name__} has no energy head")
+        self.scoring, self.log_z = scoring, log_z
+        self.topk, self.num_samples = int(topk), int(num_samples)
+        self.batch_size = int(batch_size)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        task_cfg = loaded["args"].task
+        self.max_length = int(getattr(task_cfg, "tokens_per_sample", 0) or
+                              self.model.max_positions())
+        self._device = torch.device(device)
+
+    @staticmethod
+    def _bpe_defaults(data: Path, kwargs: dict) -> dict:
+        """The embedded corpus's byte-level BPE when DATA_BIN has its files (as
+        energy-lm-fill-mask does); otherwise what the caller gave."""
+        if "bpe" not in kwargs and (data / "vocab.json").is_file() and \
+                (data / "merges.txt").is_file():
+            return dict(kwargs, bpe="energy_byte_bpe", bpe_vocab=str(data / "vocab.json"),
+                        bpe_merges=str(data / "merges.txt"))
+        return kwargs
+
+    @property
+    def device(self):
+        return self._device
+
+    # ---------------------------------------------------------------- tokens
+    def tok_encode(self, text: str) -> List[int]:
+        if not text:
+            return []
+        bpe = self.hub.bpe.encode(text) if self.hub.bpe is not None else text
+        return self.dictionary.encode_line(bpe, append_eos=False,
+                                           add_if_not_exist=False).long().tolist()
+
+    def _encode_pair(self, context: str, continuation: str) -> Tuple[List[int], List[int]]:
+        """As the harness's own models: spaces that end the context go with the
+        continuation, and the continuation's tokens are those of the whole text after
+        the context's."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole = self.tok_encode(context + continuation)
+        ctx = self.tok_encode(context)
+        return ctx, whole[len(ctx):]
+
+    def _window(self, context: List[int], continuation: List[int]):
+        """(src, targets) of one scored window: </s> + context + continuation, cut from
+        the left to the block length; only the continuation's targets are scored."""
+        seq = [self.dictionary.eos()] + context + continuation
+        seq = seq[-(self.max_length + 1):]
+        src = torch.tensor(seq[:-1], device=self.device)
+        targets = torch.tensor(seq[1:], device=self.device)
+        targets[: len(targets) - len(continuation)] = self.dictionary.pad()
+        return src, targets
+
+    def _score(self, context: List[int], continuation: List[int]) -> Tuple[float, bool]:
+        if not continuation:
+            return 0.0, True
+        if len(continuation) > self.max_length:
+            raise ValueError(f"a continuation of {len(continuation)} tokens is longer than the "
+                             f"model's block ({self.max_length})")
+        src, targets = self._window(context, continuation)
+        scores = score(self.model, src, targets, self.scoring, self.log_z, self.topk,
+                       self.num_samples, self.generator)
+        values = scores.lm if self.scoring == "lm" else scores.elm
+        return float(values.double().sum()), scores.greedy
+
+    # ---------------------------------------------------------------- harness API
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> List[Tuple[float, bool]]:
+        out = []
+        for request in tqdm(requests, disable=disable_tqdm, desc="loglikelihood"):
+            context, continuation = request.args
+            out.append(self._score(*self._encode_pair(context, continuation)))
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> List[float]:
+        return [self.rolling_tokens(self.tok_encode(request.args[0]))
+                for request in tqdm(requests, disable=disable_tqdm, desc="loglikelihood_rolling")]
+
+    def rolling_tokens(self, tokens: List[int]) -> float:
+        """The log-likelihood of a token stream in disjoint windows of the block, each
+        after one token of context (the first after </s>)."""
+        windows = map(make_disjoint_window, get_rolling_token_windows(
+            token_list=tokens, prefix_token=self.dictionary.eos(),
+            max_seq_len=self.max_length, context_len=1))
+        total = 0.0
+        for i, (context, continuation) in enumerate(windows):
+            # the first window's context is the prefix token, which _window adds itself
+            total += self._score(context[1:] if i == 0 else context, continuation)[0]
+        return total
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> List[str]:
+        raise NotImplementedError("energy_lm's harness model does not generate yet "
+                                  "(loglikelihood and perplexity tasks only)")

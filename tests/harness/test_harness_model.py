@@ -1,0 +1,98 @@
+"""energy_lm's lm-evaluation-harness model on a small trained MonArc checkpoint: the
+rolling log-likelihood of valid blocks equals energy-lm-eval-elm's LM and exact-Z ELM
+figures on the same tokens (float64), a (context, continuation) log-likelihood equals a
+direct computation, and wrong model_args fail with one line naming the argument."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import LM_SMALL, run_cli
+
+pytestmark = pytest.mark.slow
+lm_eval = pytest.importorskip("lm_eval")
+
+BLOCK = 16
+
+
+@pytest.fixture(scope="module")
+def checkpoint(data_bin, tmp_path_factory):
+    save = tmp_path_factory.mktemp("harness_ckpt")
+    small = [a for a in LM_SMALL]
+    small[small.index("--tokens-per-sample") + 1] = str(BLOCK)
+    run_cli("fairseq-train", data_bin, "--task", "language_modeling", "--arch",
+            "transformer_lm_zero_clap_tiny", *small, "--decoder-layers", "1", "--criterion",
+            "monarc", "--max-update", "3", "--save-dir", save)
+    return save / "checkpoint_last.pt"
+
+
+def harness_model(checkpoint, data_bin, **kw):
+    from energy_lm.harness.model import EnergyLMEval
+
+    return EnergyLMEval(path=str(checkpoint), data=str(data_bin), dtype="float64", **kw)
+
+
+def test_rolling_loglikelihood_is_eval_elms_lm_and_exact_elm(checkpoint, data_bin):
+    from energy_lm.cli.eval_elm import evaluate, load
+
+    model, task = load(checkpoint, data_bin, "valid", BLOCK, cpu=True, seed=1)
+    model = model.double()
+    dataset = task.dataset("valid")
+    blocks = 5
+    batches = [dataset.collater([dataset[i]]) for i in range(blocks)]
+    records = []
+    evaluate(model, batches, num_samples=2, topk=2, exact_z_batches=-1, per_token=records)
+    stream = torch.cat([dataset[i]["target"] for i in range(blocks)]).tolist()
+    assert len(records) == len(stream)
+    lm_bits = sum(r["lm"] for r in records)
+    elm_bits = sum(r["lm"] + r["energy"] + r["log_z"] for r in records)
+    for scoring, bits in (("lm", lm_bits), ("elm", elm_bits)):
+        h = harness_model(checkpoint, data_bin, scoring=scoring, log_z="exact")
+        assert h.max_length == BLOCK
+        nats = h.rolling_tokens(stream)
+        assert -nats / math.log(2) == pytest.approx(bits, rel=1e-9, abs=1e-6), scoring
+    assert abs(elm_bits - lm_bits) > 1e-4  # the energy is not 0: the two checks differ
+
+
+def test_a_continuation_scores_as_computed_directly(checkpoint, data_bin):
+    from lm_eval.api.instance import Instance
+
+    h = harness_model(checkpoint, data_bin, scoring="elm", log_z="exact")
+    ctx, cont = h._encode_pair("Return the list of", " items")
+    request = Instance(request_type="loglikelihood", doc={}, arguments=("Return the list of",
+                                                                        " items"), idx=0)
+    (ll, greedy), = h.loglikelihood([request], disable_tqdm=True)
+    seq = torch.tensor([h.dictionary.eos()] + ctx + cont)
+    model = h.model
+    vocab = torch.arange(len(h.dictionary))
+    want = 0.0
+    torch.set_grad_enabled(False)
+    for n in range(len(ctx) + 1, len(seq)):  # each continuation token in its own context
+        prefix = seq[:n]
+        lq = torch.log_softmax(model(prefix[None])[0][0, -1].double(), -1)  # q(. | prefix)
+        _, _, cand_e = model.score_candidates(
+            torch.cat([prefix, seq[n:n + 1]])[None],
+            vocab.view(1, -1, 1).expand(1, -1, n + 1).contiguous())
+        energies = cand_e[0, :, n]  # E(y | prefix) of every y
+        log_z = torch.logsumexp(lq - energies, 0)
+        want += float(lq[seq[n]] - energies[seq[n]] - log_z)
+    torch.set_grad_enabled(True)
+    assert ll == pytest.approx(want, abs=1e-9)
+    assert isinstance(greedy, bool)
+    lm = harness_model(checkpoint, data_bin, scoring="lm")
+    (ll_lm, _), = lm.loglikelihood([request], disable_tqdm=True)
+    assert ll_lm != pytest.approx(ll, abs=1e-6)
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(scoring="energy"), "scoring must be lm or elm"),
+    (dict(log_z="guess"), "log_z must be exact or estimate"),
+    (dict(path="/nowhere/ckpt.pt"), "path: checkpoint not found"),
+])
+def test_bad_model_args_fail_in_one_line(checkpoint, data_bin, kw, message):
+    from energy_lm.harness.model import EnergyLMEval, HarnessArgumentError
+
+    args = {"path": str(checkpoint), "data": str(data_bin), **kw}
+    with pytest.raises(HarnessArgumentError, match=message):
+        EnergyLMEval(**args)
