@@ -44,7 +44,7 @@ class EnergyLMEval(LM):
     def __init__(self, path: str = None, data: str = None, scoring: str = "lm",
                  log_z: str = "exact", topk: int = 16, num_samples: int = 16,
                  batch_size: int = 1, max_batch_size: Optional[int] = None,
-                 device: str = "cpu", dtype: str = "float32", seed: int = 0, **load_kwargs):
+                 device: Optional[str] = "cpu", dtype: str = "float32", seed: int = 0, **load_kwargs):
         super().__init__()
         if not path or not data:
             raise HarnessArgumentError("model_args needs path=CHECKPOINT and data=DATA_BIN")
@@ -58,6 +58,8 @@ class EnergyLMEval(LM):
             raise HarnessArgumentError(f"path: checkpoint not found: {checkpoint}")
         if not (Path(data) / "dict.txt").is_file():
             raise HarnessArgumentError(f"data: no dict.txt in {data}")
+        if device is None or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            device = "cpu"  # the harness's --device defaults to cuda
         from fairseq import hub_utils
 
         loaded = hub_utils.from_pretrained(str(checkpoint.parent), checkpoint.name, str(data),
@@ -76,7 +78,7 @@ class EnergyLMEval(LM):
                                        f"{type(self.model).__name__} has no energy head")
         self.scoring, self.log_z = scoring, log_z
         self.topk, self.num_samples = int(topk), int(num_samples)
-        self.batch_size = int(batch_size)
+        self.batch_size = 1 if str(batch_size).startswith("auto") else int(batch_size)
         self.generator = torch.Generator().manual_seed(int(seed))
         task_cfg = loaded["args"].task
         self.max_length = int(getattr(task_cfg, "tokens_per_sample", 0) or
@@ -127,16 +129,19 @@ class EnergyLMEval(LM):
         return src, targets
 
     def _score(self, context: List[int], continuation: List[int]) -> Tuple[float, bool]:
-        if not continuation:
-            return 0.0, True
-        if len(continuation) > self.max_length:
-            raise ValueError(f"a continuation of {len(continuation)} tokens is longer than the "
-                             f"model's block ({self.max_length})")
-        src, targets = self._window(context, continuation)
-        scores = score(self.model, src, targets, self.scoring, self.log_z, self.topk,
-                       self.num_samples, self.generator)
-        values = scores.lm if self.scoring == "lm" else scores.elm
-        return float(values.double().sum()), scores.greedy
+        """Sum of the continuation's log-likelihoods and whether each token was the
+        greedy choice. A continuation longer than the block is scored in pieces of the
+        block, each after as much of what precedes it as the window holds."""
+        total, greedy = 0.0, True
+        for start in range(0, len(continuation), self.max_length):
+            piece = continuation[start:start + self.max_length]
+            src, targets = self._window(context + continuation[:start], piece)
+            scores = score(self.model, src, targets, self.scoring, self.log_z, self.topk,
+                           self.num_samples, self.generator)
+            values = scores.lm if self.scoring == "lm" else scores.elm
+            total += float(values.double().sum())
+            greedy = greedy and scores.greedy
+        return total, greedy
 
     # ---------------------------------------------------------------- harness API
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> List[Tuple[float, bool]]:

@@ -96,3 +96,29 @@ def test_bad_model_args_fail_in_one_line(checkpoint, data_bin, kw, message):
     args = {"path": str(checkpoint), "data": str(data_bin), **kw}
     with pytest.raises(HarnessArgumentError, match=message):
         EnergyLMEval(**args)
+
+
+def test_energy_lm_harness_runs_the_shipped_tasks_offline(checkpoint, data_bin, tmp_path):
+    import json
+
+    from conftest import error_line
+
+    tasks = tmp_path / "tasks"
+    built = run_cli("energy-lm-harness-tasks", tasks, "--corpus", data_bin.parent)
+    assert "lastword:" in built.stdout and (tasks / "energy_lm_cloze.yaml").is_file()
+    model_args = f"path={checkpoint},data={data_bin}"
+    names = ["energy_lm_lastword", "energy_lm_cloze", "energy_lm_perplexity"]
+    out = tmp_path / "results"
+    run_cli("energy-lm-harness", "--model_args",
+            f"{model_args},scoring=elm,log_z=estimate,topk=4,num_samples=4", "--tasks", *names,
+            "--include_path", tasks, "--limit", "4", "--output_path", out,
+            "--verbosity", "WARNING", env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+    assert set(results) == set(names)
+    for name, metric in zip(names, ("acc", "acc", "word_perplexity")):
+        assert metric in {k.split(",")[0] for k in results[name]}, results[name]
+    bad = run_cli("energy-lm-harness", "--model_args", f"{model_args},scoring=energy",
+                  "--tasks", "energy_lm_cloze", "--include_path", tasks, check=False)
+    assert bad.returncode == 1
+    assert error_line(bad.stderr) == "energy-lm-harness: error: scoring must be lm or elm, " \
+                                     "got 'energy'", bad.stderr[-1500:]
