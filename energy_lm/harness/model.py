@@ -44,7 +44,8 @@ class EnergyLMEval(LM):
     def __init__(self, path: str = None, data: str = None, scoring: str = "lm",
                  log_z: str = "exact", topk: int = 16, num_samples: int = 16,
                  batch_size: int = 1, max_batch_size: Optional[int] = None,
-                 device: Optional[str] = "cpu", dtype: str = "float32", seed: int = 0, **load_kwargs):
+                 device: Optional[str] = "cpu", dtype: str = "float32", seed: int = 0,
+                 sir_candidates: int = 1, **load_kwargs):
         super().__init__()
         if not path or not data:
             raise HarnessArgumentError("model_args needs path=CHECKPOINT and data=DATA_BIN")
@@ -77,6 +78,7 @@ class EnergyLMEval(LM):
             raise HarnessArgumentError(f"scoring=elm needs an energy LM; "
                                        f"{type(self.model).__name__} has no energy head")
         self.scoring, self.log_z = scoring, log_z
+        self.sir_candidates = int(sir_candidates)
         self.topk, self.num_samples = int(topk), int(num_samples)
         self.batch_size = 1 if str(batch_size).startswith("auto") else int(batch_size)
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -168,5 +170,32 @@ class EnergyLMEval(LM):
         return total
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> List[str]:
-        raise NotImplementedError("energy_lm's harness model does not generate yet "
-                                  "(loglikelihood and perplexity tasks only)")
+        """Through fairseq's generator: greedy from q (do_sample false, the harness's
+        default), or sampling at the given temperature, the ELM's SIR with the model
+        argument sir_candidates=K > 1 (docs/generation.md). The text stops at the first
+        of the request's `until` strings."""
+        out = []
+        for request in tqdm(requests, disable=disable_tqdm, desc="generate_until"):
+            context, kwargs = request.args
+            kwargs = dict(kwargs or {})
+            until = kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            new_tokens = int(kwargs.pop("max_gen_toks", 256))
+            sample = bool(kwargs.pop("do_sample", False))
+            temperature = float(kwargs.pop("temperature", 1.0) or 1.0)
+            room = max(1, self.max_length - min(new_tokens, self.max_length // 2))
+            prompt = self.tok_encode(context)[-room:]
+            flags = dict(beam=1, max_len_a=1, max_len_b=new_tokens, sampling=sample)
+            if sample:
+                flags.update(temperature=temperature, sir_candidates=self.sir_candidates)
+            prompt_ids = torch.tensor(prompt + [self.dictionary.eos()], dtype=torch.long)
+            hypo = self.hub.generate([prompt_ids], **flags)[0][0]
+            continuation = hypo["tokens"][len(prompt):].tolist()[:new_tokens]
+            if self.dictionary.eos() in continuation:
+                continuation = continuation[:continuation.index(self.dictionary.eos())]
+            text = self.hub.decode(torch.tensor(continuation, dtype=torch.long)) if continuation else ""
+            for stop in until:
+                if stop and stop in text:
+                    text = text[:text.index(stop)]
+            out.append(text)
+        return out

@@ -122,3 +122,26 @@ def test_energy_lm_harness_runs_the_shipped_tasks_offline(checkpoint, data_bin, 
     assert bad.returncode == 1
     assert error_line(bad.stderr) == "energy-lm-harness: error: scoring must be lm or elm, " \
                                      "got 'energy'", bad.stderr[-1500:]
+
+
+def test_greedy_generation_is_qs_argmax_and_sampling_runs_sir(checkpoint, data_bin):
+    from lm_eval.api.instance import Instance
+
+    h = harness_model(checkpoint, data_bin, sir_candidates=4)
+    greedy = Instance(request_type="generate_until", doc={}, idx=0,
+                      arguments=("Return the", {"until": ["\n\n"], "max_gen_toks": 5}))
+    (text,) = h.generate_until([greedy], disable_tqdm=True)
+    tokens = [h.dictionary.eos()] + h.tok_encode("Return the")
+    new = h.tok_encode("Return the" + text)[len(tokens) - 1:]
+    assert 0 < len(new) <= 5
+    torch.set_grad_enabled(False)
+    for token in new:  # each generated token is q's argmax after what precedes it
+        logits = h.model(torch.tensor(tokens)[None])[0][0, -1]
+        assert int(logits.argmax()) == token
+        tokens.append(token)
+    torch.set_grad_enabled(True)
+    sampled = Instance(request_type="generate_until", doc={}, idx=0,
+                       arguments=("Return the", {"until": ["."], "max_gen_toks": 5,
+                                                 "do_sample": True}))
+    (text,) = h.generate_until([sampled], disable_tqdm=True)
+    assert isinstance(text, str) and "." not in text
