@@ -120,54 +120,74 @@ class EnergyLMEval(LM):
         ctx = self.tok_encode(context)
         return ctx, whole[len(ctx):]
 
-    def _window(self, context: List[int], continuation: List[int]):
+    def _window(self, context: List[int], continuation: List[int]) -> Tuple[List[int], List[int]]:
         """(src, targets) of one scored window: </s> + context + continuation, cut from
         the left to the block length; only the continuation's targets are scored."""
-        seq = [self.dictionary.eos()] + context + continuation
-        seq = seq[-(self.max_length + 1):]
-        src = torch.tensor(seq[:-1], device=self.device)
-        targets = torch.tensor(seq[1:], device=self.device)
-        targets[: len(targets) - len(continuation)] = self.dictionary.pad()
-        return src, targets
+        seq = ([self.dictionary.eos()] + context + continuation)[-(self.max_length + 1):]
+        targets = seq[1:]
+        unscored = len(targets) - len(continuation)
+        return seq[:-1], [self.dictionary.pad()] * unscored + targets[unscored:]
 
-    def _score(self, context: List[int], continuation: List[int]) -> Tuple[float, bool]:
-        """Sum of the continuation's log-likelihoods and whether each token was the
-        greedy choice. A continuation longer than the block is scored in pieces of the
-        block, each after as much of what precedes it as the window holds."""
-        total, greedy = 0.0, True
-        for start in range(0, len(continuation), self.max_length):
-            piece = continuation[start:start + self.max_length]
-            src, targets = self._window(context + continuation[:start], piece)
-            scores = score(self.model, src, targets, self.scoring, self.log_z, self.topk,
-                           self.num_samples, self.generator)
+    def _pieces(self, context: List[int], continuation: List[int]):
+        """The windows of a continuation: pieces of at most the block, each after as
+        much of what precedes it as the window holds."""
+        return [self._window(context + continuation[:start],
+                             continuation[start:start + self.max_length])
+                for start in range(0, len(continuation), self.max_length)]
+
+    def _score_windows(self, windows, desc: str, disable_tqdm: bool):
+        """[(log-likelihood, greedy)] of every window, in batches of --batch_size windows
+        of similar length (longest first); a window's figures do not depend on its batch."""
+        pad = self.dictionary.pad()
+        order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))
+        results: List[Optional[Tuple[float, bool]]] = [None] * len(windows)
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for batch in tqdm(batches, disable=disable_tqdm, desc=desc):
+            width = max(len(windows[i][0]) for i in batch)
+            src = torch.full((len(batch), width), pad, dtype=torch.long)
+            targets = torch.full((len(batch), width), pad, dtype=torch.long)
+            for row, i in enumerate(batch):
+                s, t = windows[i]
+                src[row, :len(s)] = torch.tensor(s)
+                targets[row, :len(t)] = torch.tensor(t)
+            scores = score(self.model, src.to(self.device), targets.to(self.device), self.scoring,
+                           self.log_z, self.topk, self.num_samples, self.generator)
             values = scores.lm if self.scoring == "lm" else scores.elm
-            total += float(values.double().sum())
-            greedy = greedy and scores.greedy
-        return total, greedy
+            for row, i in enumerate(batch):
+                results[i] = (float(values[row]), bool(scores.greedy[row]))
+        return results
+
+    def _requests(self, pieces_per_request, desc: str, disable_tqdm: bool):
+        flat = [(r, w) for r, pieces in enumerate(pieces_per_request) for w in pieces]
+        scored = self._score_windows([w for _, w in flat], desc, disable_tqdm)
+        totals = [[0.0, True] for _ in pieces_per_request]
+        for (r, _), (value, greedy) in zip(flat, scored):
+            totals[r][0] += value
+            totals[r][1] = totals[r][1] and greedy
+        return [(value, greedy) for value, greedy in totals]
 
     # ---------------------------------------------------------------- harness API
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> List[Tuple[float, bool]]:
-        out = []
-        for request in tqdm(requests, disable=disable_tqdm, desc="loglikelihood"):
-            context, continuation = request.args
-            out.append(self._score(*self._encode_pair(context, continuation)))
-        return out
+        pieces = [self._pieces(*self._encode_pair(*request.args)) for request in requests]
+        return self._requests(pieces, "loglikelihood", disable_tqdm)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> List[float]:
-        return [self.rolling_tokens(self.tok_encode(request.args[0]))
-                for request in tqdm(requests, disable=disable_tqdm, desc="loglikelihood_rolling")]
+        pieces = [self._rolling_windows(self.tok_encode(request.args[0])) for request in requests]
+        return [value for value, _ in self._requests(pieces, "loglikelihood_rolling",
+                                                     disable_tqdm)]
 
     def rolling_tokens(self, tokens: List[int]) -> float:
         """The log-likelihood of a token stream in disjoint windows of the block, each
         after one token of context (the first after </s>)."""
+        return self._requests([self._rolling_windows(tokens)], "rolling", True)[0][0]
+
+    def _rolling_windows(self, tokens: List[int]):
         windows = map(make_disjoint_window, get_rolling_token_windows(
             token_list=tokens, prefix_token=self.dictionary.eos(),
             max_seq_len=self.max_length, context_len=1))
-        total = 0.0
-        for i, (context, continuation) in enumerate(windows):
-            # the first window's context is the prefix token, which _window adds itself
-            total += self._score(context[1:] if i == 0 else context, continuation)[0]
-        return total
+        # the first window's context is the prefix token, which _window adds itself
+        return [self._window(context[1:] if i == 0 else context, continuation)
+                for i, (context, continuation) in enumerate(windows)]
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> List[str]:
         """Through fairseq's generator: greedy from q (do_sample false, the harness's

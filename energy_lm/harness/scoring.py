@@ -17,24 +17,26 @@ LOG_Z_MODES = ("exact", "estimate")
 
 @dataclass
 class TargetScores:
-    lm: Tensor                      # (n,) log q of each scored target
-    elm: Optional[Tensor]           # (n,) log q - E - log Z (None when only q was asked)
-    log_z_stderr: Optional[Tensor]  # (n,) the estimate's standard error (0 when exact)
-    greedy: bool                    # every target is the most likely token (see `score`)
+    """Per row of a batch of windows: sums over its scored targets (natural log)."""
+    lm: Tensor                      # (B,) sum of log q
+    elm: Optional[Tensor]           # (B,) sum of log q - E - log Z (None when only q was asked)
+    log_z_var: Optional[Tensor]     # (B,) sum of the estimate's variances (0 when exact)
+    greedy: Tensor                  # (B,) bool: every scored target is the most likely token
 
 
-def _sample(src: Tensor, targets: Tensor) -> dict:
-    return {"net_input": {"src_tokens": src.unsqueeze(0)}, "target": targets.unsqueeze(0)}
+def _row_sums(values: Tensor, scored: Tensor) -> Tensor:
+    return torch.where(scored, values.double(), torch.zeros((), dtype=torch.float64)).sum(-1)
 
 
 @torch.no_grad()
 def score(model, src: Tensor, targets: Tensor, scoring: str = "lm", log_z: str = "exact",
           topk: int = 16, num_samples: int = 16, generator: Optional[torch.Generator] = None,
           chunk: int = 256) -> TargetScores:
-    """src (T,) the model's input, targets (T,) targets[t] follows src[:t+1], <pad> where
-    a target is not scored. `greedy`: each scored target is the argmax of q (scoring
-    "lm"), of the ELM over the whole vocabulary (exact Z), or of the ELM over q's top-k
-    (the estimate: a target outside q's top-k is not greedy)."""
+    """src (B, T) right-padded windows, targets (B, T): targets[:, t] follows
+    src[:, :t+1], <pad> where a target is not scored. `greedy`: each scored target is the
+    argmax of q (scoring "lm"), of the ELM over the whole vocabulary (exact Z), or of the
+    ELM over q's top-k (the estimate: a target outside q's top-k is not greedy). A row's
+    figures do not depend on the other rows (padding never changes a target's score)."""
     from energy_lm.cli.eval_elm import head_and_tail, score_batch, vocabulary_energies
     from energy_lm.losses import exact_log_z, topk_tail_log_z
 
@@ -42,32 +44,37 @@ def score(model, src: Tensor, targets: Tensor, scoring: str = "lm", log_z: str =
         raise ValueError(f"scoring must be 'lm' or 'elm', got {scoring!r}")
     if log_z not in LOG_Z_MODES:
         raise ValueError(f"log_z must be one of {', '.join(LOG_Z_MODES)}, got {log_z!r}")
-    sample = _sample(src, targets)
+    sample = {"net_input": {"src_tokens": src}, "target": targets}
     pad = model._trunk().padding_idx if hasattr(model, "_trunk") else model.decoder.padding_idx
-    scored = targets.ne(pad)
-    tokens = targets[scored]
+    scored = targets.ne(pad)  # (B, T)
+
+    def gather(lprobs: Tensor) -> Tensor:
+        return lprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+    def all_greedy(best: Tensor) -> Tensor:
+        return ((best == targets) | ~scored).all(dim=-1)
+
     if scoring == "lm":
-        logits = model(src.unsqueeze(0))[0][0]  # (T, V)
+        logits = model(src)[0]  # (B, T, V)
         lprobs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
-        lm = lprobs[scored].gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-        greedy = bool((lprobs[scored].argmax(-1) == tokens).all())
-        return TargetScores(lm, None, None, greedy)
+        return TargetScores(_row_sums(gather(lprobs), scored), None, None,
+                            all_greedy(lprobs.argmax(-1)))
     if log_z == "exact":
-        out, energies = vocabulary_energies(model, sample, chunk)  # (1, P, V) each
-        lprobs, energies = out.lprobs[0][scored], energies[0][scored]  # (n, V)
-        z = exact_log_z(lprobs, energies)
-        lm = lprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-        energy = out.energy[0][scored].to(lm.dtype)
-        greedy = bool(((lprobs - energies.to(lprobs.dtype)).argmax(-1) == tokens).all())
-        return TargetScores(lm, lm - energy - z, torch.zeros_like(z), greedy)
+        out, energies = vocabulary_energies(model, sample, chunk)  # (B, T, V) each
+        z = exact_log_z(out.lprobs, energies)  # (B, T)
+        lq = gather(out.lprobs)
+        elm = lq - out.energy.to(lq.dtype) - z
+        best = (out.lprobs - energies.to(out.lprobs.dtype)).argmax(-1)
+        return TargetScores(_row_sums(lq, scored), _row_sums(elm, scored),
+                            torch.zeros(src.size(0), dtype=torch.float64), all_greedy(best))
     out = score_batch(model, sample, head_and_tail(topk, num_samples, generator))
-    lprobs = out.lprobs[0][scored]  # (n, V)
-    cands = out.cand_tokens[0].t()[scored]  # (n, k + K)
-    cand_e = out.cand_energy[0].t()[scored]
-    head, head_e, tail_e = cands[:, :topk], cand_e[:, :topk], cand_e[:, topk:]
-    head_lq = lprobs.gather(-1, head)
+    head = out.cand_tokens[:, :topk].permute(0, 2, 1)  # (B, T, k)
+    head_e = out.cand_energy[:, :topk].permute(0, 2, 1)
+    tail_e = out.cand_energy[:, topk:].permute(0, 2, 1)
+    head_lq = out.lprobs.gather(-1, head)
     z, stderr, _ = topk_tail_log_z(head_lq, head_e, tail_e)
-    lm = lprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    energy = out.energy[0][scored].to(lm.dtype)
-    best = head.gather(1, (head_lq - head_e.to(head_lq.dtype)).argmax(-1, keepdim=True))[:, 0]
-    return TargetScores(lm, lm - energy - z, stderr, bool((best == tokens).all()))
+    lq = gather(out.lprobs)
+    elm = lq - out.energy.to(lq.dtype) - z
+    best = head.gather(-1, (head_lq - head_e.to(head_lq.dtype)).argmax(-1, keepdim=True))[..., 0]
+    return TargetScores(_row_sums(lq, scored), _row_sums(elm, scored),
+                        _row_sums(stderr ** 2, scored), all_greedy(best))

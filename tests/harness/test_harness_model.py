@@ -145,3 +145,21 @@ def test_greedy_generation_is_qs_argmax_and_sampling_runs_sir(checkpoint, data_b
                                                  "do_sample": True}))
     (text,) = h.generate_until([sampled], disable_tqdm=True)
     assert isinstance(text, str) and "." not in text
+
+
+@pytest.mark.parametrize("scoring,log_z", [("lm", "exact"), ("elm", "exact")])
+def test_scores_do_not_depend_on_the_batch(checkpoint, data_bin, scoring, log_z):
+    from lm_eval.api.instance import Instance
+
+    texts = [("Return the list of", " items"), ("A", " new value is returned here"),
+             ("Raise an error if the file", " is not found"), ("", " The default")]
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=t, idx=i)
+                for i, t in enumerate(texts)]
+    one = harness_model(checkpoint, data_bin, scoring=scoring, log_z=log_z, batch_size=1)
+    three = harness_model(checkpoint, data_bin, scoring=scoring, log_z=log_z, batch_size=3)
+    a = one.loglikelihood(requests, disable_tqdm=True)
+    b = three.loglikelihood(requests, disable_tqdm=True)
+    assert [g for _, g in a] == [g for _, g in b]
+    for (x, _), (y, _) in zip(a, b):
+        assert x == pytest.approx(y, abs=1e-9)
+    assert len({round(x, 6) for x, _ in a}) == len(texts)
