@@ -71,9 +71,11 @@ class EnergyLMEval(LM):
         self.model = self.hub.models[0].to(device=device, dtype=getattr(torch, dtype))
         self.model.eval()
         self.dictionary = loaded["task"].source_dictionary
-        if hasattr(getattr(self.model, "encoder", None), "sentence_encoder"):
-            raise HarnessArgumentError("path: a masked checkpoint; the harness model scores "
-                                       "causal LMs (pseudo-log-likelihood is not built yet)")
+        # a masked checkpoint is scored by pseudo-log-likelihood: each token masked in turn
+        self.masked = hasattr(getattr(self.model, "encoder", None), "sentence_encoder")
+        self.mask_idx = getattr(loaded["task"], "mask_idx", None)
+        if self.masked and self.mask_idx is None:
+            raise HarnessArgumentError("path: a masked model whose task has no <mask> symbol")
         if scoring == "elm" and not hasattr(self.model, "energy_head"):
             raise HarnessArgumentError(f"scoring=elm needs an energy LM; "
                                        f"{type(self.model).__name__} has no energy head")
@@ -85,6 +87,8 @@ class EnergyLMEval(LM):
         task_cfg = loaded["args"].task
         self.max_length = int(getattr(task_cfg, "tokens_per_sample", 0) or
                               self.model.max_positions())
+        if self.masked:  # the block holds <s> ... </s>
+            self.max_length = min(self.max_length, self.model.max_positions()) - 2
         self._device = torch.device(device)
 
     @staticmethod
@@ -128,9 +132,27 @@ class EnergyLMEval(LM):
         unscored = len(targets) - len(continuation)
         return seq[:-1], [self.dictionary.pad()] * unscored + targets[unscored:]
 
+    def _masked_rows(self, context: List[int], continuation: List[int]):
+        """Pseudo-log-likelihood: <s> context continuation </s> (the context cut from the
+        left to fit), one row per continuation token with that token masked."""
+        d = self.dictionary
+        room = max(self.max_length - len(continuation), 0)
+        seq = [d.bos()] + context[len(context) - room:] + continuation + [d.eos()]
+        first = len(seq) - 1 - len(continuation)
+        rows = []
+        for i in range(first, len(seq) - 1):
+            src, targets = list(seq), [d.pad()] * len(seq)
+            src[i], targets[i] = self.mask_idx, seq[i]
+            rows.append((src, targets))
+        return rows
+
     def _pieces(self, context: List[int], continuation: List[int]):
         """The windows of a continuation: pieces of at most the block, each after as
-        much of what precedes it as the window holds."""
+        much of what precedes it as the window holds (masked: one row per token)."""
+        if self.masked:
+            return [row for start in range(0, len(continuation), self.max_length)
+                    for row in self._masked_rows(context + continuation[:start],
+                                                 continuation[start:start + self.max_length])]
         return [self._window(context + continuation[:start],
                              continuation[start:start + self.max_length])
                 for start in range(0, len(continuation), self.max_length)]
@@ -182,6 +204,9 @@ class EnergyLMEval(LM):
         return self._requests([self._rolling_windows(tokens)], "rolling", True)[0][0]
 
     def _rolling_windows(self, tokens: List[int]):
+        if self.masked:  # blocks of the text, each token masked in turn within its block
+            return [row for start in range(0, len(tokens), self.max_length)
+                    for row in self._masked_rows([], tokens[start:start + self.max_length])]
         windows = map(make_disjoint_window, get_rolling_token_windows(
             token_list=tokens, prefix_token=self.dictionary.eos(),
             max_seq_len=self.max_length, context_len=1))
@@ -194,6 +219,8 @@ class EnergyLMEval(LM):
         default), or sampling at the given temperature, the ELM's SIR with the model
         argument sir_candidates=K > 1 (docs/generation.md). The text stops at the first
         of the request's `until` strings."""
+        if self.masked:
+            raise NotImplementedError("generate_until: a masked checkpoint does not generate")
         out = []
         for request in tqdm(requests, disable=disable_tqdm, desc="generate_until"):
             context, kwargs = request.args

@@ -32,8 +32,9 @@ def _row_sums(values: Tensor, scored: Tensor) -> Tensor:
 def score(model, src: Tensor, targets: Tensor, scoring: str = "lm", log_z: str = "exact",
           topk: int = 16, num_samples: int = 16, generator: Optional[torch.Generator] = None,
           chunk: int = 256) -> TargetScores:
-    """src (B, T) right-padded windows, targets (B, T): targets[:, t] follows
-    src[:, :t+1], <pad> where a target is not scored. `greedy`: each scored target is the
+    """src (B, T) right-padded windows, targets (B, T): for a causal model targets[:, t]
+    follows src[:, :t+1]; for a masked model targets holds the data token at each masked
+    position of src; <pad> where a target is not scored. `greedy`: each scored target is the
     argmax of q (scoring "lm"), of the ELM over the whole vocabulary (exact Z), or of the
     ELM over q's top-k (the estimate: a target outside q's top-k is not greedy). A row's
     figures do not depend on the other rows (padding never changes a target's score)."""
@@ -59,15 +60,23 @@ def score(model, src: Tensor, targets: Tensor, scoring: str = "lm", log_z: str =
         lprobs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
         return TargetScores(_row_sums(gather(lprobs), scored), None, None,
                             all_greedy(lprobs.argmax(-1)))
+    # the energy pass's own layout: (B, T) targets for a causal model, (B, S) masked
+    # positions for a masked one
+    def in_layout(out):
+        nonlocal targets, scored
+        targets, scored = out.tokens, out.scored
+
     if log_z == "exact":
-        out, energies = vocabulary_energies(model, sample, chunk)  # (B, T, V) each
-        z = exact_log_z(out.lprobs, energies)  # (B, T)
+        out, energies = vocabulary_energies(model, sample, chunk)  # (B, P, V) each
+        in_layout(out)
+        z = exact_log_z(out.lprobs, energies)  # (B, P)
         lq = gather(out.lprobs)
         elm = lq - out.energy.to(lq.dtype) - z
         best = (out.lprobs - energies.to(out.lprobs.dtype)).argmax(-1)
         return TargetScores(_row_sums(lq, scored), _row_sums(elm, scored),
                             torch.zeros(src.size(0), dtype=torch.float64), all_greedy(best))
     out = score_batch(model, sample, head_and_tail(topk, num_samples, generator))
+    in_layout(out)
     head = out.cand_tokens[:, :topk].permute(0, 2, 1)  # (B, T, k)
     head_e = out.cand_energy[:, :topk].permute(0, 2, 1)
     tail_e = out.cand_energy[:, topk:].permute(0, 2, 1)

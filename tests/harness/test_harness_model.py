@@ -163,3 +163,49 @@ def test_scores_do_not_depend_on_the_batch(checkpoint, data_bin, scoring, log_z)
     for (x, _), (y, _) in zip(a, b):
         assert x == pytest.approx(y, abs=1e-9)
     assert len({round(x, 6) for x, _ in a}) == len(texts)
+
+
+@pytest.fixture(scope="module")
+def masked_checkpoint(data_bin, tmp_path_factory):
+    from conftest import TRAIN_SMALL
+
+    save = tmp_path_factory.mktemp("harness_mlm")
+    small = list(TRAIN_SMALL)
+    small[small.index("--tokens-per-sample") + 1] = str(BLOCK)
+    run_cli("fairseq-train", data_bin, "--task", "masked_lm", "--arch", "roberta_zero_clap_tiny",
+            *small, "--encoder-layers", "1", "--criterion", "monarc", "--max-update", "2",
+            "--save-dir", save)
+    return save / "checkpoint_last.pt"
+
+
+def test_masked_checkpoints_score_by_pseudo_log_likelihood(masked_checkpoint, data_bin):
+    from lm_eval.api.instance import Instance
+
+    from energy_lm.models.scoring import masked_energy_pass
+
+    request = Instance(request_type="loglikelihood", doc={}, idx=0,
+                       arguments=("Return the list of", " items"))
+    for scoring in ("lm", "elm"):
+        h = harness_model(masked_checkpoint, data_bin, scoring=scoring, log_z="exact")
+        assert h.masked
+        (ll, _), = h.loglikelihood([request], disable_tqdm=True)
+        ctx, cont = h._encode_pair("Return the list of", " items")
+        d = h.dictionary
+        seq = torch.tensor([d.bos()] + ctx + cont + [d.eos()])
+        vocab = torch.arange(len(d))
+        want = 0.0
+        torch.set_grad_enabled(False)
+        for i in range(1 + len(ctx), 1 + len(ctx) + len(cont)):  # each token masked in turn
+            src, targets = seq.clone(), torch.full_like(seq, d.pad())
+            src[i], targets[i] = h.mask_idx, seq[i]
+            out = masked_energy_pass(h.model, src[None], targets[None],
+                                     candidates=vocab.view(1, -1, 1))
+            lq = torch.log_softmax(out.logits[0, 0].double(), -1)
+            if scoring == "lm":
+                want += float(lq[seq[i]])
+            else:
+                e = out.cand_energy[0, :, 0].double()
+                want += float(lq[seq[i]] - e[seq[i]] - torch.logsumexp(lq - e, 0))
+        torch.set_grad_enabled(True)
+        assert ll == pytest.approx(want, abs=1e-9), scoring
+    assert isinstance(h.rolling_tokens(h.tok_encode("Return the list of items.")), float)
