@@ -18,6 +18,8 @@ that block, each after one token of context: the windows of a split in
 `fairseq-eval-lm` / `energy-lm-eval-elm` blocks.
 """
 
+import logging
+import math
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -29,6 +31,9 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from energy_lm.harness.scoring import LOG_Z_MODES, score
+
+
+logger = logging.getLogger("energy_lm.harness")
 
 
 class HarnessArgumentError(ValueError):
@@ -181,6 +186,12 @@ class EnergyLMEval(LM):
 
     def _requests(self, pieces_per_request, desc: str, disable_tqdm: bool):
         flat = [(r, w) for r, pieces in enumerate(pieces_per_request) for w in pieces]
+        if self.scoring == "elm" and self.log_z == "exact" and flat:
+            vocab = len(self.dictionary)
+            positions = sum(len(src) for _, (src, _) in flat)
+            logger.info("%s: exact Z scores %d vocabulary entries at each of %d positions in "
+                        "%d windows (%d passes of each window); log_z=estimate is cheaper",
+                        desc, vocab, positions, len(flat), math.ceil(vocab / 256))
         scored = self._score_windows([w for _, w in flat], desc, disable_tqdm)
         totals = [[0.0, True] for _ in pieces_per_request]
         for (r, _), (value, greedy) in zip(flat, scored):
