@@ -9,7 +9,7 @@ at import (idempotent):
 - `fairseq.dataclass.utils.convert_namespace_to_omegaconf` carries them from the parsed
   arguments into `cfg.generation` (it keeps only GenerationConfig's own fields);
 - `FairseqTask.build_generator` builds energy_lm's SIR generator
-  (energy_lm.sampling.sir_generator) when K > 1, and fairseq's own otherwise: without
+  (energy_lm.models.sir_generator) when K > 1, and fairseq's own otherwise: without
   the flag, or with K = 1, generation is exactly fairseq's.
 """
 
@@ -62,7 +62,7 @@ def install() -> None:
             return build_generator(self, models, args, seq_gen_cls=seq_gen_cls,
                                    extra_gen_cls_kwargs=extra_gen_cls_kwargs,
                                    prefix_allowed_tokens_fn=prefix_allowed_tokens_fn)
-        from energy_lm.sampling.sir_generator import SirSequenceGenerator, check_sir_args
+        from energy_lm.models.sir_generator import SirSequenceGenerator, check_sir_args
 
         check_sir_args(models, args, k)
         extra = dict(extra_gen_cls_kwargs or {}, sir_candidates=k,

@@ -9,7 +9,7 @@ import torch
 
 from conftest import LM_SMALL, build_model, error_line, run_cli
 from energy_lm.cli.eval_elm import evaluate, exact_log_z_of, report
-from energy_lm.sampling import sir_sample
+from energy_lm.models.sir import sir_sample
 
 
 def energy_lm(data_bin, seed=0, std=0.5):

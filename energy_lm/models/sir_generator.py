@@ -10,7 +10,7 @@ the search for a token. Two pieces take part:
   SIR needs: the proposal's raw logits and the energy head's context at each row's last
   token. When the token fairseq appends is the candidate SIR chose, that candidate's keys
   and values (computed when it was scored) join the cache and its final state gives the
-  next proposal, without running the layers again (energy_lm.sampling.decode_cache).
+  next proposal, without running the layers again (energy_lm.models.decode_cache).
 - `SirSampling` (the search side) draws K candidates from the edited proposal exactly as
   fairseq's `Sampling` draws one (the same top-k / top-p support, torch's global RNG),
   scores them with the energy head in one batched forward, and keeps one with
@@ -32,7 +32,7 @@ from fairseq import search
 from fairseq.sequence_generator import EnsembleModel, SequenceGenerator
 from torch import Tensor
 
-from energy_lm.sampling import decode_cache
+from energy_lm.models import decode_cache
 
 logger = logging.getLogger("energy_lm.sir")
 

@@ -13,7 +13,7 @@ negligible, as it is for any trained LM (<pad> is never a target).
 
 Two ways to get the proposal and the energies, which make the same choices from the same
 random numbers: `cached=True` (the default) keeps the data stream's keys and values and
-runs one batched forward of the K candidates per step (energy_lm.sampling.decode_cache);
+runs one batched forward of the K candidates per step (energy_lm.models.decode_cache);
 `cached=False` reruns the model on the whole prefix at every step (the reference the
 cached sampler is tested against; O(T^2) per sequence).
 """
@@ -23,29 +23,31 @@ from typing import Dict, List, Optional, Union
 import torch
 from torch import Tensor
 
-from energy_lm.sampling import decode_cache
+from energy_lm.models import decode_cache
+from energy_lm.models.scoring import causal_energy_pass
 
 
 class _Cached:
     def __init__(self, model, prompts: List[Tensor]):
+        self.decode = decode_cache
         self.model = model
         self.cache = decode_cache.prefill(model, prompts)
-        self.step: Optional[decode_cache.StepForward] = None
+        self.step = None
 
     def logits(self) -> Tensor:
         return self.cache.logits
 
-    def _forward(self, candidates: Tensor) -> decode_cache.StepForward:
+    def _forward(self, candidates: Tensor):
         if self.step is None or not torch.equal(self.step.candidates, candidates):
-            self.step = decode_cache.forward_candidates(self.model, self.cache, candidates)
+            self.step = self.decode.forward_candidates(self.model, self.cache, candidates)
         return self.step
 
     def energies(self, candidates: Tensor) -> Tensor:
-        return decode_cache.candidate_energies(self.model, self.cache, self._forward(candidates))
+        return self.decode.candidate_energies(self.model, self.cache, self._forward(candidates))
 
     def append(self, candidates: Tensor, pick: Tensor) -> None:
         step = self._forward(candidates)
-        self.cache = decode_cache.append_chosen(self.model, self.cache, step, pick)
+        self.cache = self.decode.append_chosen(self.model, self.cache, step, pick)
         self.step = None
 
 
@@ -86,8 +88,6 @@ class _Recompute:
 
 def _step_energies(model, prefix: Tensor, candidates: Tensor) -> Tensor:
     """Energies of candidates (B, K) standing at position T of prefix (B, T) -> (B, K)."""
-    from energy_lm.models.scoring import causal_energy_pass
-
     # the candidate position must exist in the data stream: extend the prefix by one
     # placeholder token; causal attention keeps it out of the candidates' view
     extended = torch.cat([prefix, candidates[:, :1]], dim=1)  # (B, T+1)

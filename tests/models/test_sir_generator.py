@@ -12,7 +12,7 @@ from omegaconf import OmegaConf, open_dict
 
 from conftest import build_model
 from energy_lm.models.scoring import causal_energy_pass
-from energy_lm.sampling.sir_generator import SirSequenceGenerator
+from energy_lm.models.sir_generator import SirSequenceGenerator
 
 
 def gen_args(**values):

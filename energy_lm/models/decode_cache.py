@@ -26,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from energy_lm.models.scoring import _data_stream
+from energy_lm.modules.paired_pass import PairedPass
+
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
 
 
@@ -62,8 +65,6 @@ def _check_positions(trunk, length: int) -> None:
 def prefill(model, prompts: List[Tensor]) -> DecodeCache:
     """Run each prompt (1-D, at least one token) through the data stream once and lay
     its keys and values into one left-padded cache."""
-    from energy_lm.models.scoring import _data_stream
-
     if not prompts or any(p.dim() != 1 or p.numel() == 0 for p in prompts):
         raise ValueError("prompts must be non-empty 1-D token tensors")
     trunk = model._trunk()
@@ -98,9 +99,6 @@ def prefill(model, prompts: List[Tensor]) -> DecodeCache:
 def forward_candidates(model, cache: DecodeCache, candidates: Tensor,
                        backend: str = "auto") -> StepForward:
     """candidates (B, K) at each row's next position, through every layer."""
-    # energy_lm.modules imports energy_lm.sampling (keyed_random): imported on use
-    from energy_lm.modules.paired_pass import PairedPass
-
     trunk = model._trunk()
     attns = _layers_attention(trunk)
     buffers = [attn._get_input_buffer(cache.state) for attn in attns]
