@@ -117,6 +117,14 @@ def test_energy_lm_harness_runs_the_shipped_tasks_offline(checkpoint, data_bin, 
     assert set(results) == set(names)
     for name, metric in zip(names, ("acc", "acc", "word_perplexity")):
         assert metric in {k.split(",")[0] for k in results[name]}, results[name]
+    # the Python route of docs/harness.md
+    from lm_eval.tasks import TaskManager
+
+    lm = harness_model(checkpoint, data_bin, scoring="elm", log_z="estimate", topk=4,
+                       num_samples=4)
+    py = lm_eval.simple_evaluate(model=lm, tasks=["energy_lm_lastword"], limit=2,
+                                 task_manager=TaskManager(include_path=str(tasks)))
+    assert "energy_lm_lastword" in py["results"]
     bad = run_cli("energy-lm-harness", "--model_args", f"{model_args},scoring=energy",
                   "--tasks", "energy_lm_cloze", "--include_path", tasks, check=False)
     assert bad.returncode == 1
