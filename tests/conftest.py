@@ -85,6 +85,23 @@ SMALL_ENC = ["--encoder-layers", "2", "--encoder-embed-dim", "32", "--encoder-ff
 SMALL_DEC = [a.replace("encoder", "decoder") for a in SMALL_ENC]
 
 
+MONARC_LM_BLOCK = 16
+
+
+@pytest.fixture(scope="session")
+def monarc_lm_checkpoint(data_bin, tmp_path_factory) -> Path:
+    """A causal MonArc checkpoint (transformer_lm_zero_clap_tiny, one layer, blocks of 16,
+    3 updates through fairseq-train), shared by the slow tests of the tools that load one
+    (harness, generation)."""
+    save = tmp_path_factory.mktemp("monarc_lm")
+    small = list(LM_SMALL)
+    small[small.index("--tokens-per-sample") + 1] = str(MONARC_LM_BLOCK)
+    run_cli("fairseq-train", data_bin, "--task", "language_modeling", "--arch",
+            "transformer_lm_zero_clap_tiny", *small, "--decoder-layers", "1", "--criterion",
+            "monarc", "--max-update", "3", "--save-dir", save)
+    return save / "checkpoint_last.pt"
+
+
 def build_model(data_bin, arch, *extra, task="masked_lm"):
     """An in-process model built through fairseq's own parser and task (eval mode, no
     dropout, seed 0); returns (model, task)."""

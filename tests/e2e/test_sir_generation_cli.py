@@ -7,18 +7,14 @@ import re
 
 import pytest
 
-from conftest import LM_SMALL, error_line, run_cli
+from conftest import error_line, run_cli
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def checkpoint(data_bin, tmp_path_factory):
-    save = tmp_path_factory.mktemp("sir_ckpt")
-    run_cli("fairseq-train", data_bin, "--task", "language_modeling", "--arch",
-            "transformer_lm_zero_clap_tiny", *LM_SMALL, "--criterion", "monarc",
-            "--max-update", "3", "--save-dir", save)
-    return save / "checkpoint_last.pt"
+def checkpoint(monarc_lm_checkpoint):
+    return monarc_lm_checkpoint
 
 
 def interactive(data_bin, checkpoint, prompts, *flags, check=True, task="language_modeling"):
