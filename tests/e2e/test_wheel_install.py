@@ -40,6 +40,7 @@ def fresh_venv(tmp_path_factory):
     assert "energy_lm_autoload.pth" in names and "_energy_lm_autoload.py" in names
     assert "energy_lm/configs/pretraining/roberta_clap_tiny.yaml" in names
     assert "energy_lm/configs/glue/rte.yaml" in names
+    assert "energy_lm/harness/tasks/energy_lm_lastword.yaml" in names  # the harness's tasks
     venv = root / "venv"
     sh([sys.executable, "-m", "venv", venv], root)
     packages = next((venv / "lib").glob("python*/site-packages"))
