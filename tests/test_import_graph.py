@@ -1,64 +1,56 @@
-"""The package's import graph: kernels/ is a leaf (it imports nothing else of
-energy_lm), and no module reaches itself through imports, counting the imports written
-inside functions too (they are arrows all the same)."""
+"""The package's rooms (its sub-packages) only look down: every import of energy_lm
+inside energy_lm, lazy ones included, goes to a room on a lower floor (or its own).
+The floors, bottom first, are declared here; a new room or an import that runs up
+fails with the file and the import named."""
 
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "energy_lm"
+from conftest import REPO
+
+FLOORS = [
+    {"kernels", "losses", "data", "configs"},  # pure functions, data, files
+    {"sampling"},                               # samples of q, keyed uniforms
+    {"modules"},                                # layers, heads, the paired pass
+    {"models"},                                 # archs, the scoring rule, generation
+    {"criterions", "tasks", "patches"},         # what fairseq is given or changed
+    {"cli"},                                    # console scripts
+    {"glue", "harness"},                        # drivers built on the tools
+]
+FLOOR = {room: level for level, rooms in enumerate(FLOORS) for room in rooms}
+PACKAGE = REPO / "energy_lm"
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def imports_of(path: Path):
+    """(line, energy_lm room) of every import of energy_lm in the file."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = ([f"energy_lm.{a.name}" for a in node.names]
+                     if node.module == "energy_lm" else [node.module])
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "energy_lm" and len(parts) > 1:
+                yield node.lineno, parts[1]
 
 
-def import_graph() -> dict:
-    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph = {name: set() for name in modules}
-    for name, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text())):
-            targets = []
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            for target in targets:
-                if target in modules and target != name:
-                    graph[name].add(target)
-    return graph
+def test_every_room_is_on_a_floor():
+    rooms = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert rooms == set(FLOOR), f"rooms without a floor: {rooms - set(FLOOR)}; " \
+                                f"floors without a room: {set(FLOOR) - rooms}"
 
 
-def test_kernels_import_nothing_else_of_the_package():
-    graph = import_graph()
-    for name, targets in graph.items():
-        if name.startswith("energy_lm.kernels"):
-            outside = [t for t in targets if not t.startswith("energy_lm.kernels")]
-            assert not outside, f"{name} imports {outside}"
-
-
-def test_no_import_cycles_between_modules():
-    """Package __init__ files that re-export their own modules are not arrows back."""
-    graph = import_graph()
-
-    def arrows(name):
-        return [t for t in graph[name]
-                if not (name.endswith("__init__") or t.startswith(name + "."))
-                and not (graph.get(t) is not None and name.startswith(t + ".")
-                         and t.count(".") < name.count("."))]
-
-    state, cycles = {}, []
-
-    def visit(node, stack):
-        state[node] = "open"
-        for nxt in arrows(node):
-            if state.get(nxt) == "open":
-                cycles.append(stack[stack.index(nxt):] + [nxt])
-            elif nxt not in state:
-                visit(nxt, stack + [nxt])
-        state[node] = "done"
-
-    for start in sorted(graph):
-        if start not in state:
-            visit(start, [start])
-    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+def test_no_import_runs_up():
+    up = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).parts
+        if len(parts) == 1:  # energy_lm/__init__.py: the package's face imports everything
+            continue
+        room = parts[0]
+        for line, target in imports_of(path):
+            if target in FLOOR and FLOOR[target] > FLOOR[room]:
+                up.append(f"{path.relative_to(REPO)}:{line} ({room}, floor {FLOOR[room]}) "
+                          f"imports {target} (floor {FLOOR[target]})")
+    assert not up, "imports that run up:\n" + "\n".join(up)

@@ -25,7 +25,6 @@ import zipfile
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional
 
-from energy_lm.cli.errors import log_to_stdout, run_reporting_errors
 from energy_lm.data import bpe
 from energy_lm.data.errors import PrepareError
 
@@ -343,15 +342,3 @@ def main(argv: Optional[List[str]] = None) -> Optional[Path]:
         raise PrepareError(f"--workers must be >= 1, got {args.workers}")
     return build_atomically(args.out, _record(args), args.force, lambda staging: _build(args, staging))
 
-
-def cli_main() -> None:
-    log_to_stdout()
-    data_bin = run_reporting_errors("energy-lm-prepare", main, PrepareError)
-    if data_bin is None:
-        print("the output folder already holds this corpus (same arguments): nothing to do")
-    else:
-        print(f"binarized data in {data_bin}")
-
-
-if __name__ == "__main__":
-    cli_main()

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from energy_lm.patches.optim_groups import exclude_from_weight_decay
+from energy_lm.modules.weight_decay import exclude_from_weight_decay
 
 
 class ClapEmbedding(nn.Embedding):

@@ -2,39 +2,16 @@
 
 fairseq's trainer hands its optimizer one flat parameter list, so `--weight-decay`
 applies to every parameter, and decay would pull the inverse temperature beta towards
-zero. A parameter marked with `exclude_from_weight_decay` is put in a second parameter
-group with weight_decay = 0 when fairseq builds its optimizer; everything else is
-unchanged. fairseq's optimizers wrap torch optimizers, which accept parameter groups.
+zero. A parameter marked with `exclude_from_weight_decay` (energy_lm.modules.weight_decay)
+is put in a second parameter group with weight_decay = 0 when fairseq builds its
+optimizer; everything else is unchanged. fairseq's optimizers wrap torch optimizers, which accept parameter groups.
 
 Coverage: fp32, `--amp` and `--memory-efficient-fp16/bf16` runs. fairseq's flattened
 `--fp16/--bf16` optimizer builds fp32 copies of the parameters (without the mark), so
 there beta is decayed like any other weight.
 """
 
-from typing import Iterable, List, Union
-
-import torch
-
-_MARK = "_energy_lm_no_weight_decay"
-
-
-def exclude_from_weight_decay(param: torch.nn.Parameter) -> torch.nn.Parameter:
-    setattr(param, _MARK, True)
-    return param
-
-
-def is_excluded_from_weight_decay(param: torch.Tensor) -> bool:
-    return getattr(param, _MARK, False)
-
-
-def weight_decay_groups(params: Iterable[torch.Tensor]) -> Union[List[torch.Tensor], List[dict]]:
-    """The flat list itself when nothing is marked, else two torch parameter groups."""
-    params = list(params)
-    excluded = [p for p in params if is_excluded_from_weight_decay(p)]
-    if not excluded:
-        return params
-    decayed = [p for p in params if not is_excluded_from_weight_decay(p)]
-    return [{"params": decayed}, {"params": excluded, "weight_decay": 0.0}]
+from energy_lm.modules.weight_decay import weight_decay_groups
 
 
 def install() -> None:

@@ -5,7 +5,7 @@ from fairseq import optim
 from omegaconf import OmegaConf
 
 from energy_lm.modules.clap import ClapEmbedding, ClapHead, normalized_rows
-from energy_lm.patches.optim_groups import is_excluded_from_weight_decay
+from energy_lm.modules.weight_decay import is_excluded_from_weight_decay
 
 
 def test_head_is_beta_times_cosine_logits_closed_form():
