@@ -233,4 +233,5 @@ class NceCriterion(ResidualEnergyCriterion):
     name = "nce"
 
     def energy_terms(self, energy, cand_energy):
-        return nce_terms(energy, cand_energy)
+        # the loss's softplus needs no guard; the flag bounds the logged z = exp(-E(y))
+        return nce_terms(energy, cand_energy, max_log=self.cfg.energy_guard)

@@ -90,9 +90,12 @@ def main(argv=None) -> Dict[str, int]:
     parser.add_argument("out", type=Path, help="folder for the data and the task YAMLs")
     parser.add_argument("--corpus", type=Path, help="an energy-lm-prepare output (default: "
                                                     "the embedded corpus)")
-    parser.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    parser.add_argument("--max-docs", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--split", default="test", choices=["train", "valid", "test"],
+                        help="the split whose documents make the tasks (default test)")
+    parser.add_argument("--max-docs", type=int, default=500,
+                        help="use at most this many documents (default 500)")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="the cloze task's word swaps and choice order (default 1)")
     args = parser.parse_args(argv)
     counts = build(args.out, documents(args.corpus, args.split), args.max_docs, seed=args.seed)
     print(", ".join(f"{name}: {n} documents" for name, n in counts.items()) +

@@ -122,7 +122,26 @@ def test_data_stream_is_unchanged_by_a_paired_forward(data_bin):
     tokens = torch.randint(4, 300, (2, 7))
     before = model(tokens)[0]
     model.score_candidates(tokens, torch.randint(4, 300, (2, 2, 7)))
-    assert not hasattr(model.decoder.attention_pattern, "stream")  # no state on the model
+    torch.testing.assert_close(model(tokens)[0], before, rtol=0, atol=0)
+
+
+def test_no_stage_survives_a_paired_pass_that_raised(data_bin):
+    from energy_lm.modules.paired_pass import current_stage
+
+    model, _ = energy_model(data_bin, "transformer_lm_clap_tiny")
+    tokens = torch.randint(4, 300, (2, 7))
+    before = model(tokens)[0]
+    pattern = model.decoder.attention_pattern
+    paired = model.paired_pass(tokens)
+    for name, stage in (("data", lambda: paired.recording()), ("candidates", lambda:
+                        paired.candidates(torch.zeros(2, 1, dtype=torch.long)))):
+        with pytest.raises(RuntimeError, match="inside"):
+            with stage():
+                assert current_stage(pattern) is not None
+                if name == "data":
+                    model(tokens)  # records the data stream, then the pass fails
+                raise RuntimeError("raised inside the pass")
+        assert current_stage(pattern) is None  # the layers run as plain fairseq again
     torch.testing.assert_close(model(tokens)[0], before, rtol=0, atol=0)
 
 
