@@ -72,15 +72,16 @@ def _sample(logits: Tensor, positions: Tensor, num_samples: int,
     return sample_tokens(logits, num_samples, uniforms=uniforms).permute(0, 2, 1)
 
 
-def _fixup_slots(needs: Tensor):
-    """needs (B, P) bool -> (slots (B, F) int64 indices into P, valid (B, F) bool): the
-    positions whose energy the data stream cannot give, left-aligned, F = the largest
-    count in a row (one host sync, as `masked_positions`)."""
-    counts = needs.sum(dim=1)
-    num = int(counts.max()) if needs.numel() else 0
-    order = torch.sort((~needs).to(torch.int8), dim=1, stable=True).indices  # needed first
+def left_aligned(flags: Tensor, min_slots: int = 0):
+    """flags (B, P) bool -> (slots (B, F) int64 indices into P, valid (B, F) bool): each
+    row's flagged positions first, in order; F = the largest count in a row (at least
+    min_slots). Reading F costs one host sync (fairseq's own MLM head syncs too, by
+    boolean indexing)."""
+    counts = flags.sum(dim=1)
+    num = max(int(counts.max()) if flags.numel() else 0, min_slots)
+    order = torch.sort((~flags).to(torch.int8), dim=1, stable=True).indices  # flagged first
     slots = order[:, :num]
-    valid = torch.arange(num, device=needs.device)[None, :] < counts[:, None]
+    valid = torch.arange(num, device=flags.device)[None, :] < counts[:, None]
     return slots, valid
 
 
@@ -147,7 +148,8 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
         before = (positions - 1).clamp(min=0)
         from_stream = from_stream & segment_ids[:, in_stream].eq(segment_ids[:, before])
     scored = tokens.ne(pad)  # (B, P)
-    fix_slots, fix_valid = _fixup_slots(~from_stream & scored)  # (B, F)
+    # the positions whose energy the data stream cannot give, left-aligned
+    fix_slots, fix_valid = left_aligned(~from_stream & scored)  # (B, F)
     fix_tokens = tokens.gather(1, fix_slots).masked_fill(~fix_valid, pad)  # (B, F)
     fix_pos = positions[fix_slots]  # (B, F)
 
@@ -208,16 +210,8 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
 
 def masked_positions(targets: Tensor, pad: int):
     """targets (B, T), pad where not masked -> positions (B, S), valid (B, S), S = the
-    largest count of masked positions in a row. Reading S costs one host sync (fairseq's
-    own MLM head syncs too, by boolean indexing)."""
-    masked = targets.ne(pad)  # (B, T)
-    counts = masked.sum(dim=1)  # (B,)
-    slots = max(int(counts.max()), 1)
-    # masked positions first, in order: a stable sort of the "not masked" flags
-    order = torch.sort((~masked).to(torch.int8), dim=1, stable=True).indices  # (B, T)
-    positions = order[:, :slots]
-    valid = torch.arange(slots, device=targets.device)[None, :] < counts[:, None]
-    return positions, valid
+    largest count of masked positions in a row (at least 1)."""
+    return left_aligned(targets.ne(pad), min_slots=1)
 
 
 def masked_energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates: Optional[Tensor] = None,
