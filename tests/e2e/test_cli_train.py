@@ -1,6 +1,9 @@
 """Every preset through the real `fairseq-train`; checkpoints reload into the same
 model; a resumed run equals an uninterrupted one; eval-lm and the hub load them."""
 
+import math
+import re
+
 import pytest
 import torch
 from fairseq import checkpoint_utils
@@ -63,7 +66,18 @@ def test_document_attention_task_and_eval_lm(data_bin, tmp_path):
           "--document-attention")
     result = run_cli("fairseq-eval-lm", data_bin, "--path", tmp_path / "checkpoint_last.pt",
                      "--tokens-per-sample", "64", "--batch-size", "4", "--cpu")
-    assert "Perplexity" in result.stdout + result.stderr
+    out = result.stdout + result.stderr
+    found = re.search(r"Evaluated ([0-9,]+) tokens.*Loss \(base 2\): ([0-9.]+), Perplexity: "
+                      r"([0-9.]+)", out, flags=re.S)
+    assert found, out[-2000:]
+    tokens = int(found.group(1).replace(",", ""))
+    loss, ppl = float(found.group(2)), float(found.group(3))
+    from fairseq.data import data_utils
+
+    split = data_utils.load_indexed_dataset(str(data_bin / "test"), None)  # eval-lm's default
+    assert tokens == int(split.sizes.sum())  # every token of the split, once
+    vocab = sum(1 for _ in open(data_bin / "dict.txt")) + 4
+    assert 0 < loss < math.log2(vocab) + 1 and ppl == pytest.approx(2 ** loss, rel=2e-3)
 
 
 def test_document_attention_with_a_stock_model_fails_clearly(data_bin, tmp_path):
