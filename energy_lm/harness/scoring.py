@@ -24,6 +24,10 @@ class TargetScores:
     greedy: Tensor                  # (B,) bool: every scored target is the most likely token
 
 
+def _all_greedy(best: Tensor, tokens: Tensor, scored: Tensor) -> Tensor:
+    return ((best == tokens) | ~scored).all(dim=-1)
+
+
 def _row_sums(values: Tensor, scored: Tensor) -> Tensor:
     return torch.where(scored, values.double(), torch.zeros((), dtype=torch.float64)).sum(-1)
 
@@ -38,7 +42,7 @@ def score(model, src: Tensor, targets: Tensor, scoring: str = "lm", log_z: str =
     argmax of q (scoring "lm"), of the ELM over the whole vocabulary (exact Z), or of the
     ELM over q's top-k (the estimate: a target outside q's top-k is not greedy). A row's
     figures do not depend on the other rows (padding never changes a target's score)."""
-    from energy_lm.cli.eval_elm import head_and_tail, score_batch, vocabulary_energies
+    from energy_lm.cli.eval_elm import _gather, head_and_tail, score_batch, vocabulary_energies
     from energy_lm.losses import exact_log_z, topk_tail_log_z
 
     if scoring not in ("lm", "elm"):
@@ -47,43 +51,32 @@ def score(model, src: Tensor, targets: Tensor, scoring: str = "lm", log_z: str =
         raise ValueError(f"log_z must be one of {', '.join(LOG_Z_MODES)}, got {log_z!r}")
     sample = {"net_input": {"src_tokens": src}, "target": targets}
     pad = model._trunk().padding_idx if hasattr(model, "_trunk") else model.decoder.padding_idx
-    scored = targets.ne(pad)  # (B, T)
-
-    def gather(lprobs: Tensor) -> Tensor:
-        return lprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-
-    def all_greedy(best: Tensor) -> Tensor:
-        return ((best == targets) | ~scored).all(dim=-1)
-
     if scoring == "lm":
         logits = model(src)[0]  # (B, T, V)
         lprobs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
-        return TargetScores(_row_sums(gather(lprobs), scored), None, None,
-                            all_greedy(lprobs.argmax(-1)))
-    # the energy pass's own layout: (B, T) targets for a causal model, (B, S) masked
-    # positions for a masked one
-    def in_layout(out):
-        nonlocal targets, scored
-        targets, scored = out.tokens, out.scored
-
+        scored = targets.ne(pad)
+        return TargetScores(_row_sums(_gather(lprobs, targets), scored), None, None,
+                            _all_greedy(lprobs.argmax(-1), targets, scored))
+    # below, the energy pass's own layout: (B, T) targets for a causal model, (B, S)
+    # masked positions for a masked one
     if log_z == "exact":
         out, energies = vocabulary_energies(model, sample, chunk)  # (B, P, V) each
-        in_layout(out)
         z = exact_log_z(out.lprobs, energies)  # (B, P)
-        lq = gather(out.lprobs)
+        lq = _gather(out.lprobs, out.tokens)
         elm = lq - out.energy.to(lq.dtype) - z
         best = (out.lprobs - energies.to(out.lprobs.dtype)).argmax(-1)
-        return TargetScores(_row_sums(lq, scored), _row_sums(elm, scored),
-                            torch.zeros(src.size(0), dtype=torch.float64), all_greedy(best))
+        return TargetScores(_row_sums(lq, out.scored), _row_sums(elm, out.scored),
+                            torch.zeros(src.size(0), dtype=torch.float64),
+                            _all_greedy(best, out.tokens, out.scored))
     out = score_batch(model, sample, head_and_tail(topk, num_samples, generator))
-    in_layout(out)
     head = out.cand_tokens[:, :topk].permute(0, 2, 1)  # (B, T, k)
     head_e = out.cand_energy[:, :topk].permute(0, 2, 1)
     tail_e = out.cand_energy[:, topk:].permute(0, 2, 1)
     head_lq = out.lprobs.gather(-1, head)
     z, stderr, _ = topk_tail_log_z(head_lq, head_e, tail_e)
-    lq = gather(out.lprobs)
+    lq = _gather(out.lprobs, out.tokens)
     elm = lq - out.energy.to(lq.dtype) - z
     best = head.gather(-1, (head_lq - head_e.to(head_lq.dtype)).argmax(-1, keepdim=True))[..., 0]
-    return TargetScores(_row_sums(lq, scored), _row_sums(elm, scored),
-                        _row_sums(stderr ** 2, scored), all_greedy(best))
+    return TargetScores(_row_sums(lq, out.scored), _row_sums(elm, out.scored),
+                        _row_sums(stderr ** 2, out.scored),
+                        _all_greedy(best, out.tokens, out.scored))

@@ -29,7 +29,6 @@ from energy_lm.models.scoring import causal_energy_pass
 
 class _Cached:
     def __init__(self, model, prompts: List[Tensor]):
-        self.decode = decode_cache
         self.model = model
         self.cache = decode_cache.prefill(model, prompts)
         self.step = None
@@ -39,15 +38,15 @@ class _Cached:
 
     def _forward(self, candidates: Tensor):
         if self.step is None or not torch.equal(self.step.candidates, candidates):
-            self.step = self.decode.forward_candidates(self.model, self.cache, candidates)
+            self.step = decode_cache.forward_candidates(self.model, self.cache, candidates)
         return self.step
 
     def energies(self, candidates: Tensor) -> Tensor:
-        return self.decode.candidate_energies(self.model, self.cache, self._forward(candidates))
+        return decode_cache.candidate_energies(self.model, self.cache, self._forward(candidates))
 
     def append(self, candidates: Tensor, pick: Tensor) -> None:
         step = self._forward(candidates)
-        self.cache = self.decode.append_chosen(self.model, self.cache, step, pick)
+        self.cache = decode_cache.append_chosen(self.model, self.cache, step, pick)
         self.step = None
 
 

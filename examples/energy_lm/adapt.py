@@ -16,7 +16,6 @@ evaluations are not redone, so an interrupted experiment resumes. `--jobs 2` run
 continuations side by side, one thread each.
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -28,7 +27,7 @@ from typing import Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replicate import CAUSAL, CAUSAL_ARCH, RESET, train  # noqa: E402  (same folder)
 from run_scoring import (  # noqa: E402
-    evaluate, read_records, score_lm, score_whole_split, seed_row)
+    evaluate, read_records, score_lm, score_whole_split, seed_row, study_parser)
 from run_scoring import table as paired_table  # noqa: E402
 
 
@@ -93,10 +92,7 @@ def table(whole: Dict[str, List[dict]], rows: Dict[str, dict], base: dict,
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser = study_parser(__doc__)
     parser.add_argument("--base-updates", type=int, default=2000)
     parser.add_argument("--updates", type=int, default=600, help="each continuation")
     parser.add_argument("--lr", default="3e-4", help="continuations' peak lr (decays to 0)")

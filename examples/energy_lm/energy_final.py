@@ -22,7 +22,6 @@ Finished runs and evaluations are not redone; the table (OUT/final.md, OUT/final
 rewritten after every finished seed.
 """
 
-import argparse
 import json
 import os
 import statistics
@@ -34,7 +33,8 @@ from typing import Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replicate import CAUSAL, CAUSAL_ARCH, train  # noqa: E402  (same folder)
 from run_scoring import (  # noqa: E402
-    elm_bits, evaluate, paired, read_records, score_lm, score_whole_split, seed_row, table)
+    elm_bits, evaluate, paired, read_records, score_lm, score_whole_split, seed_row,
+    study_parser, table)
 
 
 
@@ -84,10 +84,7 @@ def curve_table(points: List[dict], seed: int) -> str:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser = study_parser(__doc__)
     parser.add_argument("--head", required=True)
     parser.add_argument("--loss", required=True, help="monarc or nce")
     parser.add_argument("--weight", type=float, required=True)

@@ -18,7 +18,6 @@ runs two settings side by side, one thread each. The table is rewritten after ev
 finished setting.
 """
 
-import argparse
 import itertools
 import json
 import os
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_scoring import evaluate  # noqa: E402  (same folder)
+from run_scoring import evaluate, study_parser  # noqa: E402  (same folder)
 from replicate import CAUSAL, CAUSAL_ARCH, RESET, log_records, train  # noqa: E402
 
 Setting = Tuple[str, str, float, int]  # head, loss, weight, candidates
@@ -95,10 +94,7 @@ def table(rows: Dict[str, dict]) -> str:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser = study_parser(__doc__)
     parser.add_argument("--base-updates", type=int, default=300)
     parser.add_argument("--updates", type=int, default=100, help="each continuation")
     parser.add_argument("--lr", default="1e-3", help="continuations' peak lr (decays to 0)")

@@ -23,7 +23,6 @@ Finished runs and evaluations are not redone (the CE run is energy_final.py's: i
 `ce_seed<S>` folder can be copied into OUT); the table goes to OUT/known_answer_real.md.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -33,7 +32,8 @@ from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from energy_final import run  # noqa: E402  (same folder)
-from run_scoring import Key, elm_bits, evaluate, paired, read_records, score_lm  # noqa: E402
+from run_scoring import (  # noqa: E402
+    Key, elm_bits, evaluate, paired, read_records, score_lm, study_parser)
 
 
 def on_keys(records: Dict[Key, dict], keys) -> Dict[Key, dict]:
@@ -65,10 +65,7 @@ def table(rows: List[dict], mix: float, updates: int) -> str:
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser = study_parser(__doc__)
     parser.add_argument("--heads", nargs="+", default=["linear", "rich", "seed"])
     parser.add_argument("--mix", type=float, default=0.5, help="--proposal-uniform-mix")
     parser.add_argument("--updates", type=int, default=400, help="each run, from scratch")

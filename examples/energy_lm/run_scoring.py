@@ -6,6 +6,7 @@ beside the checkpoint, so an interrupted study resumes; `--per-token` records pa
 runs scored on the same tokens (mean and standard error of the per-token difference).
 """
 
+import argparse
 import json
 import math
 import os
@@ -16,6 +17,16 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 Key = Tuple[int, int]  # (example id, position): one scored token
+
+
+def study_parser(doc: str) -> argparse.ArgumentParser:
+    """A study script's parser: its docstring as the help, and the data-bin and output
+    folder every study takes."""
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    return parser
 
 
 def run_eval_elm(data: Path, save: Path, flags: List[str], log_name: str) -> None:
