@@ -1,7 +1,7 @@
 """The shipped lm-evaluation-harness tasks on the three causal families this package
-trains: a CE LM, a MonArc ELM (scored by its LM q and by its ELM, log Z estimated or exact) and a
-headless CWT LM given a head and a short CE fine-tune (the README's commands), all
-transformer_lm tiny models trained through the real fairseq-train on one corpus.
+trains: a CE LM, a MonArc ELM (scored by its LM q and by its ELM, log Z estimated or
+exact) and a headless CWT LM given a head and a short CE fine-tune (the README's
+commands), all tiny transformer_lm models trained through fairseq-train on one corpus.
 
     energy-lm-prepare embedded --out demo/corpus --workers 2     # make demo's corpus
     python examples/energy_lm/harness_table.py --data demo/corpus/data-bin --out harness-table
