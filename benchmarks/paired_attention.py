@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from energy_lm.kernels import paired_attention
+from energy_lm.kernels import Alibi, PairedLayout, paired_attention
 from energy_lm.kernels.alibi import alibi_slopes
 
 
@@ -48,8 +48,10 @@ def measure(backend, six, cand_pos, slopes, repeats, backward):
     device = six[0].device
 
     def step():
-        out, out_c = paired_attention(*six, cand_pos, causal=True, alibi_slopes=slopes,
-                                      alibi_mode="causal", backend=backend)
+        # a new layout per call, as a model builds one per batch: masks are not reused
+        layout = PairedLayout.build(cand_pos, six[0].size(2), causal=True,
+                                    alibi=Alibi(slopes, "causal"))
+        out, out_c = paired_attention(*six, layout, backend=backend)
         if backward:
             (out.float().sum() + out_c.float().sum()).backward()
 

@@ -162,6 +162,17 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+def layout_of(cand_pos, num_data: int, causal: bool, alibi_slopes=None, alibi_mode=None,
+              segment_ids=None, key_padding_mask=None):
+    """The kernels' PairedLayout from the parts the kernel tests vary (ALiBi's mode
+    defaults to causal when only slopes are given)."""
+    from energy_lm.kernels import Alibi, PairedLayout
+
+    alibi = None if alibi_slopes is None else Alibi(alibi_slopes, alibi_mode or "causal")
+    return PairedLayout.build(cand_pos, int(num_data), causal=causal, alibi=alibi,
+                              segment_ids=segment_ids, key_padding_mask=key_padding_mask)
+
+
 def paired_tensors(b: int, h: int, n: int, d: int, cand_pos, masks: str = "none",
                    dtype=None, seed: int = 0, segment_rate: float = 0.3, generator=None):
     """Six random (B, H, ., D) tensors (q, k, v over N data positions; q_c, k_c, v_c over

@@ -72,10 +72,11 @@ def check_energy_flags(cfg: ResidualEnergyConfig) -> None:
         raise ValueError(f"--num-candidates must be >= 1, got {cfg.num_candidates}")
     if not (math.isfinite(cfg.energy_weight) and cfg.energy_weight >= 0):
         raise ValueError(f"--energy-weight must be finite and >= 0, got {cfg.energy_weight}")
-    from energy_lm.kernels.paired_attention import _BACKENDS
+    from energy_lm.kernels import backends
 
-    if cfg.attention_backend not in ("auto", *_BACKENDS):
-        raise ValueError(f"--attention-backend must be one of auto, {', '.join(_BACKENDS)}; "
+    if cfg.attention_backend not in ("auto", *backends.names()):
+        raise ValueError(f"--attention-backend must be one of auto, "
+                         f"{', '.join(backends.names())}; "
                          f"got {cfg.attention_backend!r}")
     if not (math.isfinite(cfg.energy_guard) and cfg.energy_guard > 0):
         raise ValueError(f"--energy-guard must be finite and > 0 (the exponent above which "

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from energy_lm.kernels.alibi import alibi_slopes
+from energy_lm.kernels.layout import Alibi, PairedLayout
 from energy_lm.kernels.reference import candidate_attention_reference, paired_attention_reference
 
 logger = logging.getLogger("energy_lm.kernels")
@@ -44,23 +45,24 @@ def _case(causal: bool, head_dim: int, device: torch.device, dtype: torch.dtype)
     six = [torch.randn(b, h, length, head_dim, generator=g) for length in (n, n, n, m, m, m)]
     upstream = (torch.randn(b, h, n, head_dim, generator=g),
                 torch.randn(b, h, m, head_dim, generator=g))
-    masks = dict(segment_ids=(torch.rand(b, n, generator=g) < 0.2).cumsum(1).to(device),
-                 key_padding_mask=(torch.rand(b, n, generator=g) < 0.2).to(device),
-                 causal=causal, alibi_slopes=alibi_slopes(h).to(device),
-                 alibi_mode="causal" if causal else "symmetric")
-    return six, cand_pos.to(device), upstream, masks
+    layout = PairedLayout.build(
+        cand_pos.to(device), n, causal=causal,
+        alibi=Alibi(alibi_slopes(h).to(device), "causal" if causal else "symmetric"),
+        segment_ids=(torch.rand(b, n, generator=g) < 0.2).cumsum(1).to(device),
+        key_padding_mask=(torch.rand(b, n, generator=g) < 0.2).to(device))
+    return six, layout, upstream
 
 
-def _run(fn: Callable, candidates_only: bool, six, cand_pos, upstream, masks,
+def _run(fn: Callable, candidates_only: bool, six, layout: PairedLayout, upstream,
          dtype: torch.dtype) -> List[Tensor]:
     """Outputs and gradients (the 8 of `_NAMES`; the candidates-only call has no data
     output and no data-query gradient, so those are returned as zeros)."""
-    leaves = [t.to(device=cand_pos.device, dtype=dtype).requires_grad_() for t in six]
+    leaves = [t.to(device=layout.cand_pos.device, dtype=dtype).requires_grad_() for t in six]
     if candidates_only:
         q, k, v, q_c, k_c, v_c = leaves
-        out, out_c = None, fn(q_c, k_c, v_c, k, v, cand_pos, **masks)
+        out, out_c = None, fn(q_c, k_c, v_c, k, v, layout)
     else:
-        out, out_c = fn(*leaves, cand_pos, **masks)
+        out, out_c = fn(*leaves, layout)
     loss = (out_c.double() * upstream[1].to(out_c.device).double()).sum()
     if out is not None:
         loss = loss + (out.double() * upstream[0].to(out.device).double()).sum()
@@ -94,16 +96,15 @@ def measure(full_fn: Callable, candidates_fn: Optional[Callable], device: torch.
     description of its worst disagreement."""
     with torch.enable_grad(), torch.autocast(device.type, enabled=False):
         for causal in (True, False):
-            six, cand_pos, upstream, masks = _case(causal, head_dim, device, dtype)
+            six, layout, upstream = _case(causal, head_dim, device, dtype)
             calls = [(full_fn, paired_attention_reference, False)]
             if candidates_fn is not None:
                 calls.append((candidates_fn, candidate_attention_reference, True))
             for fn, reference, candidates_only in calls:
-                exact = _run(reference, candidates_only, six, cand_pos, upstream, masks,
-                             torch.float64)
+                exact = _run(reference, candidates_only, six, layout, upstream, torch.float64)
                 lowp = (None if dtype == torch.float32 else
-                        _run(reference, candidates_only, six, cand_pos, upstream, masks, dtype))
-                got = _run(fn, candidates_only, six, cand_pos, upstream, masks, dtype)
+                        _run(reference, candidates_only, six, layout, upstream, dtype))
+                got = _run(fn, candidates_only, six, layout, upstream, dtype)
                 worst = _worst(got, exact, lowp, dtype)
                 if worst:
                     kind = "candidates-only call" if candidates_only else "full call"

@@ -64,6 +64,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from energy_lm.kernels.layout import PairedLayout
+
 _ALIBI_CODES = {None: 0, "causal": 1, "symmetric": 2, "shifted": 3}
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -546,7 +548,7 @@ def _aux_tensors(q: Tensor, cand_pos: Tensor, slopes, seg, pad) -> Tuple[Tensor,
 # --------------------------------------------------------------------------- public
 
 
-def _check(q: Tensor, alibi_slopes, alibi_mode: str, dropout_p: float) -> int:
+def _check(q: Tensor, layout: PairedLayout, dropout_p: float) -> int:
     """Refuse what the kernels do not do; return the ALiBi code."""
     if dropout_p > 0.0:
         raise NotImplementedError("paired_attention_triton: attention dropout is not "
@@ -557,44 +559,31 @@ def _check(q: Tensor, alibi_slopes, alibi_mode: str, dropout_p: float) -> int:
     if q.device.type == "cpu" and not _interpreting():
         raise ValueError("paired_attention_triton: CPU tensors need the Triton interpreter "
                          "(TRITON_INTERPRET=1 set before triton is first imported)")
-    if alibi_slopes is not None and alibi_mode not in _ALIBI_CODES:
-        raise ValueError(f"paired_attention_triton: unknown alibi_mode {alibi_mode!r}")
-    return _ALIBI_CODES[alibi_mode] if alibi_slopes is not None else 0
+    return _ALIBI_CODES[layout.alibi.mode] if layout.alibi is not None else 0
 
 
-def paired_attention_triton(
-    q: Tensor, k: Tensor, v: Tensor,
-    q_c: Tensor, k_c: Tensor, v_c: Tensor,
-    cand_pos: Tensor,
-    *,
-    causal: bool,
-    alibi_slopes: Optional[Tensor] = None,
-    alibi_mode: str = "causal",
-    segment_ids: Optional[Tensor] = None,
-    key_padding_mask: Optional[Tensor] = None,
-    dropout_p: float = 0.0,
-) -> Tuple[Tensor, Tensor]:
+def _layout_args(layout: PairedLayout) -> tuple:
+    slopes = layout.alibi.slopes if layout.alibi is not None else None
+    return (layout.cand_pos, layout.causal, slopes, layout.segment_ids,
+            layout.key_padding_mask)
+
+
+def paired_attention_triton(q: Tensor, k: Tensor, v: Tensor, q_c: Tensor, k_c: Tensor,
+                            v_c: Tensor, layout: PairedLayout,
+                            dropout_p: float = 0.0) -> Tuple[Tensor, Tensor]:
     """(B, H, N, D) data and (B, H, M, D) candidates -> (out, out_c), as
-    `paired_attention_reference` (inputs assumed validated by `paired_attention`)."""
-    code = _check(q, alibi_slopes, alibi_mode, dropout_p)
-    return _PairedAttentionTriton.apply(q, k, v, q_c, k_c, v_c, cand_pos, bool(causal),
-                                        alibi_slopes, code, segment_ids, key_padding_mask)
+    `paired_attention_reference` (inputs assumed checked by `paired_attention`)."""
+    code = _check(q, layout, dropout_p)
+    cand_pos, causal, slopes, seg, pad = _layout_args(layout)
+    return _PairedAttentionTriton.apply(q, k, v, q_c, k_c, v_c, cand_pos, causal, slopes,
+                                        code, seg, pad)
 
 
-def candidate_attention_triton(
-    q_c: Tensor, k_c: Tensor, v_c: Tensor,
-    k: Tensor, v: Tensor,
-    cand_pos: Tensor,
-    *,
-    causal: bool,
-    alibi_slopes: Optional[Tensor] = None,
-    alibi_mode: str = "causal",
-    segment_ids: Optional[Tensor] = None,
-    key_padding_mask: Optional[Tensor] = None,
-    dropout_p: float = 0.0,
-) -> Tensor:
+def candidate_attention_triton(q_c: Tensor, k_c: Tensor, v_c: Tensor, k: Tensor, v: Tensor,
+                               layout: PairedLayout, dropout_p: float = 0.0) -> Tensor:
     """The candidate rows of `paired_attention_triton` alone: (B, H, M, D), with
     gradients to q_c, k_c, v_c, k, v (as `candidate_attention_reference`)."""
-    code = _check(k, alibi_slopes, alibi_mode, dropout_p)
-    return _CandidateAttentionTriton.apply(q_c, k_c, v_c, k, v, cand_pos, bool(causal),
-                                           alibi_slopes, code, segment_ids, key_padding_mask)
+    code = _check(k, layout, dropout_p)
+    cand_pos, causal, slopes, seg, pad = _layout_args(layout)
+    return _CandidateAttentionTriton.apply(q_c, k_c, v_c, k, v, cand_pos, causal, slopes,
+                                           code, seg, pad)

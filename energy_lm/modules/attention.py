@@ -13,7 +13,7 @@ import torch
 from fairseq.modules import MultiheadAttention
 from torch import Tensor, nn
 
-from energy_lm.kernels import paired_attention
+from energy_lm.kernels import Alibi, PairedLayout, paired_attention
 from energy_lm.kernels.alibi import alibi_bias, alibi_slopes, check_alibi_mode
 from energy_lm.kernels.sdpa import attention
 from energy_lm.kernels.visibility import position_visible
@@ -46,6 +46,13 @@ class AttentionPattern(nn.Module):
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, causal={self.causal}, alibi={self.alibi}"
+
+    def paired_layout(self, cand_pos: Tensor, num_data: int, segment_ids: Optional[Tensor],
+                      key_padding_mask: Optional[Tensor]) -> PairedLayout:
+        """The validated layout of one candidate stage of this model's paired pass."""
+        alibi = Alibi(self.slopes, self.alibi) if self.alibi != "none" else None
+        return PairedLayout.build(cand_pos, num_data, causal=self.causal, alibi=alibi,
+                                  segment_ids=segment_ids, key_padding_mask=key_padding_mask)
 
     def _static_mask(self, tq: int, tk: int, device: torch.device) -> Optional[Tensor]:
         """The batch-independent part (causal + ALiBi), cached per (tq, tk, device)."""
@@ -192,12 +199,7 @@ class SelfAttention(MultiheadAttention):
     def _candidate_attention(self, q_c: Tensor, k_c: Tensor, v_c: Tensor,
                              stage: CandidateStage) -> Tensor:
         q, k, v = stage.data_qkv(self)
-        pattern, paired = self.pattern, stage.paired
-        _, out_c = paired_attention(
-            q, k, v, q_c, k_c, v_c, stage.cand_pos, causal=pattern.causal,
-            alibi_slopes=pattern.slopes if pattern.alibi != "none" else None,
-            alibi_mode=pattern.alibi if pattern.alibi != "none" else "causal",
-            segment_ids=paired.segment_ids, key_padding_mask=paired.key_padding_mask,
-            backend=paired.backend, dropout_p=self._dropout_p(), need_data_out=False,
-            mask_cache=stage.mask_cache)
+        _, out_c = paired_attention(q, k, v, q_c, k_c, v_c, stage.layout,
+                                    backend=stage.paired.backend, dropout_p=self._dropout_p(),
+                                    need_data_out=False)
         return out_c

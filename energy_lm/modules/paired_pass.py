@@ -35,6 +35,7 @@ from typing import Dict, Iterator, Optional, Tuple, Union
 
 from torch import Tensor, nn
 
+from energy_lm.kernels.layout import PairedLayout
 from energy_lm.sampling.keyed_random import SampleKeys
 
 QKV = Tuple[Tensor, Tensor, Tensor]  # each (B, H, N, D)
@@ -64,7 +65,9 @@ class PairedPass:
         if not self.records:
             raise RuntimeError("paired pass: no data stream was recorded; run the model's "
                                "forward inside `with paired.recording():` first")
-        with _entered(CandidateStage(self, cand_pos, kept={} if keep_kv else None)) as stage:
+        layout = self.owner.paired_layout(cand_pos, self.key_padding_mask.size(1),
+                                          self.segment_ids, self.key_padding_mask)
+        with _entered(CandidateStage(self, layout, kept={} if keep_kv else None)) as stage:
             yield stage
 
 
@@ -79,12 +82,16 @@ class DataStage:
 @dataclass(frozen=True, eq=False)
 class CandidateStage:
     paired: PairedPass
-    cand_pos: Tensor  # (B, M)
+    # who sees whom (cand_pos (B, M), the pass's segments and padding, the model's causal
+    # and ALiBi), validated once; the masks a backend derives from it are kept on it, so
+    # every layer reuses what the first one built
+    layout: PairedLayout
     # per layer, the candidates' own (k, v), each (B, H, M, D), when asked for; else None
     kept: Optional[Dict[nn.Module, Tuple[Tensor, Tensor]]] = field(default=None, repr=False)
-    # what an attention backend builds once per stage and every layer reuses (flex's
-    # BlockMask)
-    mask_cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def cand_pos(self) -> Tensor:  # (B, M)
+        return self.layout.cand_pos
 
     def data_qkv(self, layer: nn.Module) -> QKV:
         if layer not in self.paired.records:

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from conftest import PAIRED_MODE_IDS, PAIRED_MODES, paired_tensors
+from conftest import PAIRED_MODE_IDS, PAIRED_MODES, layout_of, paired_tensors
 from energy_lm.kernels import paired_attention
 from energy_lm.kernels.reference import paired_mask
 from energy_lm.kernels.alibi import alibi_bias, alibi_slopes
@@ -110,9 +110,11 @@ def compare_with_naive(tensors, cand_pos, causal, mode, seg, pad, atol, rtol):
                 torch.randn(tensors[3].shape, generator=g, dtype=torch.float64))
 
     def ours(*six):
-        return paired_attention(*six, cand_pos, causal=causal, alibi_slopes=slopes,
-                                alibi_mode=mode or "causal", segment_ids=seg,
-                                key_padding_mask=pad, backend="reference")
+        return paired_attention(*six,
+                                layout_of(cand_pos, six[0].size(2), causal=causal,
+                                          alibi_slopes=slopes, alibi_mode=mode or "causal",
+                                          segment_ids=seg, key_padding_mask=pad),
+                                backend="reference")
 
     def naive(*six):
         return naive_paired(*six, cand_pos, causal, mode, seg, pad)
@@ -155,9 +157,10 @@ def test_gradcheck_float64(causal, mode):
     slopes = alibi_slopes(2) if mode else None
 
     def fn(*x):
-        return paired_attention(*x, cand_pos, causal=causal, alibi_slopes=slopes,
-                                alibi_mode=mode or "causal", segment_ids=seg,
-                                key_padding_mask=pad)
+        return paired_attention(*x,
+                                layout_of(cand_pos, x[0].size(2), causal=causal,
+                                          alibi_slopes=slopes, alibi_mode=mode or "causal",
+                                          segment_ids=seg, key_padding_mask=pad))
 
     assert torch.autograd.gradcheck(fn, six)
 
@@ -180,10 +183,11 @@ def test_candidate_copy_of_data_gets_the_data_output(causal, mode, dtype, atol):
                             for r in real])  # (B, 8)
     index = cand_pos[:, None, :, None].expand(b, h, cand_pos.size(1), d)  # (B, H, M, D)
     q_c, k_c, v_c = (x.gather(2, index).clone() for x in (q, k, v))
-    out, out_c = paired_attention(q, k, v, q_c, k_c, v_c, cand_pos, causal=causal,
-                                  alibi_slopes=alibi_slopes(h) if mode else None,
-                                  alibi_mode=mode or "causal", segment_ids=seg,
-                                  key_padding_mask=pad)
+    out, out_c = paired_attention(q, k, v, q_c, k_c, v_c,
+                                  layout_of(cand_pos, q.size(2), causal=causal,
+                                            alibi_slopes=alibi_slopes(h) if mode else None,
+                                            alibi_mode=mode or "causal", segment_ids=seg,
+                                            key_padding_mask=pad))
     torch.testing.assert_close(out_c, out.gather(2, index), atol=atol, rtol=0)
 
 
@@ -192,8 +196,10 @@ def test_candidate_at_position_zero_in_causal_mode_returns_its_own_value():
     q, k, v, q_c, k_c, v_c = tensors
     cand_pos = torch.zeros(3, q_c.size(2), dtype=torch.long)
     for slopes in (None, alibi_slopes(HEADS)):
-        _, out_c = paired_attention(q, k, v, q_c, k_c, v_c, cand_pos, causal=True,
-                                    alibi_slopes=slopes, segment_ids=seg, key_padding_mask=pad)
+        _, out_c = paired_attention(q, k, v, q_c, k_c, v_c,
+                                    layout_of(cand_pos, q.size(2), causal=True,
+                                              alibi_slopes=slopes, segment_ids=seg,
+                                              key_padding_mask=pad))
         assert torch.equal(out_c, v_c)
 
 
@@ -206,8 +212,10 @@ def test_query_with_no_visible_key_returns_zero_without_nan(causal, mode, dtype)
     pad[1] = True  # a fully padded row: no data query sees anything
     slopes = alibi_slopes(HEADS) if mode else None
     leaves = [t.detach().requires_grad_() for t in tensors]
-    out, out_c = paired_attention(*leaves, cand_pos, causal=causal, alibi_slopes=slopes,
-                                  alibi_mode=mode or "causal", key_padding_mask=pad)
+    out, out_c = paired_attention(*leaves,
+                                  layout_of(cand_pos, leaves[0].size(2), causal=causal,
+                                            alibi_slopes=slopes, alibi_mode=mode or "causal",
+                                            key_padding_mask=pad))
     grads = torch.autograd.grad((out.float().sum() + out_c.float().sum()), leaves)
     assert all(torch.isfinite(x).all() for x in (out, out_c, *grads))
     assert (out[1] == 0).all()
@@ -221,7 +229,7 @@ def test_query_with_no_visible_key_returns_zero_without_nan(causal, mode, dtype)
 def test_paired_mask_by_hand():
     """N = 3 data tokens, candidates at positions 2 and 0 (rows/columns 3 and 4)."""
     cand_pos = torch.tensor([[2, 0]])
-    causal, live = paired_mask(cand_pos, 3, causal=True)
+    causal, live = paired_mask(layout_of(cand_pos, 3, causal=True))
     expected_causal = torch.tensor([
         [1, 0, 0, 0, 0],
         [1, 1, 0, 0, 0],
@@ -232,7 +240,7 @@ def test_paired_mask_by_hand():
     assert causal.shape == (1, 1, 5, 5) and causal.dtype == torch.bool
     assert torch.equal(causal[0, 0], expected_causal) and live.all()
 
-    bidir, _ = paired_mask(cand_pos, 3, causal=False)
+    bidir, _ = paired_mask(layout_of(cand_pos, 3, causal=False))
     expected_bidir = torch.tensor([
         [1, 1, 1, 0, 0],
         [1, 1, 1, 0, 0],
@@ -252,9 +260,10 @@ def test_paired_mask_alibi_bias_and_dead_rows(causal, mode):
     pad = torch.zeros(b, n, dtype=torch.bool)
     pad[2] = True  # batch row 2: every data query is dead
     slopes = alibi_slopes(HEADS)
-    plain, live = paired_mask(cand_pos, n, causal=causal, segment_ids=seg, key_padding_mask=pad)
-    mask, live_too = paired_mask(cand_pos, n, causal=causal, alibi_slopes=slopes,
-                                 alibi_mode=mode, segment_ids=seg, key_padding_mask=pad)
+    plain, live = paired_mask(layout_of(cand_pos, n, causal=causal, segment_ids=seg,
+                                        key_padding_mask=pad))
+    mask, live_too = paired_mask(layout_of(cand_pos, n, causal=causal, alibi_slopes=slopes,
+                                           alibi_mode=mode, segment_ids=seg, key_padding_mask=pad))
     assert mask.shape == (b, HEADS, n + m, n + m) and mask.dtype == torch.float32
     assert torch.equal(live, live_too)
     assert torch.equal(live[2], torch.arange(n + m) >= n)
@@ -275,11 +284,14 @@ def test_auto_equals_reference_and_logs_its_choice_once(caplog, monkeypatch):
     monkeypatch.setattr(module, "_logged_choices", set())
     tensors, cand_pos, seg, pad = make_case("m5", "both")
     with caplog.at_level(logging.INFO, logger="energy_lm.kernels"):
-        auto = paired_attention(*tensors, cand_pos, causal=True, backend="auto")
-        paired_attention(*tensors, cand_pos, causal=True, backend="auto")
+        auto = paired_attention(*tensors, layout_of(cand_pos, tensors[0].size(2), causal=True),
+                                backend="auto")
+        paired_attention(*tensors, layout_of(cand_pos, tensors[0].size(2), causal=True),
+                         backend="auto")
     records = [r.getMessage() for r in caplog.records if r.name == "energy_lm.kernels"]
     assert records == ["paired_attention: backend='auto' runs 'reference' (cpu tensors)"]
-    ref = paired_attention(*tensors, cand_pos, causal=True, backend="reference")
+    ref = paired_attention(*tensors, layout_of(cand_pos, tensors[0].size(2), causal=True),
+                           backend="reference")
     assert all(torch.equal(x, y) for x, y in zip(auto, ref))
 
 
@@ -291,41 +303,48 @@ def test_auto_equals_reference_and_logs_its_choice_once(caplog, monkeypatch):
     ("cpu", torch.float32, 0.0, "reference"),
 ])
 def test_auto_picks_triton_for_cuda_tensors_it_supports(device, dtype, dropout, want, monkeypatch):
-    module = importlib.import_module("energy_lm.kernels.paired_attention")
-    monkeypatch.setattr(module.importlib.util, "find_spec",
+    from energy_lm.kernels import backends
+
+    monkeypatch.setattr(backends.importlib.util, "find_spec",
                         lambda name: object() if name == "triton" else None)
-    assert module._auto_backend(device, dtype, dropout)[0] == want
-    monkeypatch.setattr(module.importlib.util, "find_spec", lambda name: None)
-    assert module._auto_backend(device, dtype, dropout)[0] == "reference"
+    assert backends.auto_choice(device, dtype, dropout)[0] == want
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
+    assert backends.auto_choice(device, dtype, dropout)[0] == "reference"
 
 
 def _bad_inputs():
     tensors, cand_pos, _, _ = make_case("m5")
     q, k, v, q_c, k_c, v_c = tensors
-    ok = dict(args=[q, k, v, q_c, k_c, v_c, cand_pos], causal=True)
+    ok = dict(args=[q, k, v, q_c, k_c, v_c], cand_pos=cand_pos, layout=dict(causal=True))
 
     def with_arg(i, value):
         args = list(ok["args"])
         args[i] = value
         return dict(ok, args=args)
 
+    def with_layout(**changes):
+        return dict(ok, layout=dict(ok["layout"], **changes))
+
     return [
         ("data shapes", with_arg(1, k[:, :, :-1]), r"q, k, v must share"),
         ("data not 4-D", with_arg(0, q[0]), r"q, k, v must share"),
         ("candidate shapes", with_arg(5, v_c[..., :-1]), r"q_c, k_c, v_c must share"),
         ("candidate head dim", dict(ok, args=[q, k, v, q_c[..., :-1], k_c[..., :-1],
-                                              v_c[..., :-1], cand_pos]), r"in B, H and D"),
-        ("candidate batch", dict(ok, args=[q, k, v, q_c[:1], k_c[:1], v_c[:1], cand_pos]),
+                                              v_c[..., :-1]]), r"in B, H and D"),
+        ("candidate batch", dict(ok, args=[q, k, v, q_c[:1], k_c[:1], v_c[:1]]),
          r"in B, H and D"),
         ("dtype", with_arg(2, v.double()), r"one dtype and device"),
-        ("cand_pos shape", with_arg(6, cand_pos[:, :-1]), r"cand_pos must be a \(B, M\)"),
-        ("cand_pos float", with_arg(6, cand_pos.float()), r"integer tensor"),
-        ("cand_pos negative", with_arg(6, cand_pos - 1), r"\[0, 14\) \(causal: p <= N\)"),
-        ("cand_pos too large", with_arg(6, cand_pos + 2), r"\[0, 14\) \(causal: p <= N\)"),
-        ("alibi mode", dict(ok, alibi_mode="sinusoidal"), r"unknown alibi_mode 'sinusoidal'"),
-        ("alibi slopes", dict(ok, alibi_slopes=alibi_slopes(HEADS + 1)), r"alibi_slopes"),
-        ("segment ids", dict(ok, segment_ids=torch.zeros(3, 12, dtype=torch.long)), r"segment_ids"),
-        ("padding", dict(ok, key_padding_mask=torch.zeros(3, 14, dtype=torch.bool)),
+        ("cand_pos shape", dict(ok, cand_pos=cand_pos[:, :-1]), r"of the layout \(cand_pos\)"),
+        ("cand_pos 1-D", dict(ok, cand_pos=cand_pos[0]), r"cand_pos must be a \(B, M\)"),
+        ("cand_pos float", dict(ok, cand_pos=cand_pos.float()), r"integer tensor"),
+        ("cand_pos negative", dict(ok, cand_pos=cand_pos - 1), r"\[0, 14\) \(causal: p <= N\)"),
+        ("cand_pos too large", dict(ok, cand_pos=cand_pos + 2), r"\[0, 14\) \(causal: p <= N\)"),
+        ("alibi mode", with_layout(alibi_slopes=alibi_slopes(HEADS), alibi_mode="sinusoidal"),
+         r"unknown alibi_mode 'sinusoidal'"),
+        ("alibi slopes", with_layout(alibi_slopes=alibi_slopes(HEADS + 1)), r"alibi_slopes"),
+        ("segment ids", with_layout(segment_ids=torch.zeros(3, 12, dtype=torch.long)),
+         r"segment_ids"),
+        ("padding", with_layout(key_padding_mask=torch.zeros(3, 14, dtype=torch.bool)),
          r"key_padding_mask"),
         ("dropout", dict(ok, dropout_p=1.0), r"dropout_p"),
         ("backend", dict(ok, backend="cuda"),
@@ -336,9 +355,9 @@ def _bad_inputs():
 @pytest.mark.parametrize("name,call,match", _bad_inputs(), ids=[c[0] for c in _bad_inputs()])
 def test_bad_input_raises_one_line_value_error(name, call, match):
     call = dict(call)
-    args = call.pop("args")
+    args, cand_pos, layout = call.pop("args"), call.pop("cand_pos"), call.pop("layout")
     with pytest.raises(ValueError, match=match) as info:
-        paired_attention(*args, **call)
+        paired_attention(*args, layout_of(cand_pos, 13, **layout), **call)
     assert "\n" not in str(info.value)
 
 
@@ -351,12 +370,13 @@ def test_candidates_only_path_equals_the_full_call(causal, mode, shape, masks):
     tensors, cand_pos, seg, pad = make_case(shape, masks, dtype=torch.float64)
     slopes = alibi_slopes(HEADS) if mode is not None else None
     kwargs = dict(causal=causal, alibi_slopes=slopes, alibi_mode=mode or "causal",
-                  segment_ids=seg, key_padding_mask=pad, backend="reference")
+                  segment_ids=seg, key_padding_mask=pad)
     upstream = torch.randn(tensors[3].shape, dtype=torch.float64)
 
     def run(need_data_out):
         leaves = [t.detach().requires_grad_() for t in tensors]
-        out, out_c = paired_attention(*leaves, cand_pos, need_data_out=need_data_out, **kwargs)
+        out, out_c = paired_attention(*leaves, layout_of(cand_pos, leaves[0].size(2), **kwargs),
+                                      backend="reference", need_data_out=need_data_out)
         assert (out is None) == (not need_data_out)
         grads = torch.autograd.grad((out_c * upstream).sum(), leaves, allow_unused=True,
                                     materialize_grads=True)
@@ -376,7 +396,7 @@ def test_candidate_positions_out_of_range_fail_in_one_line(causal):
     n = tensors[0].size(2)
     too_far = torch.full((3, tensors[3].size(2)), n + (1 if causal else 0))
     with pytest.raises(ValueError, match=r"cand_pos must lie in \[0, " + str(n + causal)):
-        paired_attention(*tensors, too_far, causal=causal)
+        paired_attention(*tensors, layout_of(too_far, tensors[0].size(2), causal=causal))
 
 
 def test_a_causal_candidate_after_a_document_start_sees_the_previous_document():
@@ -386,11 +406,13 @@ def test_a_causal_candidate_after_a_document_start_sees_the_previous_document():
     q, k, v, q_c, k_c, v_c = (t[:1, :, :6] for t in tensors)
     seg = torch.tensor([[0, 0, 0, 1, 1, 1]])
     cand_pos = torch.tensor([[3, 6]])
-    _, out_c = paired_attention(q, k, v, q_c[:, :, :2], k_c[:, :, :2], v_c[:, :, :2], cand_pos,
-                                causal=True, segment_ids=seg)
+    _, out_c = paired_attention(q, k, v, q_c[:, :, :2], k_c[:, :, :2], v_c[:, :, :2],
+                                layout_of(cand_pos, q.size(2), causal=True, segment_ids=seg))
     _, alone = paired_attention(q[:, :, :3], k[:, :, :3], v[:, :, :3], q_c[:, :, :1],
-                                k_c[:, :, :1], v_c[:, :, :1], torch.tensor([[3]]), causal=True)
+                                k_c[:, :, :1], v_c[:, :, :1],
+                                layout_of(torch.tensor([[3]]), q[:, :, :3].size(2), causal=True))
     torch.testing.assert_close(out_c[:, :, :1], alone)
     _, second = paired_attention(q[:, :, 3:], k[:, :, 3:], v[:, :, 3:], q_c[:, :, 1:2],
-                                 k_c[:, :, 1:2], v_c[:, :, 1:2], torch.tensor([[3]]), causal=True)
+                                 k_c[:, :, 1:2], v_c[:, :, 1:2],
+                                 layout_of(torch.tensor([[3]]), q[:, :, 3:].size(2), causal=True))
     torch.testing.assert_close(out_c[:, :, 1:], second)  # p = N: inside the last document

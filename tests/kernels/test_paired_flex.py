@@ -4,7 +4,7 @@ FlexAttention backward on the CPU, so gradients are compared only with CUDA."""
 import pytest
 import torch
 
-from conftest import PAIRED_MODES
+from conftest import PAIRED_MODES, layout_of
 from energy_lm.kernels import paired_attention
 from energy_lm.kernels.alibi import alibi_slopes
 
@@ -30,8 +30,9 @@ def test_flex_forward_equals_reference(causal, mode, masks):
                   alibi_mode=mode or "causal", segment_ids=seg if masks else None,
                   key_padding_mask=pad if masks else None)
     with torch.no_grad():
-        got = paired_attention(*six, cand_pos, backend="flex", **kwargs)
-        want = paired_attention(*six, cand_pos, backend="reference", **kwargs)
+        got = paired_attention(*six, layout_of(cand_pos, six[0].size(2), **kwargs), backend="flex")
+        want = paired_attention(*six, layout_of(cand_pos, six[0].size(2), **kwargs),
+                                backend="reference")
     for x, y in zip(got, want):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
 
@@ -41,7 +42,10 @@ def test_flex_query_without_keys_returns_zero():
     pad = torch.zeros(2, 6, dtype=torch.bool, device=DEVICE)
     pad[0, :3] = True  # causal data queries 0..2 of row 0 see only padding
     with torch.no_grad():
-        out, _ = paired_attention(*six, cand_pos, causal=True, key_padding_mask=pad, backend="flex")
+        out, _ = paired_attention(*six,
+                                  layout_of(cand_pos, six[0].size(2), causal=True,
+                                            key_padding_mask=pad),
+                                  backend="flex")
     assert torch.isfinite(out).all() and not out[0, :, :3].any()
 
 
@@ -53,33 +57,35 @@ def test_flex_gradients_equal_reference_on_gpu():
     grads = {}
     for backend in ("flex", "reference"):
         leaves = [t.detach().requires_grad_() for t in six]
-        out, out_c = paired_attention(*leaves, cand_pos, backend=backend, **kwargs)
+        out, out_c = paired_attention(*leaves, layout_of(cand_pos, leaves[0].size(2), **kwargs),
+                                      backend=backend)
         grads[backend] = torch.autograd.grad(out.sum() + out_c.sum(), leaves)
     for x, y in zip(grads["flex"], grads["reference"]):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
 
 
 def test_block_mask_is_built_once_per_batch_and_reused(monkeypatch):
-    """With a mask_cache (one per candidate stage, as CandidateStage keeps), the second layer's call
-    reuses the first one's BlockMask and still equals the reference; new candidates (a
-    new cache) build a new one."""
+    """One layout handed to two layers (as a candidate stage hands its layout to every
+    layer): the second call reuses the first one's BlockMask and still equals the
+    reference; a new layout (new candidates) builds a new one."""
     from energy_lm.kernels import flex_paired
 
     built = []
-    layout = flex_paired._batch_layout
+    build = flex_paired._batch_layout
     monkeypatch.setattr(flex_paired, "_batch_layout",
-                        lambda *a, **kw: built.append(1) or layout(*a, **kw))
+                        lambda *a, **kw: built.append(1) or build(*a, **kw))
     six, cand_pos, seg, pad = case()
     kwargs = dict(causal=False, alibi_slopes=alibi_slopes(3).to(DEVICE), alibi_mode="shifted",
                   segment_ids=seg, key_padding_mask=pad)
-    cache = {}
+    layout = layout_of(cand_pos, six[0].size(2), **kwargs)
     with torch.no_grad():
         for layer_seed in (0, 1):  # two "layers": new q/k/v, same batch layout
             layer = case(seed=layer_seed)[0]
-            got = paired_attention(*layer, cand_pos, backend="flex", mask_cache=cache, **kwargs)
-            want = paired_attention(*layer, cand_pos, backend="reference", **kwargs)
+            got = paired_attention(*layer, layout, backend="flex")
+            want = paired_attention(*layer, layout_of(cand_pos, six[0].size(2), **kwargs),
+                                    backend="reference")
             for x, y in zip(got, want):
                 torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
-        assert len(built) == 1 and len(cache) == 1
-        paired_attention(*six, cand_pos, backend="flex", mask_cache={}, **kwargs)
+        assert len(built) == 1
+        paired_attention(*six, layout_of(cand_pos, six[0].size(2), **kwargs), backend="flex")
     assert len(built) == 2

@@ -23,7 +23,7 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 
 triton = pytest.importorskip("triton")
 
-from conftest import paired_tensors  # noqa: E402
+from conftest import layout_of, paired_tensors  # noqa: E402
 from energy_lm.kernels import triton_paired  # noqa: E402
 from energy_lm.kernels.reference import paired_attention_reference  # noqa: E402
 from energy_lm.kernels.alibi import alibi_slopes  # noqa: E402
@@ -63,7 +63,7 @@ def run(fn, six, cand_pos, upstream, **kwargs):
     """fn's (out, out_c) and the gradients of sum(out * u) + sum(out_c * u_c) for the six."""
     leaves = [t.detach().to(DEVICE).requires_grad_() for t in six]
     extra = {key: (val.to(DEVICE) if torch.is_tensor(val) else val) for key, val in kwargs.items()}
-    out, out_c = fn(*leaves, cand_pos.to(DEVICE), **extra)
+    out, out_c = fn(*leaves, layout_of(cand_pos.to(DEVICE), leaves[0].size(2), **extra))
     loss = ((out.float() * upstream[0].to(DEVICE)).sum()
             + (out_c.float() * upstream[1].to(DEVICE)).sum())
     grads = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
@@ -205,16 +205,17 @@ def test_strided_inputs_and_bf16_backward_are_deterministic():
 def test_dropout_raises_not_implemented():
     six, cand_pos, _, _ = make_case(1, 1, 3, 16, "k1")
     with pytest.raises(NotImplementedError, match="dropout") as info:
-        triton_paired.paired_attention_triton(*[t.to(DEVICE) for t in six], cand_pos.to(DEVICE),
-                                              causal=True, dropout_p=0.1)
+        triton_paired.paired_attention_triton(*[t.to(DEVICE) for t in six],
+                                              layout_of(cand_pos.to(DEVICE), 3, causal=True),
+                                              dropout_p=0.1)
     assert "\n" not in str(info.value)
 
 
 def test_float64_is_rejected_with_one_line():
     six, cand_pos, _, _ = make_case(1, 1, 3, 16, "k1", dtype=torch.float64)
     with pytest.raises(ValueError, match="float64 is not supported") as info:
-        triton_paired.paired_attention_triton(*[t.to(DEVICE) for t in six], cand_pos.to(DEVICE),
-                                              causal=True)
+        triton_paired.paired_attention_triton(*[t.to(DEVICE) for t in six],
+                                              layout_of(cand_pos.to(DEVICE), 3, causal=True))
     assert "\n" not in str(info.value)
 
 
@@ -256,11 +257,13 @@ def test_dispatcher_runs_the_triton_backend():
     six = [torch.randn(2, 3, n, 16, generator=g, device=DEVICE) for n in (9, 9, 9, 5, 5, 5)]
     cand_pos = torch.tensor([[1, 4, 4, 8, 0], [2, 3, 5, 7, 6]], device=DEVICE)
     kwargs = dict(causal=True, alibi_slopes=alibi_slopes(3).to(DEVICE), alibi_mode="causal")
-    got = paired_attention(*six, cand_pos, backend="triton", **kwargs)
-    want = paired_attention(*six, cand_pos, backend="reference", **kwargs)
+    got = paired_attention(*six, layout_of(cand_pos, six[0].size(2), **kwargs), backend="triton")
+    want = paired_attention(*six, layout_of(cand_pos, six[0].size(2), **kwargs),
+                            backend="reference")
     for x, y in zip(got, want):
         torch.testing.assert_close(x, y, atol=2e-5, rtol=1e-4)
-    _, alone = paired_attention(*six, cand_pos, backend="triton", need_data_out=False, **kwargs)
+    _, alone = paired_attention(*six, layout_of(cand_pos, six[0].size(2), **kwargs),
+                                backend="triton", need_data_out=False)
     torch.testing.assert_close(alone, want[1], atol=2e-5, rtol=1e-4)
 
 
@@ -324,7 +327,7 @@ def test_candidates_only_entry_matches_the_reference(name, b, h, n, d, cand, cau
         leaves = [t.detach().to(DEVICE).requires_grad_() for t in five]
         extra = {key: (val.to(DEVICE) if torch.is_tensor(val) else val)
                  for key, val in kwargs.items()}
-        out_c = fn(*leaves, cand_pos.to(DEVICE), **extra)
+        out_c = fn(*leaves, layout_of(cand_pos.to(DEVICE), leaves[3].size(2), **extra))
         g = torch.autograd.grad((out_c.double() * u_c.to(DEVICE)).sum(), leaves,
                                 materialize_grads=True)
         return [x.detach().cpu().double() for x in (out_c, *g)]

@@ -9,8 +9,8 @@ import logging
 import pytest
 import torch
 
-from conftest import paired_tensors
-from energy_lm.kernels import self_check
+from conftest import layout_of, paired_tensors
+from energy_lm.kernels import backends, self_check
 from energy_lm.kernels.alibi import alibi_slopes
 from energy_lm.kernels.reference import candidate_attention_reference, paired_attention_reference
 
@@ -25,20 +25,20 @@ def fake_fused(monkeypatch):
     error in the candidates' output; counts its calls."""
     monkeypatch.setattr(self_check, "_verdicts", {})
     monkeypatch.setattr(pa, "_logged_choices", set())
-    monkeypatch.setattr(pa, "_auto_backend", lambda *a: ("triton", "test: a fake fused kernel"))
+    monkeypatch.setattr(backends, "auto_choice",
+                        lambda *a: ("triton", "test: a fake fused kernel"))
     state = {"error": 0.0, "calls": 0}
 
-    def full(*args, **kwargs):
+    def full(*args):
         state["calls"] += 1
-        out, out_c = paired_attention_reference(*args, **kwargs)
+        out, out_c = paired_attention_reference(*args)
         return out, out_c * (1 + state["error"])
 
-    def candidates(*args, **kwargs):
+    def candidates(*args):
         state["calls"] += 1
-        return candidate_attention_reference(*args, **kwargs) * (1 + state["error"])
+        return candidate_attention_reference(*args) * (1 + state["error"])
 
-    monkeypatch.setitem(pa._BACKENDS, "triton", full)
-    monkeypatch.setitem(pa._CANDIDATE_BACKENDS, "triton", candidates)
+    monkeypatch.setitem(backends.BACKENDS, "triton", backends.Backend("triton", full, candidates))
     return state
 
 
@@ -50,13 +50,17 @@ def problem(causal=True):
                                segment_ids=seg, key_padding_mask=pad)
 
 
+def layout(cand_pos, **kw):
+    return layout_of(cand_pos, 9, **kw)
+
+
 def test_a_broken_kernel_is_caught_and_the_reference_runs(fake_fused, caplog):
     fake_fused["error"] = 1e-3  # a 0.1% error in every candidate output
     six, cand_pos, kw = problem()
     with caplog.at_level(logging.INFO, logger="energy_lm.kernels"):
-        out, out_c = pa.paired_attention(*six, cand_pos, backend="auto", **kw)
-        pa.paired_attention(*six, cand_pos, backend="auto", **kw)
-    want_out, want_c = paired_attention_reference(*six, cand_pos, **kw)
+        out, out_c = pa.paired_attention(*six, layout(cand_pos, **kw), backend="auto")
+        pa.paired_attention(*six, layout(cand_pos, **kw), backend="auto")
+    want_out, want_c = paired_attention_reference(*six, layout(cand_pos, **kw))
     torch.testing.assert_close(out_c, want_c, rtol=0, atol=0)  # the reference's result
     torch.testing.assert_close(out, want_out, rtol=0, atol=0)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -64,7 +68,7 @@ def test_a_broken_kernel_is_caught_and_the_reference_runs(fake_fused, caplog):
     assert "disagrees with the exact reference" in warnings[0]
     assert "out_c: max error" in warnings[0] and "ENERGY_LM_SKIP_KERNEL_CHECK" in warnings[0]
     calls_during_check = fake_fused["calls"]
-    pa.paired_attention(*six, cand_pos, backend="auto", **kw)
+    pa.paired_attention(*six, layout(cand_pos, **kw), backend="auto")
     assert fake_fused["calls"] == calls_during_check  # never used after failing
 
 
@@ -72,30 +76,32 @@ def test_a_candidates_only_call_of_a_model_falls_back_too(fake_fused):
     fake_fused["error"] = 1e-3
     six, cand_pos, kw = problem(causal=False)
     kw["alibi_mode"] = "symmetric"
-    _, out_c = pa.paired_attention(*six, cand_pos, backend="auto", need_data_out=False, **kw)
-    torch.testing.assert_close(out_c, candidate_attention_reference(
-        six[3], six[4], six[5], six[1], six[2], cand_pos, **kw), rtol=0, atol=0)
+    _, out_c = pa.paired_attention(*six, layout(cand_pos, **kw), backend="auto",
+                                   need_data_out=False)
+    q, k, v, q_c, k_c, v_c = six
+    want = candidate_attention_reference(q_c, k_c, v_c, k, v, layout(cand_pos, **kw))
+    torch.testing.assert_close(out_c, want, rtol=0, atol=0)
 
 
 def test_a_correct_kernel_passes_and_is_used(fake_fused, caplog):
     six, cand_pos, kw = problem()
     with caplog.at_level(logging.INFO, logger="energy_lm.kernels"):
-        pa.paired_attention(*six, cand_pos, backend="auto", **kw)
+        pa.paired_attention(*six, layout(cand_pos, **kw), backend="auto")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("agrees with the reference" in r.getMessage() for r in caplog.records)
     before = fake_fused["calls"]
-    pa.paired_attention(*six, cand_pos, backend="auto", **kw)
+    pa.paired_attention(*six, layout(cand_pos, **kw), backend="auto")
     assert fake_fused["calls"] == before + 1
 
 
 def test_another_dtype_or_head_dim_class_is_checked_again(fake_fused):
     six, cand_pos, kw = problem()
-    pa.paired_attention(*six, cand_pos, backend="auto", **kw)
+    pa.paired_attention(*six, layout(cand_pos, **kw), backend="auto")
     assert len(self_check._verdicts) == 1
-    pa.paired_attention(*[t.double() for t in six], cand_pos, backend="auto",
-                        **dict(kw, alibi_slopes=kw["alibi_slopes"].double()))
+    wide_kw = dict(kw, alibi_slopes=kw["alibi_slopes"].double())
+    pa.paired_attention(*[t.double() for t in six], layout(cand_pos, **wide_kw), backend="auto")
     wide = [torch.cat([t, t], dim=-1) for t in six]  # D = 32: another class
-    pa.paired_attention(*wide, cand_pos, backend="auto", **kw)
+    pa.paired_attention(*wide, layout(cand_pos, **kw), backend="auto")
     assert len(self_check._verdicts) == 3
     assert self_check.head_dim_class(48) == 64 and self_check.head_dim_class(64) == 64
 
@@ -104,13 +110,13 @@ def test_the_environment_variable_skips_the_check(fake_fused, monkeypatch):
     monkeypatch.setenv(self_check.SKIP_ENV, "1")
     fake_fused["error"] = 1e-3
     six, cand_pos, kw = problem()
-    _, out_c = pa.paired_attention(*six, cand_pos, backend="auto", **kw)
-    _, want_c = paired_attention_reference(*six, cand_pos, **kw)
+    _, out_c = pa.paired_attention(*six, layout(cand_pos, **kw), backend="auto")
+    _, want_c = paired_attention_reference(*six, layout(cand_pos, **kw))
     torch.testing.assert_close(out_c, want_c * (1 + 1e-3))  # the (broken) kernel ran
 
 
 def test_an_explicit_backend_is_never_replaced(fake_fused):
     fake_fused["error"] = 1e-3
     six, cand_pos, kw = problem()
-    _, out_c = pa.paired_attention(*six, cand_pos, backend="triton", **kw)
+    _, out_c = pa.paired_attention(*six, layout(cand_pos, **kw), backend="triton")
     assert not self_check._verdicts and fake_fused["calls"] == 1
