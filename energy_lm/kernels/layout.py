@@ -124,8 +124,8 @@ class PairedLayout:
         return self.cand_pos.size(1)
 
     def derived(self, name: str, build: Callable[[], T]) -> T:
-        """What a backend derives from this layout (a mask), built once and kept here:
-        every layer handed the same layout reuses it."""
+        """What is derived from this layout (a backend's mask, the backend `auto` chose),
+        built once and kept here: every layer handed the same layout reuses it."""
         if name not in self._derived:
             self._derived[name] = build()
         return self._derived[name]

@@ -92,7 +92,9 @@ def paired_attention(
     has passed its self-check against the reference (`energy_lm.kernels.self_check`),
     else the reference; the choice is logged once) or a name of `backends.names()`.
     """
-    chosen = resolve_backend(backend, q, dropout_p)
+    # once per layout: every layer of a candidate stage runs the backend the first chose
+    chosen = layout.derived(f"backend {backend} {q.device} {q.dtype} {q.size(-1)} "
+                            f"{dropout_p > 0}", lambda: resolve_backend(backend, q, dropout_p))
     _check_tensors(q, k, v, q_c, k_c, v_c, layout, dropout_p)
     if not need_data_out:
         if chosen.candidates is not None:
