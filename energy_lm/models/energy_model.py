@@ -49,6 +49,20 @@ class DictionaryMismatchError(ValueError):
     pass
 
 
+# The checkpoint format of the energy models, saved as the buffer `energy_lm_format` (as
+# fairseq's own models keep a `version` buffer): 1 = energy head, dictionary fingerprint
+# and (learned positions) the energy position row. A checkpoint without it was written
+# before it existed or by stock fairseq, and only such a checkpoint is upgraded.
+FORMAT_VERSION = 1
+FORMAT_KEY = "energy_lm_format"
+
+
+def checkpoint_format(state_dict, prefix: str) -> int:
+    """The format a state dict was saved in (0: before the buffer existed, or stock)."""
+    saved = state_dict.get(prefix + FORMAT_KEY)
+    return int(saved.reshape(-1)[0]) if saved is not None else 0
+
+
 def dictionary_fingerprint(dictionary) -> Tensor:
     """sha256 of the dictionary's symbols in order, as a (32,) uint8 tensor: two
     dictionaries of one size with two symbols swapped differ here."""
@@ -83,6 +97,9 @@ class EnergyModelMixin:
         """The heads a criterion may leave unused: the energy head (cross_entropy, cwt)
         and the output head (cwt). Models add their output head."""
         return [self.energy_head]
+
+    def upgrade_older_format(self, state_dict, prefix: str) -> None:
+        """What a family adds to a checkpoint of an older format (see FORMAT_VERSION)."""
 
     def forward(self, src_tokens, *args, **kwargs):
         limit = self.max_positions()
@@ -154,17 +171,30 @@ class EnergyModelMixin:
                 f"symbols or order); use the data-bin the model was trained on")
         return super().load_state_dict(state_dict, *args, **kwargs)
 
+    def register_format(self) -> None:
+        """The format buffer every checkpoint of this model carries (FORMAT_VERSION)."""
+        self.register_buffer(FORMAT_KEY, torch.tensor([FORMAT_VERSION]))
+
     def upgrade_state_dict_named(self, state_dict, name):
-        """Checkpoints written before the energy head (or the dictionary fingerprint)
-        existed, stock fairseq ones included, load with E = 0 (and without a dictionary
-        check); a stock one is converted where positions or head differ
-        (energy_lm.models.stock_conversion)."""
+        """Checkpoints of an older format (written before the energy head, the dictionary
+        fingerprint or the format buffer existed, stock fairseq ones included) load with
+        E = 0 (and without a dictionary check); a stock one is converted where positions
+        or head differ (energy_lm.models.stock_conversion). A checkpoint of this format is
+        loaded as it is; one of a newer format is refused."""
         super().upgrade_state_dict_named(state_dict, name)
         prefix = name + "." if name else ""
-        adapt_stock_checkpoint(state_dict, prefix, self, self._trunk())
-        if getattr(self, "dictionary_fingerprint", None) is not None:
-            state_dict.setdefault(prefix + "dictionary_fingerprint",
-                                  self.dictionary_fingerprint.clone())
+        saved = checkpoint_format(state_dict, prefix)
+        if saved > FORMAT_VERSION:
+            raise ValueError(f"the checkpoint was written in energy_lm checkpoint format "
+                             f"{saved}, newer than this package's {FORMAT_VERSION}: upgrade "
+                             f"energy_lm to load it")
+        if saved < FORMAT_VERSION:
+            adapt_stock_checkpoint(state_dict, prefix, self, self._trunk())
+            if getattr(self, "dictionary_fingerprint", None) is not None:
+                state_dict.setdefault(prefix + "dictionary_fingerprint",
+                                      self.dictionary_fingerprint.clone())
+            self.upgrade_older_format(state_dict, prefix)
+        state_dict[prefix + FORMAT_KEY] = torch.tensor([FORMAT_VERSION])
         head_prefix = prefix + "energy_head."
         theirs = {k[len(head_prefix):] for k in state_dict if k.startswith(head_prefix)}
         if theirs and theirs != set(self.energy_head.state_dict()):

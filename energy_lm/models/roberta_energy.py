@@ -142,6 +142,7 @@ class RobertaEnergyModel(EnergyModelMixin, RobertaModel):
         if safe_getattr(args, "position_init", "normal") == "sinusoidal" and positions is not None:
             init_positions_sinusoidal(positions, args.embed_norm == "l2")
         self.energy_head = EnergyHead(args.encoder_embed_dim, args.energy_head)
+        self.register_format()
 
     def _trunk(self):
         return self.encoder.sentence_encoder

@@ -164,13 +164,13 @@ class TransformerLMEnergyModel(EnergyModelMixin, TransformerLanguageModel):
         # projection): the trunk's own width
         dim = decoder.embed_dim if kind == "seed" else decoder.output_embed_dim
         self.energy_head = EnergyHead(dim, kind)
+        self.register_format()
 
     def _trunk(self):
         return self.decoder
 
-    def upgrade_state_dict_named(self, state_dict, name):
-        super().upgrade_state_dict_named(state_dict, name)
-        upgrade_energy_position(state_dict, name + "." if name else "", self)
+    def upgrade_older_format(self, state_dict, prefix: str) -> None:
+        upgrade_energy_position(state_dict, prefix, self)
 
     def _head_modules(self):
         return [self.energy_head, self.decoder.output_projection]

@@ -130,6 +130,7 @@ def test_old_learned_position_checkpoints_gain_the_energy_position(data_bin):
     key = "decoder.embed_positions.weight"
     old = state[key][:-1].clone()  # as written before the energy position existed
     state[key] = old
+    del state["energy_lm_format"]  # (and before the format buffer)
     model.load_state_dict(state, strict=True)
     table = model.decoder.embed_positions.weight
     assert table.size(0) == old.size(0) + 1
