@@ -131,6 +131,31 @@ def _query_segment(SEG, b, N, pos, row_ok, is_cand, CAUSAL: tl.constexpr, HAS_SE
 
 
 @triton.jit
+def _query_tile(pid_m, bh, H, N, M, D, CP, SEG, SLOPES, CAUSAL: tl.constexpr,
+                ALIBI: tl.constexpr, HAS_SEG: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_D: tl.constexpr):
+    """What the forward and the dq kernels know of query tile pid_m of head row bh:
+    (b, is_cand, local, row_ok, pos) of `_query_rows`, the head-dim offsets and mask, the
+    element offsets `rows` of its (BLOCK_M, BLOCK_D) tile in its own stream (candidates
+    or data: q, o, do share them), the head's ALiBi slope and each row's document."""
+    b = bh // H
+    is_cand, local, row_ok, pos = _query_rows(pid_m, b, N, M, CP, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d[None, :] < D
+    row_mask = row_ok[:, None] & d_ok
+    if is_cand == 1:
+        rows = (bh * M + local)[:, None] * D + offs_d[None, :]
+    else:
+        rows = (bh * N + local)[:, None] * D + offs_d[None, :]
+    if ALIBI != 0:
+        slope = tl.load(SLOPES + bh % H)
+    else:
+        slope = 0.0
+    seg_q = _query_segment(SEG, b, N, pos, row_ok, is_cand, CAUSAL, HAS_SEG)
+    return b, is_cand, local, row_ok, pos, offs_d, d_ok, row_mask, rows, slope, seg_q
+
+
+@triton.jit
 def _tile_scores(q, k, pos, row_ok, seg_q, offs_n, b, is_cand, N, SEG, PAD, slope, sm_scale,
                  CAUSAL: tl.constexpr, ALIBI: tl.constexpr, HAS_SEG: tl.constexpr,
                  HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
@@ -173,20 +198,11 @@ def _fwd_kernel(Q, K, V, QC, KC, VC, CP, SEG, PAD, SLOPES, O, OC, LSE,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0) + first_tile  # first_tile > 0: candidate tiles only
     bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    is_cand, local, row_ok, pos = _query_rows(pid_m, b, N, M, CP, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d[None, :] < D
-    row_mask = row_ok[:, None] & d_ok
-    if ALIBI != 0:
-        slope = tl.load(SLOPES + bh % H)
-    else:
-        slope = 0.0
-    seg_q = _query_segment(SEG, b, N, pos, row_ok, is_cand, CAUSAL, HAS_SEG)
+    b, is_cand, local, row_ok, pos, offs_d, d_ok, row_mask, rows, slope, seg_q = _query_tile(
+        pid_m, bh, H, N, M, D, CP, SEG, SLOPES, CAUSAL, ALIBI, HAS_SEG, BLOCK_M, BLOCK_D)
 
     # initial online-softmax state: a candidate row holds its own key (bias 0)
     if is_cand == 1:
-        rows = (bh * M + local)[:, None] * D + offs_d[None, :]
         q = tl.load(QC + rows, mask=row_mask, other=0.0)
         kc = tl.load(KC + rows, mask=row_mask, other=0.0).to(tl.float32)
         vc = tl.load(VC + rows, mask=row_mask, other=0.0).to(tl.float32)
@@ -196,7 +212,6 @@ def _fwd_kernel(Q, K, V, QC, KC, VC, CP, SEG, PAD, SLOPES, O, OC, LSE,
         out_ptrs = OC + rows
         lse_ptrs = LSE + bh * (N + M) + N + local
     else:
-        rows = (bh * N + local)[:, None] * D + offs_d[None, :]
         q = tl.load(Q + rows, mask=row_mask, other=0.0)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -337,23 +352,13 @@ def _bwd_dq_kernel(Q, K, V, QC, KC, VC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPE
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0) + first_tile  # first_tile > 0: candidate tiles only
     bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    is_cand, local, row_ok, pos = _query_rows(pid_m, b, N, M, CP, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d[None, :] < D
-    row_mask = row_ok[:, None] & d_ok
-    if ALIBI != 0:
-        slope = tl.load(SLOPES + bh % H)
-    else:
-        slope = 0.0
-    seg_q = _query_segment(SEG, b, N, pos, row_ok, is_cand, CAUSAL, HAS_SEG)
+    b, is_cand, local, row_ok, pos, offs_d, d_ok, row_mask, rows, slope, seg_q = _query_tile(
+        pid_m, bh, H, N, M, D, CP, SEG, SLOPES, CAUSAL, ALIBI, HAS_SEG, BLOCK_M, BLOCK_D)
     if is_cand == 1:
-        rows = (bh * M + local)[:, None] * D + offs_d[None, :]
         q = tl.load(QC + rows, mask=row_mask, other=0.0)
         do = tl.load(DOC + rows, mask=row_mask, other=0.0)
         row_off = bh * (N + M) + N + local
     else:
-        rows = (bh * N + local)[:, None] * D + offs_d[None, :]
         q = tl.load(Q + rows, mask=row_mask, other=0.0)
         do = tl.load(DO + rows, mask=row_mask, other=0.0)
         row_off = bh * (N + M) + local
