@@ -35,85 +35,12 @@ import torch
 from torch import Tensor
 
 from energy_lm.cli.errors import run_reporting_errors
+from energy_lm.models.energy_pass import (  # noqa: F401  (re-exported for the tools' callers)
+    ScoredBatch, exact_log_z_of, gather_tokens, head_and_tail, is_masked, score_batch,
+    vocabulary_energies)
 
 LN2 = math.log(2)
 logger = logging.getLogger("energy_lm.cli.eval_elm")
-
-
-@dataclass
-class ScoredBatch:
-    """One batch scored by the energy pass, in the layout of its scored positions P."""
-    lprobs: Tensor       # (B, P, V) log q(. | context of p)
-    tokens: Tensor       # (B, P) the data token at p
-    scored: Tensor       # (B, P) bool
-    energy: Tensor       # (B, P) E(x_p)
-    cand_tokens: Tensor  # (B, K, P)
-    cand_energy: Tensor  # (B, K, P)
-
-
-def is_masked(model) -> bool:
-    from energy_lm.models.scoring import is_masked_model
-
-    return is_masked_model(model)
-
-
-def score_batch(model, sample, candidates) -> ScoredBatch:
-    """The energy pass of either family; candidates as `causal_energy_pass` takes them."""
-    from energy_lm.models.scoring import causal_energy_pass, masked_energy_pass
-
-    src = sample["net_input"]["src_tokens"]
-    if is_masked(model):
-        out = masked_energy_pass(model, src, sample["target"], candidates)
-        logits, tokens, scored = out.logits, out.targets, out.valid
-    else:
-        out = causal_energy_pass(model, src, candidates, targets=sample["target"],
-                                 segment_ids=sample["net_input"].get("segment_ids"))
-        logits, tokens, scored = out.logits, out.tokens, out.scored  # logits[:, p-1] -> p
-    acc = torch.promote_types(logits.dtype, torch.float32)
-    return ScoredBatch(torch.log_softmax(logits.to(acc), dim=-1), tokens, scored, out.energy,
-                       out.cand_tokens, out.cand_energy)
-
-
-def head_and_tail(topk: int, num_samples: int, generator: Optional[torch.Generator]) -> Callable:
-    """Candidates from the proposal logits (B, P, V): q's top-k tokens, then num_samples
-    draws from q restricted to the other tokens -> (B, topk + K, P)."""
-    from energy_lm.sampling.proposal import sample_tokens
-
-    def choose(logits: Tensor) -> Tensor:
-        head = logits.topk(topk, dim=-1).indices  # (B, P, k)
-        tail_logits = logits.float().scatter(-1, head, float("-inf"))
-        tail = sample_tokens(tail_logits, num_samples, generator=generator)  # (B, P, K)
-        return torch.cat([head, tail], dim=-1).permute(0, 2, 1)
-
-    return choose
-
-
-def vocabulary_energies(model, sample, chunk: int = 256):
-    """E(y) of every vocabulary entry y at every scored position, in passes of `chunk`
-    entries: (ScoredBatch of the last pass, energies (B, P, V))."""
-    vocab = model._trunk().embed_tokens.num_embeddings
-    energies, out = [], None
-    for first in range(0, vocab, chunk):
-        ids = torch.arange(first, min(first + chunk, vocab), device=sample["target"].device)
-
-        def every(logits: Tensor, ids=ids) -> Tensor:  # (B, P, V) -> (B, c, P)
-            return ids.view(1, -1, 1).expand(logits.size(0), -1, logits.size(1))
-
-        out = score_batch(model, sample, every)
-        energies.append(out.cand_energy)
-    return out, torch.cat(energies, dim=1).permute(0, 2, 1)
-
-
-def exact_log_z_of(model, sample, chunk: int = 256) -> Tensor:
-    """log Z at every scored position by scoring each vocabulary entry there: (B, P)."""
-    from energy_lm.losses import exact_log_z
-
-    out, energies = vocabulary_energies(model, sample, chunk)
-    return exact_log_z(out.lprobs, energies)
-
-
-def _gather(lprobs: Tensor, tokens: Tensor) -> Tensor:
-    return lprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 class Totals:
@@ -158,7 +85,7 @@ def evaluate(model, batches: Iterable, num_samples: int = 16, topk: int = 16,
     receives one record per scored token (`per_token_rows`)."""
     from energy_lm.losses import topk_tail_log_z
 
-    vocab = model._trunk().embed_tokens.num_embeddings
+    vocab = model.trunk.embed_tokens.num_embeddings
     if not 1 <= topk < vocab - 1:
         raise ValueError(f"--topk must be in [1, {vocab - 2}] (a tail of at least two tokens "
                          f"must remain to sample), got {topk}")
@@ -175,7 +102,7 @@ def evaluate(model, batches: Iterable, num_samples: int = 16, topk: int = 16,
             log_z, stderr, lower = topk_tail_log_z(
                 head_log_q, out.cand_energy[:, :topk].permute(0, 2, 1),
                 tail_energy.permute(0, 2, 1))
-            figures = dict(nll=-_gather(out.lprobs, out.tokens), energy=out.energy,
+            figures = dict(nll=-gather_tokens(out.lprobs, out.tokens), energy=out.energy,
                            log_z_est=log_z, log_z_var=stderr ** 2, log_z_lower=lower)
             totals.add(totals.all, out.scored, **figures)
             totals.count += int(out.scored.sum())
@@ -350,7 +277,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     if args.exact_z:
         exact_batches = total_batches if not args.exact_z_batches else min(
             args.exact_z_batches, total_batches)
-        vocab = model._trunk().embed_tokens.num_embeddings
+        vocab = model.trunk.embed_tokens.num_embeddings
         print(f"exact Z: {vocab} vocabulary entries scored at every position of "
               f"{exact_batches} batch(es) of {args.batch_size}, "
               f"{math.ceil(vocab / args.vocab_chunk)} passes each; the first batch's time "

@@ -42,27 +42,28 @@ def score(model, src: Tensor, targets: Tensor, scoring: str = "lm", log_z: str =
     argmax of q (scoring "lm"), of the ELM over the whole vocabulary (exact Z), or of the
     ELM over q's top-k (the estimate: a target outside q's top-k is not greedy). A row's
     figures do not depend on the other rows (padding never changes a target's score)."""
-    from energy_lm.cli.eval_elm import _gather, head_and_tail, score_batch, vocabulary_energies
     from energy_lm.losses import exact_log_z, topk_tail_log_z
+    from energy_lm.models.energy_pass import (gather_tokens, head_and_tail, score_batch,
+                                              vocabulary_energies)
 
     if scoring not in ("lm", "elm"):
         raise ValueError(f"scoring must be 'lm' or 'elm', got {scoring!r}")
     if log_z not in LOG_Z_MODES:
         raise ValueError(f"log_z must be one of {', '.join(LOG_Z_MODES)}, got {log_z!r}")
     sample = {"net_input": {"src_tokens": src}, "target": targets}
-    pad = model._trunk().padding_idx if hasattr(model, "_trunk") else model.decoder.padding_idx
+    pad = model.trunk.padding_idx if hasattr(model, "trunk") else model.decoder.padding_idx
     if scoring == "lm":
         logits = model(src)[0]  # (B, T, V)
         lprobs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
         scored = targets.ne(pad)
-        return TargetScores(_row_sums(_gather(lprobs, targets), scored), None, None,
+        return TargetScores(_row_sums(gather_tokens(lprobs, targets), scored), None, None,
                             _all_greedy(lprobs.argmax(-1), targets, scored))
     # below, the energy pass's own layout: (B, T) targets for a causal model, (B, S)
     # masked positions for a masked one
     if log_z == "exact":
         out, energies = vocabulary_energies(model, sample, chunk)  # (B, P, V) each
         z = exact_log_z(out.lprobs, energies)  # (B, P)
-        lq = _gather(out.lprobs, out.tokens)
+        lq = gather_tokens(out.lprobs, out.tokens)
         elm = lq - out.energy.to(lq.dtype) - z
         best = (out.lprobs - energies.to(out.lprobs.dtype)).argmax(-1)
         return TargetScores(_row_sums(lq, out.scored), _row_sums(elm, out.scored),
@@ -74,7 +75,7 @@ def score(model, src: Tensor, targets: Tensor, scoring: str = "lm", log_z: str =
     tail_e = out.cand_energy[:, topk:].permute(0, 2, 1)
     head_lq = out.lprobs.gather(-1, head)
     z, stderr, _ = topk_tail_log_z(head_lq, head_e, tail_e)
-    lq = _gather(out.lprobs, out.tokens)
+    lq = gather_tokens(out.lprobs, out.tokens)
     elm = lq - out.energy.to(lq.dtype) - z
     best = head.gather(-1, (head_lq - head_e.to(head_lq.dtype)).argmax(-1, keepdim=True))[..., 0]
     return TargetScores(_row_sums(lq, out.scored), _row_sums(elm, out.scored),

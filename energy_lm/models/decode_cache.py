@@ -67,7 +67,7 @@ def prefill(model, prompts: List[Tensor]) -> DecodeCache:
     its keys and values into one left-padded cache."""
     if not prompts or any(p.dim() != 1 or p.numel() == 0 for p in prompts):
         raise ValueError("prompts must be non-empty 1-D token tensors")
-    trunk = model._trunk()
+    trunk = model.trunk
     attns = _layers_attention(trunk)
     width = max(p.numel() for p in prompts)
     _check_positions(trunk, width)
@@ -99,7 +99,7 @@ def prefill(model, prompts: List[Tensor]) -> DecodeCache:
 def forward_candidates(model, cache: DecodeCache, candidates: Tensor,
                        backend: str = "auto") -> StepForward:
     """candidates (B, K) at each row's next position, through every layer."""
-    trunk = model._trunk()
+    trunk = model.trunk
     attns = _layers_attention(trunk)
     buffers = [attn._get_input_buffer(cache.state) for attn in attns]
     keys = buffers[0]["prev_key"]  # (B, H, S, D)
@@ -140,7 +140,7 @@ def candidate_energies(model, cache: DecodeCache, step: StepForward) -> Tensor:
 
 def append_chosen(model, cache: DecodeCache, step: StepForward, pick: Tensor) -> DecodeCache:
     """Candidate pick (B,) of every row joins its cache; returns the next step's cache."""
-    trunk = model._trunk()
+    trunk = model.trunk
     rows = torch.arange(pick.numel(), device=pick.device)
     state = cache.state
     for attn in _layers_attention(trunk):

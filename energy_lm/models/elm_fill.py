@@ -25,7 +25,7 @@ def elm_fillings(model, tokens: Tensor, masked_index: int, topk: int,
         raise ValueError(f"scoring='elm' needs a masked model with an energy head (an "
                          f"energy_lm RoBERTa checkpoint); {type(model).__name__} has none")
     src = tokens.unsqueeze(0)
-    pad = model._trunk().padding_idx
+    pad = model.trunk.padding_idx
     targets = torch.full_like(src, pad)
     features, _ = model(src, features_only=True)  # the MLM state, for q's top candidates
     logits = model.output_layer(features[0, masked_index])  # (V,)

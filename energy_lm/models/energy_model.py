@@ -93,6 +93,12 @@ class EnergyModelMixin:
     def _trunk(self):
         raise NotImplementedError
 
+    @property
+    def trunk(self):
+        """The encoder/decoder that holds the token embedding, the attention pattern and
+        the candidate stream (RoBERTa's sentence encoder, the LM's decoder)."""
+        return self._trunk()
+
     def _head_modules(self) -> List[nn.Module]:
         """The heads a criterion may leave unused: the energy head (cross_entropy, cwt)
         and the output head (cwt). Models add their output head."""

@@ -126,7 +126,7 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
     """
     bsz, tgt_len = src_tokens.shape
     device = src_tokens.device
-    pad = model._trunk().padding_idx
+    pad = model.trunk.padding_idx
     if targets is not None:
         if targets.shape != src_tokens.shape:
             raise ValueError(f"targets must have the shape of src_tokens {tuple(src_tokens.shape)}, "
@@ -224,7 +224,7 @@ def masked_energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates: O
     a function of the detached MLM logits (B, S, V) returning them, or None to sample num_samples per position from the MLM head's detached fp32 softmax
     (keyed by sample_keys and the absolute position when given, as causal_energy_pass).
     """
-    pad = model._trunk().padding_idx
+    pad = model.trunk.padding_idx
     positions, valid = masked_positions(targets, pad)  # (B, S)
     bsz, slots = positions.shape
     data_tokens = targets.gather(1, positions)  # (B, S), pad in invalid slots
