@@ -14,6 +14,7 @@ from energy_lm.patches import (  # noqa: E402
     checkpoint_safety,
     data_checks,
     elm_fill_mask,
+    epoch_workers,
     optim_groups,
     sir_generation,
     update_number,
@@ -23,6 +24,7 @@ checkpoint_errors.install()
 checkpoint_safety.install()
 data_checks.install()
 elm_fill_mask.install()
+epoch_workers.install()
 optim_groups.install()
 sir_generation.install()
 update_number.install()

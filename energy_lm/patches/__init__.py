@@ -1,5 +1,6 @@
 """Everything that changes fairseq's own behaviour, each in one small tested module:
 `compat` (a modern stack), `checkpoint_errors` and `checkpoint_safety` (reading and
 writing checkpoints), `data_checks` (input validation), `optim_groups` (no weight decay
-for CLAP's beta), `update_number` (the update number reaches the criterion).
+for CLAP's beta), `update_number` (the update number reaches the criterion), `epoch_workers` (each
+epoch's dataset, its masks included, reaches the data-loading workers).
 `energy_lm/__init__.py` applies them once."""
