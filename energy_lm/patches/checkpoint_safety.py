@@ -10,11 +10,16 @@ diverged state on disk: three small wraps of fairseq's save and load path.
    (`os.replace` is atomic on POSIX), and the folder is fsynced: a reader sees the old
    file or the new one, never a part. A failed write leaves the old file untouched and
    raises `CheckpointWriteError` in one line (a full disk names the folder and the bytes).
-2. Resume from the newest good state. When the default `checkpoint_last.pt` cannot be
-   read, training resumes from the newest readable checkpoint of the save dir, with one
-   warning; it refuses only when none is readable. When another checkpoint of the save
-   dir is newer than `checkpoint_last.pt` (a kill between fairseq's save and its copy),
-   training resumes from that one. An explicit `--restore-file` is never replaced.
+2. Resume from the newest good state. Every save leaves a record in the save dir
+   (`.energy-lm-save.json`): after fairseq wrote the save's first file, `copying` with
+   that file's name; after its copies (`checkpoint_last.pt` among them), `done`. A
+   default resume whose record says `copying` (a kill between fairseq's save and its
+   copy) resumes from the file the record names; otherwise `checkpoint_last.pt` is
+   resumed as it is, whatever its modification time (a renamed or copied
+   `checkpoint_last.pt` is the user's). When `checkpoint_last.pt` cannot be read,
+   training resumes from the newest readable checkpoint of the save dir, with one
+   warning; it refuses only when none is readable. An explicit `--restore-file` is never
+   replaced.
 3. A save guard. Before fairseq saves, the updated model is checked: every parameter
    finite, the validation loss (when there is one) finite, and one forward pass on the
    last training batch finite. Otherwise the run stops, naming the term and the flags
@@ -190,8 +195,8 @@ def _load_with_fallback(original):
         if newer is not None:  # a kill between a save and its copy to checkpoint_last.pt
             try:
                 result = original(self, newer, *args, **kwargs)
-                logger.info("resumed from %s, newer than %s (the copy to it was interrupted)",
-                            newer, filename)
+                logger.info("resumed from %s: the save that wrote it was interrupted before "
+                            "its copy to %s", newer, filename)
                 return result
             except CheckpointReadError:
                 pass  # then the default file, as fairseq would
@@ -222,18 +227,42 @@ def _is_default_resume(trainer, filename) -> bool:
         os.path.abspath(filename) == os.path.abspath(default)
 
 
+SAVE_RECORD = ".energy-lm-save.json"
+
+
+def write_save_record(save_dir: str, state: str, first: str, updates: int) -> None:
+    """The record of the save in progress (`copying`) or finished (`done`), atomic."""
+    import json
+
+    text = json.dumps({"state": state, "file": os.path.basename(first), "updates": updates})
+    atomic_write(os.path.join(save_dir, SAVE_RECORD), lambda f: f.write(text.encode()))
+
+
+def read_save_record(save_dir: str) -> Optional[dict]:
+    import json
+
+    try:
+        with open(os.path.join(save_dir, SAVE_RECORD)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def _newer_than_default(trainer, filename) -> Optional[str]:
-    """The newest checkpoint of the save dir when it is newer than checkpoint_last.pt (or
-    that file is missing): fairseq writes checkpoint_E_U.pt first and copies it to
-    checkpoint_last.pt last, so a kill in between leaves the newest state elsewhere."""
+    """The file an interrupted save wrote first, when the save dir's record says the save
+    did not finish its copies: fairseq writes checkpoint_E_U.pt (or checkpoint_best.pt)
+    first and copies it to checkpoint_last.pt after, so a kill in between leaves the
+    newest state there. Nothing is guessed from modification times."""
     if not _is_default_resume(trainer, filename):
         return None
-    candidates = readable_candidates(trainer.cfg.checkpoint.save_dir, filename)
-    if not candidates:
+    save_dir = trainer.cfg.checkpoint.save_dir
+    record = read_save_record(save_dir)
+    if record is None or record.get("state") != "copying":
         return None
-    if os.path.isfile(filename) and os.path.getmtime(candidates[0]) <= os.path.getmtime(filename):
+    first = os.path.join(save_dir, str(record.get("file", "")))
+    if not os.path.isfile(first) or os.path.abspath(first) == os.path.abspath(filename):
         return None
-    return candidates[0]
+    return first
 
 
 def _fall_back(trainer, original, filename, err, args, kwargs):
@@ -348,9 +377,28 @@ def _guarded_save(original):
     @functools.wraps(original)
     def save_checkpoint(cfg, trainer, epoch_itr, val_loss):
         check_state_before_save(trainer, val_loss)
-        return original(cfg, trainer, epoch_itr, val_loss)
+        trainer._energy_lm_first_save = None
+        result = original(cfg, trainer, epoch_itr, val_loss)
+        first = trainer._energy_lm_first_save
+        if first is not None:  # this rank wrote the save: its copies are done too
+            write_save_record(cfg.save_dir, "done", first, trainer.get_num_updates())
+        return result
 
     save_checkpoint._energy_lm_wrapped = True
+    return save_checkpoint
+
+
+def _records_the_first_file(original):
+    """Trainer.save_checkpoint writes the save's first file; record it before the copies."""
+    @functools.wraps(original)
+    def save_checkpoint(self, filename, extra_state):
+        written = original(self, filename, extra_state)
+        if written is not None and getattr(self, "_energy_lm_first_save", "") is None:
+            self._energy_lm_first_save = written
+            write_save_record(os.path.dirname(written), "copying", written,
+                              self.get_num_updates())
+        return written
+
     return save_checkpoint
 
 
@@ -385,6 +433,7 @@ def install() -> None:
     checkpoint_utils.PathManager = _AtomicPathManager(checkpoint_utils.PathManager)
     checkpoint_utils.save_checkpoint = _guarded_save(checkpoint_utils.save_checkpoint)
     Trainer.load_checkpoint = _load_with_fallback(Trainer.load_checkpoint)
+    Trainer.save_checkpoint = _records_the_first_file(Trainer.save_checkpoint)
     checkpoint_utils.load_model_ensemble_and_task = _ensemble_names_the_checkpoint(
         checkpoint_utils.load_model_ensemble_and_task)
     Trainer.train_step = _remember_last_sample(Trainer.train_step)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import BIN, LM_SMALL, error_line
-from energy_lm.patches.checkpoint_safety import TEMP_PREFIX
+from energy_lm.patches.checkpoint_safety import SAVE_RECORD, TEMP_PREFIX, write_save_record
 
 pytestmark = pytest.mark.slow
 
@@ -38,9 +38,9 @@ def command(data_bin: Path, save_dir: Path, *extra, updates=12, criterion="monar
 
 def checkpoint_files(save_dir: Path) -> list:
     """Every file but the partial one a SIGKILL can leave mid-write (a hidden temporary
-    that no loader reads; the next save removes it)."""
+    that no loader reads; the next save removes it) and the record of the last save."""
     return sorted(p for p in save_dir.glob("*") if p.is_file()
-                  and not p.name.startswith(TEMP_PREFIX))
+                  and not p.name.startswith(TEMP_PREFIX) and p.name != SAVE_RECORD)
 
 
 def assert_every_file_loads(save_dir: Path) -> int:
@@ -150,3 +150,28 @@ def test_an_unreadable_checkpoint_last_resumes_from_the_newest_readable(data_bin
     done = run(command(data_bin, save, updates=8))
     assert done.returncode != 0
     assert "cannot resume:" in error_line(done.stderr) and "no other checkpoint" in error_line(done.stderr)
+
+
+def test_the_checkpoint_asked_for_is_the_checkpoint_resumed(data_bin, tmp_path):
+    """A checkpoint_last.pt rolled back by copying an older checkpoint over it (its
+    modification time older than the others', as a rename leaves it) is resumed as it
+    is; only the save dir's record of an unfinished save redirects a resume, to the file
+    that save wrote first."""
+    import shutil
+
+    save = tmp_path / "ck"
+    assert run(command(data_bin, save, updates=6, criterion="cross_entropy")).returncode == 0
+    shutil.copy2(save / "checkpoint_1_3.pt", save / "checkpoint_last.pt")
+    os.utime(save / "checkpoint_last.pt", (1, 1))  # older than every other file
+    rolled = run(command(data_bin, save, updates=4, criterion="cross_entropy"))
+    assert rolled.returncode == 0, rolled.stderr[-2000:]
+    assert "(epoch 1 @ 3 updates)" in rolled.stdout + rolled.stderr
+    assert "interrupted" not in rolled.stdout + rolled.stderr
+    # a save of update 5 that stopped before its copy to checkpoint_last.pt (at 4)
+    shutil.copy2(save / "checkpoint_1_4.pt", save / "checkpoint_last.pt")
+    write_save_record(str(save), "copying", str(save / "checkpoint_1_5.pt"), 5)
+    resumed = run(command(data_bin, save, updates=6, criterion="cross_entropy"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    log = resumed.stdout + resumed.stderr
+    assert "(epoch 1 @ 5 updates)" in log and "was interrupted before its copy" in log
+
