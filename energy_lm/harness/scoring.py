@@ -61,7 +61,13 @@ def score(model, src: Tensor, targets: Tensor, scoring: str = "lm", log_z: str =
     # below, the energy pass's own layout: (B, T) targets for a causal model, (B, S)
     # masked positions for a masked one
     if log_z == "exact":
-        out, energies = vocabulary_energies(model, sample, chunk)  # (B, P, V) each
+        # V energies per position: a causal window's context is not scored, so its
+        # positions get no candidates (from the batch's first scored target on; exact Z
+        # has no randomness, so a row's figures still do not depend on its batch)
+        scored_at = targets.ne(pad).any(0).nonzero()
+        first = int(scored_at[0]) + 1 if scored_at.numel() > 0 else 1
+        out, energies = vocabulary_energies(model, sample, chunk,
+                                            first_target=first)  # (B, P, V) each
         z = exact_log_z(out.lprobs, energies)  # (B, P)
         lq = gather_tokens(out.lprobs, out.tokens)
         elm = lq - out.energy.to(lq.dtype) - z

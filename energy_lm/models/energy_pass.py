@@ -33,16 +33,20 @@ def is_masked(model) -> bool:
     return is_masked_model(model)
 
 
-def score_batch(model, sample, candidates) -> ScoredBatch:
-    """The energy pass of either family; candidates as `causal_energy_pass` takes them."""
+def score_batch(model, sample, candidates, first_target: int = 1) -> ScoredBatch:
+    """The energy pass of either family; candidates as `causal_energy_pass` takes them
+    (and first_target: a causal model's first scored position; a masked model scores
+    its masked positions)."""
     src = sample["net_input"]["src_tokens"]
     if is_masked(model):
         out = masked_energy_pass(model, src, sample["target"], candidates)
         logits, tokens, scored = out.logits, out.targets, out.valid
     else:
         out = causal_energy_pass(model, src, candidates, targets=sample["target"],
-                                 segment_ids=sample["net_input"].get("segment_ids"))
-        logits, tokens, scored = out.logits, out.tokens, out.scored  # logits[:, p-1] -> p
+                                 segment_ids=sample["net_input"].get("segment_ids"),
+                                 first_target=first_target)
+        # the proposal of position p is logits[:, p - 1]
+        logits, tokens, scored = out.logits[:, out.positions - 1], out.tokens, out.scored
     acc = torch.promote_types(logits.dtype, torch.float32)
     return ScoredBatch(torch.log_softmax(logits.to(acc), dim=-1), tokens, scored, out.energy,
                        out.cand_tokens, out.cand_energy)
@@ -60,7 +64,7 @@ def head_and_tail(topk: int, num_samples: int, generator: Optional[torch.Generat
     return choose
 
 
-def vocabulary_energies(model, sample, chunk: int = 256):
+def vocabulary_energies(model, sample, chunk: int = 256, first_target: int = 1):
     """E(y) of every vocabulary entry y at every scored position, in passes of `chunk`
     entries: (ScoredBatch of the last pass, energies (B, P, V))."""
     vocab = model.trunk.embed_tokens.num_embeddings
@@ -71,7 +75,7 @@ def vocabulary_energies(model, sample, chunk: int = 256):
         def every(logits: Tensor, ids=ids) -> Tensor:  # (B, P, V) -> (B, c, P)
             return ids.view(1, -1, 1).expand(logits.size(0), -1, logits.size(1))
 
-        out = score_batch(model, sample, every)
+        out = score_batch(model, sample, every, first_target)
         energies.append(out.cand_energy)
     return out, torch.cat(energies, dim=1).permute(0, 2, 1)
 

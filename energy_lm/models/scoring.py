@@ -101,7 +101,8 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
                        targets: Optional[Tensor] = None, num_samples: int = 1, start: int = 1,
                        segment_ids: Optional[Tensor] = None,
                        backend: str = "auto",
-                       sample_keys: Optional[SampleKeys] = None) -> CausalEnergyOutput:
+                       sample_keys: Optional[SampleKeys] = None,
+                       first_target: int = 1) -> CausalEnergyOutput:
     """Score every target in the context the LM used to predict it, with candidates.
 
     Two layouts:
@@ -109,6 +110,10 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
       src_tokens[:, :t+1]): the scored positions are p = 1..T, the token at p is
       targets[:, p - 1], proposed by logits[:, p - 1]. Position T lies past the input: the
       block's last target is scored there, in the candidate stream.
+      With first_target f > 1 only positions f..T are scored (the candidates, whose
+      cost grows with the positions, stand there only): what a caller that scores the
+      end of each row (a continuation after a context) needs; each position's figures
+      are those of the full call.
     - targets None (scoring a sequence): positions p = start..T-1, the token at p is
       src_tokens[:, p].
     The data stream gives E(x_p) where its state at p has exactly that context (src_tokens
@@ -131,9 +136,11 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
         if targets.shape != src_tokens.shape:
             raise ValueError(f"targets must have the shape of src_tokens {tuple(src_tokens.shape)}, "
                              f"got {tuple(targets.shape)}")
+        if not 1 <= first_target <= tgt_len:
+            raise ValueError(f"first_target must be in [1, {tgt_len}], got {first_target}")
         start = 1
-        positions = torch.arange(1, tgt_len + 1, device=device)  # (P,) P = T
-        tokens = targets
+        positions = torch.arange(first_target, tgt_len + 1, device=device)  # (P,)
+        tokens = targets[:, first_target - 1:]
     else:
         if not 0 <= start < tgt_len:
             raise ValueError(f"start must be in [0, {tgt_len}), got {start}")

@@ -136,3 +136,27 @@ def test_old_learned_position_checkpoints_gain_the_energy_position(data_bin):
     assert table.size(0) == old.size(0) + 1
     torch.testing.assert_close(table[-1], old[-1])
     torch.testing.assert_close(table[:-1], old)
+
+
+@pytest.mark.parametrize("arch", ["transformer_lm_alibi_tiny", "transformer_lm_clap_tiny"])
+@pytest.mark.parametrize("head", ["rich", "seed"])
+def test_scoring_from_a_first_target_gives_the_full_calls_figures_there(data_bin, arch, head):
+    """first_target f: candidates and figures only at positions f..T (what the harness
+    scores after a context), each equal to the full call's at that position."""
+    from energy_lm.models.scoring import causal_energy_pass
+
+    model, d = energy_model(data_bin, arch, energy_head=head)
+    docs = [[10, 11, 12, 13, 14, 15], [20, 21, 22, 23, 24]]
+    src, tgt = lm_rows(docs, d.eos(), d.pad())
+    full = causal_energy_pass(model, src, targets=tgt, num_samples=3)
+    first = 4
+    part = causal_energy_pass(model, src, targets=tgt, first_target=first,
+                              candidates=full.cand_tokens[:, :, first - 1:])
+    assert part.positions.tolist() == list(range(first, src.size(1) + 1))
+    assert torch.equal(part.tokens, full.tokens[:, first - 1:])
+    assert torch.equal(part.scored, full.scored[:, first - 1:])
+    torch.testing.assert_close(part.energy, full.energy[:, first - 1:], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(part.cand_energy, full.cand_energy[:, :, first - 1:],
+                               rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match=r"first_target must be in \[1, 7\], got 8"):
+        causal_energy_pass(model, src, targets=tgt, first_target=8)
