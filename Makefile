@@ -50,8 +50,8 @@ demo: $(STAMP) $(DEMO_DIR)/corpus/data-bin/dict.txt
 # The suite runs on TEST_WORKERS pytest-xdist workers, whole files per worker (module
 # fixtures are built once), one OpenMP thread each: two workers of two threads on two
 # cores spin against each other. Measured on 2 cores: 1,171 s in one process (two
-# threads), 835 s on two workers. A long file collected last would run alone at the end,
-# so tests/conftest.py collects the longest files first.
+# threads), 835 s on two workers (xdist hands out files with the most tests first, so the
+# longest single-test file, the stability run, ends the suite alone for ~2.5 min).
 TEST_WORKERS ?= 2
 PYTEST := env OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 

@@ -56,29 +56,6 @@ def error_line(stderr: str) -> str:
     return lines[-1] if lines else ""
 
 
-# The longest files (one to three minutes each at one thread) are collected first: `make
-# test` hands whole files to two workers in collection order, and one of them collected
-# last would run alone at the end while the other worker waits.
-LONGEST_FIRST = ("e2e/test_energy_head_stability.py", "e2e/test_readme_commands.py",
-                 "e2e/test_checkpoint_faults.py", "examples/test_known_answer.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    tests = REPO / "tests"
-    missing = [name for name in LONGEST_FIRST if not (tests / name).is_file()]
-    if missing:
-        raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST names no file: {missing}")
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-
-    def first(item) -> int:
-        path = Path(str(item.fspath))
-        if not path.is_relative_to(tests):
-            return len(rank)
-        return rank.get(path.relative_to(tests).as_posix(), len(rank))
-
-    items.sort(key=first)  # stable: the rest keeps pytest's order
-
-
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:
     """The first 800 documents of the embedded corpus, BPE-encoded and binarized."""
