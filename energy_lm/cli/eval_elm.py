@@ -35,9 +35,9 @@ import torch
 from torch import Tensor
 
 from energy_lm.cli.errors import run_reporting_errors
-from energy_lm.models.energy_pass import (  # noqa: F401  (re-exported for the tools' callers)
-    ScoredBatch, exact_log_z_of, gather_tokens, head_and_tail, is_masked, score_batch,
-    vocabulary_energies)
+from energy_lm.models.energy_pass import (ScoredBatch, exact_log_z_of, gather_tokens,
+                                          head_and_tail, score_batch)
+from energy_lm.models.scoring import is_masked_model
 
 LN2 = math.log(2)
 logger = logging.getLogger("energy_lm.cli.eval_elm")
@@ -322,7 +322,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
         partial = args.per_token.with_name(args.per_token.name + ".tmp")
         partial.write_text("".join(json.dumps(row) + "\n" for row in per_token))
         partial.replace(args.per_token)  # whole or absent
-    family = "masked" if is_masked(model) else "causal"
+    family = "masked" if is_masked_model(model) else "causal"
     print(report(result, args.split, family, args.topk, args.num_samples))
     if args.json is not None:
         args.json.write_text(json.dumps(dict(result, family=family, topk=args.topk,

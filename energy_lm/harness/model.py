@@ -189,8 +189,10 @@ class EnergyLMEval(LM):
         if self.scoring == "elm" and self.log_z == "exact" and flat:
             vocab = len(self.dictionary)
             positions = sum(len(src) for _, (src, _) in flat)
-            logger.info("%s: exact Z scores %d vocabulary entries at each of %d positions in "
-                        "%d windows (%d passes of each window); log_z=estimate is cheaper",
+            logger.info("%s: exact Z scores %d vocabulary entries at each of up to %d "
+                        "positions in %d windows (%d passes of each window; a batch's "
+                        "context before its first scored target is skipped); "
+                        "log_z=estimate is cheaper",
                         desc, vocab, positions, len(flat), math.ceil(vocab / 256))
         scored = self._score_windows([w for _, w in flat], desc, disable_tqdm)
         totals = [[0.0, True] for _ in pieces_per_request]

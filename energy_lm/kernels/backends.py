@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from energy_lm.kernels.layout import LayoutError, PairedLayout
+from energy_lm.kernels.reference import candidate_attention_reference, paired_attention_reference
 
 
 @dataclass(frozen=True)
@@ -77,18 +78,6 @@ def auto_choice(device_type: str, dtype: torch.dtype, dropout_p: float) -> Tuple
 
 # --- the shipped backends -----------------------------------------------------------
 
-def _reference(*args):
-    from energy_lm.kernels.reference import paired_attention_reference
-
-    return paired_attention_reference(*args)
-
-
-def _reference_candidates(*args):
-    from energy_lm.kernels.reference import candidate_attention_reference
-
-    return candidate_attention_reference(*args)
-
-
 # Triton is imported on first use: it reads TRITON_INTERPRET (the CPU interpreter) when
 # the kernels are decorated, so importing it with the package would fix that choice
 def _triton(*args):
@@ -109,7 +98,7 @@ def _flex(*args):
     return paired_attention_flex(*args)
 
 
-register(Backend("reference", _reference, _reference_candidates))
+register(Backend("reference", paired_attention_reference, candidate_attention_reference))
 register(Backend("triton", _triton, _triton_candidates, auto_device_types=("cuda",),
                  auto_dtypes=(torch.float32, torch.bfloat16, torch.float16), dropout=False,
                  requires="triton"))

@@ -29,16 +29,12 @@ class ScoredBatch:
     cand_energy: Tensor  # (B, K, P)
 
 
-def is_masked(model) -> bool:
-    return is_masked_model(model)
-
-
 def score_batch(model, sample, candidates, first_target: int = 1) -> ScoredBatch:
     """The energy pass of either family; candidates as `causal_energy_pass` takes them
     (and first_target: a causal model's first scored position; a masked model scores
     its masked positions)."""
     src = sample["net_input"]["src_tokens"]
-    if is_masked(model):
+    if is_masked_model(model):
         out = masked_energy_pass(model, src, sample["target"], candidates)
         logits, tokens, scored = out.logits, out.targets, out.valid
     else:

@@ -28,6 +28,7 @@ diverged state on disk: three small wraps of fairseq's save and load path.
 
 import errno
 import functools
+import json
 import logging
 import math
 import os
@@ -191,12 +192,12 @@ def _load_with_fallback(original):
         from energy_lm.patches.checkpoint_errors import CheckpointReadError, CheckpointRefusedError
         from energy_lm.models.energy_model import DictionaryMismatchError
 
-        newer = _newer_than_default(self, filename)
-        if newer is not None:  # a kill between a save and its copy to checkpoint_last.pt
+        interrupted = _interrupted_save_file(self, filename)
+        if interrupted is not None:  # a kill between a save and its copy to checkpoint_last.pt
             try:
-                result = original(self, newer, *args, **kwargs)
+                result = original(self, interrupted, *args, **kwargs)
                 logger.info("resumed from %s: the save that wrote it was interrupted before "
-                            "its copy to %s", newer, filename)
+                            "its copy to %s", interrupted, filename)
                 return result
             except CheckpointReadError:
                 pass  # then the default file, as fairseq would
@@ -232,15 +233,11 @@ SAVE_RECORD = ".energy-lm-save.json"
 
 def write_save_record(save_dir: str, state: str, first: str, updates: int) -> None:
     """The record of the save in progress (`copying`) or finished (`done`), atomic."""
-    import json
-
     text = json.dumps({"state": state, "file": os.path.basename(first), "updates": updates})
     atomic_write(os.path.join(save_dir, SAVE_RECORD), lambda f: f.write(text.encode()))
 
 
 def read_save_record(save_dir: str) -> Optional[dict]:
-    import json
-
     try:
         with open(os.path.join(save_dir, SAVE_RECORD)) as f:
             return json.load(f)
@@ -248,7 +245,7 @@ def read_save_record(save_dir: str) -> Optional[dict]:
         return None
 
 
-def _newer_than_default(trainer, filename) -> Optional[str]:
+def _interrupted_save_file(trainer, filename) -> Optional[str]:
     """The file an interrupted save wrote first, when the save dir's record says the save
     did not finish its copies: fairseq writes checkpoint_E_U.pt (or checkpoint_best.pt)
     first and copies it to checkpoint_last.pt after, so a kill in between leaves the

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import LM_SMALL, build_model, error_line, run_cli
-from energy_lm.cli.eval_elm import evaluate, exact_log_z_of, report
+from energy_lm.cli.eval_elm import evaluate, report
+from energy_lm.models.energy_pass import exact_log_z_of
 from energy_lm.models.sir import sir_sample
 
 
