@@ -18,7 +18,6 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
 from energy_lm.losses import cwt_candidates, cwt_loss_from_rows
-from energy_lm.models.scoring import is_masked_model
 
 LN2 = math.log(2)
 
@@ -31,19 +30,26 @@ class CwtConfig(FairseqDataclass):
                                          "as in the original)"})
 
 
+def trunk_of(model):
+    """The encoder/decoder that embeds the input tokens: `model.trunk` on energy_lm archs
+    (both families); on fairseq's own archs, RoBERTa's sentence encoder or the LM's
+    decoder."""
+    if hasattr(model, "trunk"):
+        return model.trunk
+    encoder = getattr(model, "encoder", None)
+    return encoder.sentence_encoder if hasattr(encoder, "sentence_encoder") else model.decoder
+
+
 def input_embedding(model):
     """The module that embeds input tokens. CWT scores against its raw rows (L2-normalised
     on CLAP archs), without the LM family's sqrt(d) input scale, as the seed does."""
-    if is_masked_model(model):
-        return model.encoder.sentence_encoder.embed_tokens
-    return model.decoder.embed_tokens
+    return trunk_of(model).embed_tokens
 
 
 def check_cwt_model(model) -> None:
     embed = input_embedding(model)
-    if is_masked_model(model):
-        return  # RoBERTa's final states always have the embedding's size
-    out_dim = model.decoder.output_embed_dim  # --decoder-output-dim
+    # an LM decoder's final states have --decoder-output-dim; an encoder's, its own width
+    out_dim = getattr(trunk_of(model), "output_embed_dim", embed.embedding_dim)
     if out_dim != embed.embedding_dim:
         raise ValueError(f"--criterion cwt scores final states against input embeddings, so "
                          f"their sizes must match: output dim {out_dim} != embedding dim "

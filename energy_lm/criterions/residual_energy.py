@@ -6,8 +6,8 @@ of the LM's cross-entropy (docs/methods.md sections 4-5), for causal and masked 
 
 With K candidates per position the y-terms are averaged over the K samples. The
 arithmetic is in `energy_lm.losses`; this module is the fairseq adapter: it runs the
-model's data and candidate streams (`energy_lm.models.scoring`), masks padding, and
-logs, in base 2 as fairseq does:
+model's energy pass (`model.energy_pass`, one call and one output type for both
+families: energy_lm.models.scoring), masks padding, and logs, in base 2 as fairseq does:
   lm_loss    the LM's own cross-entropy
   ebm_loss   the true value of the energy term (not a surrogate)
   elm_loss   the ELM's NLL assuming Z = 1 (the seed's convention, not a bound): CE + E(x)
@@ -37,7 +37,6 @@ from omegaconf import II
 
 from energy_lm.losses import monarc_terms, nce_terms
 from energy_lm.sampling.keyed_random import SampleKeys
-from energy_lm.models.scoring import causal_energy_pass, is_masked_model, masked_energy_pass
 
 LN2 = math.log(2)
 
@@ -106,9 +105,17 @@ class ResidualEnergyCriterion(FairseqCriterion):
             check_energy_model(model, self.name)
             model.check_candidate_stream()
             self._checked = True
-        if is_masked_model(model):
-            return self._forward_masked(model, sample)
-        return self._forward_causal(model, sample)
+        net_input = sample["net_input"]
+        # causal: every target, its energy in the context the LM predicted it from;
+        # masked: every masked position
+        out = model.energy_pass(net_input["src_tokens"], sample["target"],
+                                num_samples=self.cfg.num_candidates,
+                                segment_ids=net_input.get("segment_ids"),
+                                backend=self.cfg.attention_backend,
+                                sample_keys=self._sample_keys(sample))
+        ce = F.cross_entropy(out.logits.float().flatten(0, 1), out.tokens.flatten(),
+                             ignore_index=self.padding_idx, reduction="sum")
+        return self._finish(ce, out, out.scored.sum(), sample)
 
     def _check_finite(self, ce, energy, cand_energy, z, scored) -> None:
         """A NaN or inf loss stops the run with one line naming the term: the LM's
@@ -137,33 +144,11 @@ class ResidualEnergyCriterion(FairseqCriterion):
             return None
         return SampleKeys(self.cfg.seed, self.num_updates, sample["id"])
 
-    def _forward_causal(self, model, sample):
-        net_input, target = sample["net_input"], sample["target"]  # target (B, T)
-        # every target is scored, its energy in the context the LM predicted it from
-        out = causal_energy_pass(model, net_input["src_tokens"], targets=target,
-                                 num_samples=self.cfg.num_candidates,
-                                 segment_ids=net_input.get("segment_ids"),
-                                 backend=self.cfg.attention_backend,
-                                 sample_keys=self._sample_keys(sample))
-        ce = F.cross_entropy(out.logits.float().flatten(0, 1), target.flatten(),
-                             ignore_index=self.padding_idx, reduction="sum")
-        return self._finish(ce, out.energy, out.cand_energy, out.tokens, out.cand_tokens,
-                            out.scored, sample["ntokens"], sample)
-
-    def _forward_masked(self, model, sample):
-        out = masked_energy_pass(model, sample["net_input"]["src_tokens"], sample["target"],
-                                 num_samples=self.cfg.num_candidates,
-                                 backend=self.cfg.attention_backend,
-                                 sample_keys=self._sample_keys(sample))
-        ce = F.cross_entropy(out.logits.float().flatten(0, 1), out.targets.flatten(),
-                             ignore_index=self.padding_idx, reduction="sum")
-        sample_size = sample["target"].ne(self.padding_idx).int().sum()
-        return self._finish(ce, out.energy, out.cand_energy, out.targets, out.cand_tokens,
-                            out.valid, sample_size, sample)
-
-    def _finish(self, ce, energy, cand_energy, tokens, cand_tokens, scored, sample_size, sample):
-        """energy (B, P), cand_energy (B, K, P), tokens (B, P), cand_tokens (B, K, P),
-        scored (B, P) bool. CE and E(x) cover the same targets (every scored one)."""
+    def _finish(self, ce, out, sample_size, sample):
+        """ce over out's scored tokens; out: the energy pass (EnergyOutput). CE and E(x)
+        cover the same targets (every scored one)."""
+        energy, cand_energy, scored = out.energy, out.cand_energy, out.scored
+        tokens, cand_tokens = out.tokens, out.cand_tokens
         terms = self.energy_terms(energy.unsqueeze(1), cand_energy)  # each (B, K, P)
         weight = scored.unsqueeze(1).float() / cand_energy.size(1)  # averages over K
         ebm = (terms["ebm"] * weight).sum()

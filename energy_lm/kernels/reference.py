@@ -28,7 +28,7 @@ from torch import Tensor
 
 from energy_lm.kernels.layout import Alibi, PairedLayout
 from energy_lm.kernels.sdpa import attention
-from energy_lm.kernels.visibility import position_visible
+from energy_lm.kernels.visibility import candidate_document, position_visible
 
 
 def row_positions(cand_pos: Tensor, n: int) -> Tensor:
@@ -42,16 +42,13 @@ def segment_positions(row_pos: Tensor, n: int, num_data_rows: int, causal: bool)
     """(B, R) long: the data position whose document (segment id) each query row belongs to.
 
     row_pos (B, R): positions of rows whose first `num_data_rows` are data rows. A data row
-    and a bidirectional candidate belong to the document of their own position. A causal
-    candidate at p stands in for the token that data row p - 1 proposes, so it belongs to
-    row p - 1's document: a `</s>` that closes a document is scored inside it, although as
-    an input it opens the next one; and p = N (the target after a block's last token)
-    needs no position N. Position 0 has no context (it sees only its own key).
+    and a bidirectional candidate belong to the document of their own position; a causal
+    candidate to row p - 1's (`visibility.candidate_document`).
     """
     if not causal:
         return row_pos
     is_cand = torch.arange(row_pos.size(1), device=row_pos.device) >= num_data_rows
-    return torch.where(is_cand[None, :], (row_pos - 1).clamp(min=0), row_pos).clamp(max=n - 1)
+    return torch.where(is_cand[None, :], candidate_document(row_pos, n), row_pos.clamp(max=n - 1))
 
 
 def data_keys_visible(q_pos: Tensor, layout: PairedLayout, num_data_rows: int,

@@ -117,9 +117,9 @@ def _query_rows(pid_m, b, N, M, CP, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _query_segment(SEG, b, N, pos, row_ok, is_cand, CAUSAL: tl.constexpr, HAS_SEG: tl.constexpr):
-    """The document id of query rows at positions `pos` (the reference's
-    `segment_positions`): a causal candidate at p belongs to row p - 1's document (it
-    stands in for the token that row proposes; p may be N), any other row to its own."""
+    """The document id of query rows at positions `pos`: a causal candidate at p belongs
+    to row p - 1's document, any other row to its own (`visibility.candidate_document`,
+    the rule's one statement: a kernel cannot call it)."""
     if HAS_SEG:
         if CAUSAL:
             at = tl.minimum(tl.maximum(pos - is_cand, 0), N - 1)

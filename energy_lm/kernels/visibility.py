@@ -8,7 +8,7 @@ points back here.
 
 Positions are data positions. A candidate stands at p in place of the data token there:
 it never sees key p itself (its own key replaces it, at distance 0), and a causal
-candidate belongs to the document of row p - 1 (`segment_positions` in the reference).
+candidate belongs to the document of row p - 1 (`candidate_document`).
 """
 
 import torch
@@ -29,6 +29,14 @@ def position_visible(q_pos: Tensor, k_pos: Tensor, is_candidate, causal: bool) -
     if causal:
         return (k_pos < q_pos) | ((k_pos == q_pos) & ~is_candidate)
     return (k_pos != q_pos) | ~is_candidate
+
+
+def candidate_document(pos: Tensor, n: int) -> Tensor:
+    """The data position whose document (segment id) a causal candidate at pos belongs to:
+    row p - 1, which proposes it, so a `</s>` that closes a document is scored inside it
+    although as an input it opens the next one; p = n (the target after a block's last
+    token) needs no position n; position 0, which has no context, keeps its own."""
+    return (pos - 1).clamp(min=0, max=n - 1)
 
 
 def alibi_distance(q_pos: Tensor, k_pos: Tensor, mode: str) -> Tensor:

@@ -1,8 +1,8 @@
 """One energy pass for both model families, in the layout of the scored positions.
 
-`score_batch(model, sample, candidates)` runs `causal_energy_pass` or
-`masked_energy_pass` (energy_lm.models.scoring) and returns the same `ScoredBatch`
-either way: log q at every scored position, the data token, whether it is scored, its
+`score_batch(model, sample, candidates)` runs the model's energy pass
+(`model.energy_pass`: energy_lm.models.scoring for either family) and returns a
+`ScoredBatch`: log q at every scored position, the data token, whether it is scored, its
 energy, and the candidates' tokens and energies. The tools that score a checkpoint
 (energy-lm-eval-elm, the harness model) call it and never branch on the family.
 """
@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 from energy_lm.losses import exact_log_z
-from energy_lm.models.scoring import causal_energy_pass, is_masked_model, masked_energy_pass
 from energy_lm.sampling.proposal import sample_tokens
 
 
@@ -30,22 +29,15 @@ class ScoredBatch:
 
 
 def score_batch(model, sample, candidates, first_target: int = 1) -> ScoredBatch:
-    """The energy pass of either family; candidates as `causal_energy_pass` takes them
-    (and first_target: a causal model's first scored position; a masked model scores
-    its masked positions)."""
-    src = sample["net_input"]["src_tokens"]
-    if is_masked_model(model):
-        out = masked_energy_pass(model, src, sample["target"], candidates)
-        logits, tokens, scored = out.logits, out.targets, out.valid
-    else:
-        out = causal_energy_pass(model, src, candidates, targets=sample["target"],
-                                 segment_ids=sample["net_input"].get("segment_ids"),
-                                 first_target=first_target)
-        # the proposal of position p is logits[:, p - 1]
-        logits, tokens, scored = out.logits[:, out.positions - 1], out.tokens, out.scored
-    acc = torch.promote_types(logits.dtype, torch.float32)
-    return ScoredBatch(torch.log_softmax(logits.to(acc), dim=-1), tokens, scored, out.energy,
-                       out.cand_tokens, out.cand_energy)
+    """The model's energy pass on a batch of its task (`model.energy_pass`, either
+    family); candidates as `causal_energy_pass` takes them (and first_target: a causal
+    model's first scored position; a masked model scores its masked positions)."""
+    net_input = sample["net_input"]
+    out = model.energy_pass(net_input["src_tokens"], sample["target"], candidates,
+                            segment_ids=net_input.get("segment_ids"), first_target=first_target)
+    acc = torch.promote_types(out.logits.dtype, torch.float32)
+    return ScoredBatch(torch.log_softmax(out.logits.to(acc), dim=-1), out.tokens, out.scored,
+                       out.energy, out.cand_tokens, out.cand_energy)
 
 
 def head_and_tail(topk: int, num_samples: int, generator: Optional[torch.Generator]) -> Callable:

@@ -24,30 +24,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from energy_lm.kernels.visibility import candidate_document
 from energy_lm.sampling.proposal import sample_tokens
 from energy_lm.sampling.keyed_random import SampleKeys, keyed_uniform
 
 
 @dataclass
-class CausalEnergyOutput:
-    logits: Tensor       # (B, T, V) LM logits; logits[:, t] proposes the token at t + 1
-    positions: Tensor    # (P,) the scored positions: 1..T with targets, else start..T-1
-    tokens: Tensor       # (B, P) the token scored at each position
-    scored: Tensor       # (B, P) bool: not padding
-    energy: Tensor       # (B, P) fp32: E(x_p | x_<p), every one in its own context
-    cand_tokens: Tensor  # (B, K, P)
-    cand_energy: Tensor  # (B, K, P) fp32: E(y_kp | x_<p)
-
-
-@dataclass
-class MaskedEnergyOutput:
-    positions: Tensor    # (B, S) int64: the masked positions of each row, left-aligned
-    valid: Tensor        # (B, S) bool: False for the padding slots of shorter rows
-    logits: Tensor       # (B, S, V) MLM logits at those positions
-    targets: Tensor      # (B, S) the data tokens there (pad where not valid)
-    energy: Tensor       # (B, S) fp32: E(x_i | masked context)
+class EnergyOutput:
+    """One energy pass of either family, in the layout of its scored slots S: a causal
+    pass scores the same positions p in every row (`causal_energy_pass`), a masked pass
+    each row's masked positions, left-aligned (`masked_energy_pass`)."""
+    positions: Tensor    # (B, S) int64: the input position each slot scores
+    scored: Tensor       # (B, S) bool: a real token (not padding, not an empty slot)
+    tokens: Tensor       # (B, S) the data token scored there (pad where not scored)
+    logits: Tensor       # (B, S, V) the LM's proposal for that token (causal position 0,
+                         # which has none: zeros, a uniform q)
+    energy: Tensor       # (B, S) fp32: E(x | its context)
     cand_tokens: Tensor  # (B, K, S)
-    cand_energy: Tensor  # (B, K, S) fp32
+    cand_energy: Tensor  # (B, K, S) fp32: E(y | the same context)
 
 
 def is_masked_model(model) -> bool:
@@ -102,7 +96,7 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
                        segment_ids: Optional[Tensor] = None,
                        backend: str = "auto",
                        sample_keys: Optional[SampleKeys] = None,
-                       first_target: int = 1) -> CausalEnergyOutput:
+                       first_target: int = 1) -> EnergyOutput:
     """Score every target in the context the LM used to predict it, with candidates.
 
     Two layouts:
@@ -138,22 +132,22 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
                              f"got {tuple(targets.shape)}")
         if not 1 <= first_target <= tgt_len:
             raise ValueError(f"first_target must be in [1, {tgt_len}], got {first_target}")
-        start = 1
-        positions = torch.arange(first_target, tgt_len + 1, device=device)  # (P,)
+        start, end = first_target, tgt_len + 1
         tokens = targets[:, first_target - 1:]
     else:
         if not 0 <= start < tgt_len:
             raise ValueError(f"start must be in [0, {tgt_len}), got {start}")
-        positions = torch.arange(start, tgt_len, device=device)  # (P,)
+        end = tgt_len
         tokens = src_tokens[:, start:]
+    positions = torch.arange(start, end, device=device)  # (P,) the scored positions
     num_pos = positions.numel()
     in_stream = positions.clamp(max=tgt_len - 1)  # the data-stream row read at p
     # the data stream's state at p is the target's own context iff the token stands there
     # and p opens no new document (then the stream saw x_<p of that same document)
     from_stream = (positions < tgt_len)[None, :] & src_tokens[:, in_stream].eq(tokens)
-    if segment_ids is not None:
-        before = (positions - 1).clamp(min=0)
-        from_stream = from_stream & segment_ids[:, in_stream].eq(segment_ids[:, before])
+    if segment_ids is not None:  # the candidate's document is that of row p - 1
+        own_document = candidate_document(positions, tgt_len)
+        from_stream = from_stream & segment_ids[:, in_stream].eq(segment_ids[:, own_document])
     scored = tokens.ne(pad)  # (B, P)
     # the positions whose energy the data stream cannot give, left-aligned
     fix_slots, fix_valid = left_aligned(~from_stream & scored)  # (B, F)
@@ -165,8 +159,9 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
         extra = {} if segment_ids is None else {"segment_ids": segment_ids}
         features, head_states = _data_stream(model, src_tokens, extra)  # (B, T, C) each
     logits = model.output_layer(features)  # (B, T, V)
-    # the proposal of position p is logits[:, p - 1]; position 0 has none
-    proposer = logits[:, positions - 1] if start > 0 else None  # (B, P, V)
+    # the proposal of position p is logits[:, p - 1] (a view: the positions are a range);
+    # position 0 has none
+    proposer = logits[:, start - 1:end - 1] if start > 0 else None  # (B, P, V)
     if callable(candidates):  # chosen from the proposal itself (top-k, tail samples)
         if proposer is None:
             raise ValueError("choosing candidates from the proposal needs start >= 1")
@@ -195,11 +190,11 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
         acc = torch.promote_types(logits.dtype, torch.float32)  # fp32; float64 stays
         lprobs = features.new_zeros(bsz, num_pos, logits.size(-1), dtype=acc)
         if start > 0:
-            context = head_states[:, positions - 1]
+            context = head_states[:, start - 1:end - 1]
             lprobs = F.log_softmax(proposer.to(acc), dim=-1)
         else:  # position 0: zero context and log q
-            context[:, 1:] = head_states[:, positions[1:] - 1]
-            lprobs[:, 1:] = F.log_softmax(logits[:, positions[1:] - 1].to(acc), dim=-1)
+            context[:, 1:] = head_states[:, :end - 1]
+            lprobs[:, 1:] = F.log_softmax(logits[:, :end - 1].to(acc), dim=-1)
         log_q = _token_log_q(lprobs, tokens.unsqueeze(1)).squeeze(1)
         cand_log_q = _token_log_q(lprobs, candidates)
         fix_context = context.gather(1, fix_slots.unsqueeze(-1).expand(-1, -1, context.size(-1)))
@@ -212,7 +207,10 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
         energy = torch.where(from_stream, energy, placed)
     cand_energy = head(cand_features, None if context is None else context.unsqueeze(1),
                        cand_log_q)  # (B, K, P)
-    return CausalEnergyOutput(logits, positions, tokens, scored, energy, candidates, cand_energy)
+    if proposer is None:  # position 0 proposes nothing: zero logits there
+        proposer = torch.cat([logits.new_zeros(bsz, 1, logits.size(-1)), logits[:, :end - 1]], 1)
+    return EnergyOutput(positions.expand(bsz, -1), scored, tokens, proposer, energy, candidates,
+                        cand_energy)
 
 
 def masked_positions(targets: Tensor, pad: int):
@@ -223,7 +221,7 @@ def masked_positions(targets: Tensor, pad: int):
 
 def masked_energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates: Optional[Tensor] = None,
                        *, num_samples: int = 1, backend: str = "auto",
-                       sample_keys: Optional[SampleKeys] = None) -> MaskedEnergyOutput:
+                       sample_keys: Optional[SampleKeys] = None) -> EnergyOutput:
     """Score, at every masked position (targets != pad), the data token and candidates.
 
     src_tokens: (B, T) the masked input; targets: (B, T) the data tokens at masked
@@ -263,5 +261,5 @@ def masked_energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates: O
         acc = torch.promote_types(logits.dtype, torch.float32)
         log_q = _token_log_q(F.log_softmax(logits.to(acc), dim=-1), cand_tokens)
     energies = head(cand_features, context, log_q)  # (B, 1+K, S)
-    return MaskedEnergyOutput(positions, valid, logits, data_tokens, energies[:, 0],
-                              candidates, energies[:, 1:])
+    return EnergyOutput(positions, valid, data_tokens, logits, energies[:, 0], candidates,
+                        energies[:, 1:])

@@ -72,7 +72,7 @@ def test_causal_energy_criterion_equals_closed_form(data_bin, name, fixed_sample
     seq = torch.cat([src[:, :1], target], dim=1)
     full = torch.cat([seq[:, :1].unsqueeze(1).expand(-1, 2, -1), y], dim=2)  # dummy at 0
     lprobs, energy, cand_energy = model.score_candidates(seq, full)
-    ce = F.nll_loss(lprobs[:, :-1].flatten(0, 1), target.flatten(), ignore_index=pad,
+    ce = F.nll_loss(lprobs[:, 1:].flatten(0, 1), target.flatten(), ignore_index=pad,
                     reduction="sum")
     e_x, e_y = energy[:, 1:].double(), cand_energy[:, :, 1:].double()  # positions 1..T
     if name == "monarc":
@@ -98,14 +98,14 @@ def test_masked_energy_criterion_equals_closed_form(data_bin, name, fixed_sample
     loss, sample_size, log = crit(model, sample)
     src, target = sample["net_input"]["src_tokens"], sample["target"]
     y = fixed_samples["y"].permute(0, 2, 1)  # (B, K, S)
-    out = model.score_masked(src, target, y)
+    out = model.energy_pass(src, target, y)
     pad = task.source_dictionary.pad()
-    ce = F.cross_entropy(out.logits.flatten(0, 1).float(), out.targets.flatten(), ignore_index=pad,
+    ce = F.cross_entropy(out.logits.flatten(0, 1).float(), out.tokens.flatten(), ignore_index=pad,
                          reduction="sum")
     e_x, e_y = out.energy.double(), out.cand_energy[:, 0].double()
     per_pos = e_x + torch.exp(-e_y) - 1 if name == "monarc" else F.softplus(e_x) + F.softplus(-e_y)
-    expected = ce.double() + crit.cfg.energy_weight * (per_pos * out.valid).sum()  # default w
-    assert int(sample_size) == int(target.ne(pad).sum()) == int(out.valid.sum())
+    expected = ce.double() + crit.cfg.energy_weight * (per_pos * out.scored).sum()  # default w
+    assert int(sample_size) == int(target.ne(pad).sum()) == int(out.scored.sum())
     torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-4)
 
 

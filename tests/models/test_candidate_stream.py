@@ -1,6 +1,8 @@
 """The candidate stream inside full models: invariances against plain forward passes
 (float64), gradients through both streams, and the model-level scoring API."""
 
+import math
+
 import pytest
 import torch
 
@@ -42,7 +44,9 @@ def test_causal_candidate_energy_equals_full_forward_on_prefix_plus_candidate(da
     candidates = torch.randint(4, 300, (2, 3, 11))  # K = 3
     lprobs, energy, cand_energy = model.score_candidates(tokens, candidates, segment_ids=segment_ids)
     plain_logits, _ = model(tokens, **({} if segment_ids is None else {"segment_ids": segment_ids}))
-    torch.testing.assert_close(lprobs, torch.log_softmax(plain_logits.float(), -1))
+    # lprobs[:, t] is the proposal of the token at t (position 0 has none: uniform)
+    torch.testing.assert_close(lprobs[:, 1:], torch.log_softmax(plain_logits[:, :-1].float(), -1))
+    torch.testing.assert_close(lprobs[:, 0], torch.full_like(lprobs[:, 0], -math.log(lprobs.size(-1))))
     for p in range(11):
         prefix_seg = None
         if segment_ids is not None:  # the token at p is scored in the document of p - 1
@@ -87,8 +91,8 @@ def test_masked_candidate_energy_equals_full_forward_with_the_token_in_place(dat
     for b, i in masked:
         targets[b, i] = src[b, i]
         src[b, i] = d.index("<mask>")
-    out = model.score_masked(src, targets, num_samples=2)
-    assert out.valid.tolist() == [[True, True], [True, False]]
+    out = model.energy_pass(src, targets, num_samples=2)
+    assert out.scored.tolist() == [[True, True], [True, False]]
     for slot, (b, i) in enumerate([(0, 3), (0, 7), (1, 5)]):
         s = slot if b == 0 else 0
         for token, energy in [(targets[b, i], out.energy[b, s])] + [
@@ -196,7 +200,7 @@ def test_context_energy_heads_run_and_start_at_zero(data_bin, arch, task, head):
     else:
         targets = torch.full_like(tokens, 1)
         targets[:, 3] = tokens[:, 3]
-        out = model.score_masked(tokens, targets, num_samples=2)
+        out = model.energy_pass(tokens, targets, num_samples=2)
         energy, cand_energy = out.energy, out.cand_energy
     assert not energy.any() and not cand_energy.any()  # zero-initialised: E = 0
 
@@ -213,7 +217,7 @@ def test_masked_seed_energy_reads_the_masked_positions_state_as_context(data_bin
     targets = torch.full_like(src, d.pad())
     targets[0, 4] = src[0, 4]
     src[0, 4] = d.index("<mask>")
-    out = model.score_masked(src, targets, num_samples=3)
+    out = model.energy_pass(src, targets, num_samples=3)
 
     def raw_states(tokens):
         features, extra = model(tokens, features_only=True, return_all_hiddens=True)
