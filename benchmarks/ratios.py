@@ -6,9 +6,14 @@
 Each measure is a pair of training steps (forward + backward, the criterion as fairseq
 calls it, on the same random batches), built as fairseq-train builds them; the two
 sides alternate step by step (A B, B A, ...) so that a change of machine speed hits both
-alike, and the ratio of their median step times is printed beside the ratio of their memory:
-peak allocated memory on a GPU, and on the CPU the bytes the autograd graph saves for
-the backward pass (activations: what grows with the batch; parameters are excluded).
+alike. Each pair of adjacent steps gives one ratio A / B; the table prints their median
+with a distribution-free 95% interval for it (order statistics of the pair ratios), beside
+the ratio of their memory: peak allocated memory on a GPU, and on the CPU the bytes the
+autograd graph saves for the backward pass (activations: what grows with the batch;
+parameters are excluded). A measure whose interval holds its target takes more pairs (up
+to --max-steps); if it still holds it, the row says the ratio could not be told from the
+target on this machine, and --check exits 2 with one line saying so instead of passing or
+failing it (1: a ratio missed its target beyond its interval; 0: every ratio met it).
 
 | measure | A / B | target on 2 CPU cores (FLOP limit) |
 |---|---|---|
@@ -29,6 +34,7 @@ Threads: torch's default (all cores); run on a quiet machine.
 
 import argparse
 import logging
+import math
 import statistics
 import sys
 import tempfile
@@ -157,7 +163,36 @@ class SavedBytes:
         return tensor
 
 
-def run_measure(measure: Measure, length: int, batch: int, steps: int, device) -> dict:
+def median_interval(values: List[float], coverage: float = 0.95):
+    """(median, lo, hi): lo, hi the order statistics x_(k), x_(n+1-k) with the largest k
+    whose interval holds the true median with probability >= coverage (1 - 2 P(Bin(n, 1/2)
+    < k)), whatever the distribution; lo, hi are None when n is too small (n < 6)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    mid = statistics.median(ordered)
+    below, k = 0.0, 0  # P(Bin(n, 1/2) < k + 1)
+    while True:
+        below += math.comb(n, k) / 2 ** n
+        if 1 - 2 * below < coverage:
+            break
+        k += 1
+    if k == 0:
+        return mid, None, None
+    return mid, ordered[k - 1], ordered[n - k]
+
+
+def judge(lo: Optional[float], hi: Optional[float], target: float) -> str:
+    """'ok' when the interval lies at or below the target, 'missed' above it, else
+    'unclear': this machine cannot tell the ratio from the target."""
+    if lo is None or hi is None:
+        return "unclear"
+    if hi <= target:
+        return "ok"
+    return "missed" if lo > target else "unclear"
+
+
+def run_measure(measure: Measure, length: int, batch: int, steps: int, device,
+                max_steps: Optional[int] = None) -> dict:
     warnings.filterwarnings("ignore")
     logging.getLogger("hydra").setLevel(logging.WARNING)
     logging.getLogger("fairseq").setLevel(logging.WARNING)
@@ -168,7 +203,8 @@ def run_measure(measure: Measure, length: int, batch: int, steps: int, device) -
                  "b": build(data, measure.b, measure.masked, length, device)}
     task = sides["a"][2]
     mask_idx = task.source_dictionary.index("<mask>") if measure.masked else -1
-    data = batches(measure.masked, steps + 2, batch, length, mask_idx,
+    max_steps = max(max_steps or 3 * steps, steps)
+    data = batches(measure.masked, max_steps + 2, batch, length, mask_idx,
                    task.source_dictionary.pad(), device)
     cuda = device.type == "cuda"
     params = {key: {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -200,9 +236,45 @@ def run_measure(measure: Measure, length: int, batch: int, steps: int, device) -
                 times[key].append(elapsed * 1000)
                 memory[key] = ((torch.cuda.max_memory_allocated() - base) if cuda
                                else saved.total) / 2 ** 20
+        pairs = [a / b for a, b in zip(times["a"], times["b"])]
+        if len(pairs) >= steps:  # enough pairs: stop once the target is told apart
+            ratio, lo, hi = median_interval(pairs)
+            if judge(lo, hi, measure.target) != "unclear":
+                break
+    ratio, lo, hi = median_interval(pairs)
     a_ms, b_ms = (statistics.median(times[k]) for k in ("a", "b"))
-    return {"a_ms": a_ms, "b_ms": b_ms, "ratio": a_ms / b_ms,
+    return {"a_ms": a_ms, "b_ms": b_ms, "ratio": ratio, "lo": lo, "hi": hi,
+            "pairs": len(pairs), "verdict": judge(lo, hi, measure.target),
             "a_mib": memory["a"], "b_mib": memory["b"], "mem_ratio": memory["a"] / memory["b"]}
+
+
+def interval(res: dict) -> str:
+    return "too few pairs" if res["lo"] is None else f"{res['lo']:.2f}-{res['hi']:.2f}"
+
+
+def row(measure: Measure, sizes: str, res: dict) -> str:
+    """One table row: the median pair ratio with its interval and the verdict."""
+    limit = f" ({measure.flop_limit})" if measure.flop_limit else ""
+    verdict = {"ok": "ok", "missed": "MISSED", "unclear": "cannot tell on this machine"}
+    return (f"| {measure.name} | {sizes} | {res['a_ms']:.0f} | {res['b_ms']:.0f} | "
+            f"**{res['ratio']:.2f}** ({interval(res)}, {res['pairs']} pairs) | "
+            f"{res['mem_ratio']:.2f} ({res['a_mib']:.0f} / {res['b_mib']:.0f}) | "
+            f"<= {measure.target}{limit} {verdict[res['verdict']]} |")
+
+
+def verdict_line(results: List[Tuple[Measure, dict]]) -> Tuple[int, str]:
+    """--check's exit code and its one line: 1 if a ratio missed its target beyond its
+    interval, else 2 if a ratio could not be told from its target, else 0."""
+    missed = [m.name for m, r in results if r["verdict"] == "missed"]
+    unclear = [f"{m.name} {r['ratio']:.2f} ({interval(r)}) vs <= {m.target}"
+               for m, r in results if r["verdict"] == "unclear"]
+    if missed:
+        return 1, f"missed: {', '.join(missed)}"
+    if unclear:
+        return 2, (f"cannot judge: the machine is too noisy to tell these ratios from their "
+                   f"targets (95% interval of the pair ratios): {'; '.join(unclear)}; rerun "
+                   f"on a quiet machine")
+    return 0, "every ratio met its target"
 
 
 def main(argv=None) -> int:
@@ -212,35 +284,34 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when a ratio misses its target")
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps per side (default 6, --quick 4)")
+                        help="timed steps per side at least (default 8, --quick 6: a 95%% "
+                             "interval needs 6 pairs)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="timed steps per side at most, while the interval holds the "
+                             "target (default 3 x --steps)")
     parser.add_argument("--only", nargs="+", default=None, help="measures whose name has one "
                         "of these words (e.g. MonArc CWT)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    steps = args.steps or (4 if args.quick else 6)
+    steps = args.steps or (6 if args.quick else 8)
     memory_kind = "peak allocated" if device.type == "cuda" else "saved for backward"
     print(f"device {device}, threads {torch.get_num_threads()}, {'quick' if args.quick else 'full'}"
-          f" set, median of {steps} alternating steps; memory = {memory_kind}")
+          f" set, alternating steps ({steps} per side at least); ratio = median of the pair "
+          f"ratios (95% interval, pairs); memory = {memory_kind}")
     print("| measure | sizes | A ms | B ms | ratio | memory ratio (A / B MiB) | target |")
     print("|---|---|---|---|---|---|---|")
-    missed = []
+    results = []
     for measure, length, batch in measures(args.quick):
         if args.only and not any(word in measure.name for word in args.only):
             continue
-        res = run_measure(measure, length, batch, steps, device)
+        res = run_measure(measure, length, batch, steps, device, args.max_steps)
         flags = " ".join(measure.a.extra[1::2][:2])
         sizes = f"{flags.replace(' ', ' x ')}, N={length}, B={batch}"
-        limit = f" ({measure.flop_limit})" if measure.flop_limit else ""
-        ok = res["ratio"] <= measure.target
-        if not ok:
-            missed.append(measure.name)
-        print(f"| {measure.name} | {sizes} | {res['a_ms']:.0f} | {res['b_ms']:.0f} | "
-              f"**{res['ratio']:.2f}** | {res['mem_ratio']:.2f} ({res['a_mib']:.0f} / "
-              f"{res['b_mib']:.0f}) | <= {measure.target}{limit} {'ok' if ok else 'MISSED'} |",
-              flush=True)
-    if missed:
-        print(f"missed: {', '.join(missed)}")
-    return 1 if (args.check and missed) else 0
+        print(row(measure, sizes, res), flush=True)
+        results.append((measure, res))
+    code, line = verdict_line(results)
+    print(line)
+    return code if args.check else 0
 
 
 if __name__ == "__main__":
