@@ -16,6 +16,7 @@ from energy_lm.patches import (  # noqa: E402
     elm_fill_mask,
     epoch_workers,
     optim_groups,
+    shared_cpu,
     sir_generation,
     update_number,
 )
@@ -26,6 +27,7 @@ data_checks.install()
 elm_fill_mask.install()
 epoch_workers.install()
 optim_groups.install()
+shared_cpu.install()
 sir_generation.install()
 update_number.install()
 

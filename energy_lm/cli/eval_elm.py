@@ -331,6 +331,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
 
 
 def cli_main() -> None:
+    from energy_lm.patches.shared_cpu import fit_threads
+
+    fit_threads()  # the cores other processes leave free
     run_reporting_errors("energy-lm-eval-elm", main, ValueError)  # wrong checkpoint or data
 
 

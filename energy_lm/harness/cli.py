@@ -41,5 +41,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 def cli_main() -> None:
     from energy_lm.cli.errors import run_reporting_errors
     from energy_lm.harness.model import HarnessArgumentError
+    from energy_lm.patches.shared_cpu import fit_threads
 
+    fit_threads()  # the cores other processes leave free
     run_reporting_errors("energy-lm-harness", main, (HarnessArgumentError, ValueError))
