@@ -9,7 +9,8 @@ commands), all tiny transformer_lm models trained through fairseq-train on one c
 Every run and evaluation is skipped when its output exists, so an interrupted table
 resumes. One thread (OMP_NUM_THREADS=1 unless set): it may run beside another job.
 Prints (and writes OUT/table.md) each task's metrics with the harness's standard errors
-and each evaluation's seconds per request.
+and each evaluation's seconds per request, then the harness's time per token on the
+test split next to energy-lm-eval-elm's on the same split.
 """
 
 import argparse
@@ -77,6 +78,36 @@ def harness(data: Path, tasks_dir: Path, checkpoint: Path, scoring: str, log_z: 
     return kept
 
 
+def timing(data: Path, tasks_dir: Path, checkpoint: Path, out: Path) -> dict:
+    """The test split's tokens two ways: the perplexity task on the whole split through
+    the harness (scored by the LM, then by the ELM with the top-16 + 16-sample estimate
+    of log Z), and energy-lm-eval-elm on the split (LM and ELM in one pass, the same
+    estimate). Wall seconds of each and eval-elm's token count."""
+    record = out / "timing.json"
+    if record.exists():
+        return json.loads(record.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    kept = {}
+    for scoring in ("lm", "elm"):
+        model_args = f"path={checkpoint},data={data},scoring={scoring}"
+        if scoring == "elm":
+            model_args += ",log_z=estimate,topk=16,num_samples=16"
+        start = time.time()
+        subprocess.run([str(BIN / "energy-lm-harness"), "--model_args", model_args, "--tasks",
+                        "energy_lm_perplexity", "--include_path", str(tasks_dir),
+                        "--output_path", str(out / f"results-{scoring}"), "--verbosity",
+                        "WARNING"], check=True, capture_output=True)
+        kept[f"harness_{scoring}_s"] = time.time() - start
+    start = time.time()
+    subprocess.run([str(BIN / "energy-lm-eval-elm"), str(data), "--path", str(checkpoint),
+                    "--split", "test", "--topk", "16", "--num-samples", "16", "--cpu",
+                    "--json", str(out / "eval-elm.json")], check=True, capture_output=True)
+    kept["eval_elm_s"] = time.time() - start
+    kept["tokens"] = json.loads((out / "eval-elm.json").read_text())["tokens"]
+    record.write_text(json.dumps(kept, indent=1))
+    return kept
+
+
 def cell(results: dict, task: str, metric: str) -> str:
     value = results[task].get(f"{metric},none")
     error = results[task].get(f"{metric}_stderr,none")
@@ -96,6 +127,17 @@ def table(rows: List[tuple], limit: int, updates: int) -> str:
         lines.append(f"| {label} | {scoring} | {cells} | "
                      f"{kept['seconds'] / kept['documents']:.2f} |")
     return "\n".join(lines)
+
+
+def timing_table(kept: dict) -> str:
+    per = 1000 / kept["tokens"]
+    return "\n".join([
+        f"The MonArc checkpoint on the test split's {kept['tokens']} tokens, wall seconds "
+        "per 1,000 tokens (one thread; log Z by the top-16 + 16-sample estimate):", "",
+        "| harness, LM | harness, ELM | energy-lm-eval-elm (LM and ELM in one pass) |",
+        "|---|---|---|",
+        f"| {kept['harness_lm_s'] * per:.2f} | {kept['harness_elm_s'] * per:.2f} | "
+        f"{kept['eval_elm_s'] * per:.2f} |"])
 
 
 def main(argv=None) -> str:
@@ -129,6 +171,7 @@ def main(argv=None) -> str:
                            out / "harness" / name, args.limit)
             rows.append((label, f"elm ({args.log_z} Z)" if scoring == "elm" else scoring, kept))
     text = table(rows, args.limit, args.updates)
+    text += "\n" + timing_table(timing(data, tasks_dir, runs["monarc"], out / "timing"))
     (out / "table.md").write_text(text + "\n")
     print(text)
     return text

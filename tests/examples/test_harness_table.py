@@ -23,3 +23,10 @@ def test_the_table_reads_each_metric_with_its_standard_error(harness_table):
     assert ("| monarc | elm (estimate Z) | 0.250 ± 0.050 | 310.500 ± 40.000 | 0.500 ± 0.100 "
             "| 0.400 ± 0.100 | 2.500 | 0.50 |") in text
     assert "the first 20 documents" in text and "600 updates" in text
+
+
+def test_the_timing_row_is_per_thousand_tokens(harness_table):
+    text = harness_table.timing_table({"harness_lm_s": 2.0, "harness_elm_s": 10.0,
+                                       "eval_elm_s": 4.0, "tokens": 4000})
+    assert "test split's 4000 tokens" in text
+    assert "| 0.50 | 2.50 | 1.00 |" in text
