@@ -16,6 +16,7 @@ from energy_lm.patches import (  # noqa: E402
     elm_fill_mask,
     epoch_workers,
     optim_groups,
+    resume_batches,
     shared_cpu,
     sir_generation,
     update_number,
@@ -27,6 +28,7 @@ data_checks.install()
 elm_fill_mask.install()
 epoch_workers.install()
 optim_groups.install()
+resume_batches.install()
 shared_cpu.install()
 sir_generation.install()
 update_number.install()
