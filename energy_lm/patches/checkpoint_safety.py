@@ -17,8 +17,9 @@ diverged state on disk: three small wraps of fairseq's save and load path.
    copy) resumes from the file the record names; otherwise `checkpoint_last.pt` is
    resumed as it is, whatever its modification time (a renamed or copied
    `checkpoint_last.pt` is the user's). When `checkpoint_last.pt` cannot be read,
-   training resumes from the newest readable checkpoint of the save dir, with one
-   warning; it refuses only when none is readable. An explicit `--restore-file` is never
+   training resumes from the readable checkpoint of the save dir that holds the most
+   updates (read from each file, not from modification times), with one warning; it
+   refuses only when none is readable. An explicit `--restore-file` is never
    replaced.
 3. A save guard. Before fairseq saves, the updated model is checked: every parameter
    finite, the validation loss (when there is one) finite, and one forward pass on the
@@ -174,16 +175,31 @@ class _AtomicPathManager:
 _CHECKPOINT_NAME = re.compile(r"checkpoint.*\.pt$")
 
 
+def held_updates(path: str) -> Optional[int]:
+    """The update count a checkpoint holds (its last optimizer_history entry), read with
+    the tensors memory-mapped rather than loaded; None when the file cannot be read."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["optimizer_history"][-1]["num_updates"])
+    except Exception:  # truncated, corrupt, refused or not a training checkpoint
+        return None
+
+
 def readable_candidates(save_dir: str, exclude: str) -> List[str]:
-    """Checkpoint files of a save dir, newest first, without `exclude`."""
+    """The readable checkpoint files of a save dir but `exclude`, the most updates first:
+    ordered by the state each holds, not by when it was written (a copied or renamed
+    file is as new as its contents)."""
     try:
         names = [n for n in os.listdir(save_dir) if _CHECKPOINT_NAME.match(n)]
     except OSError:
         return []
-    paths = [os.path.join(save_dir, n) for n in names]
-    paths = [p for p in paths if os.path.isfile(p)
-             and os.path.abspath(p) != os.path.abspath(exclude)]
-    return sorted(paths, key=lambda p: os.path.getmtime(p), reverse=True)
+    paths = [os.path.join(save_dir, n) for n in sorted(names)]
+    held = {p: held_updates(p) for p in paths if os.path.isfile(p)
+            and os.path.abspath(p) != os.path.abspath(exclude)}
+    readable = [p for p, updates in held.items() if updates is not None]
+    return sorted(readable, key=lambda p: held[p], reverse=True)  # stable: ties by name
 
 
 def _load_with_fallback(original):
@@ -263,7 +279,8 @@ def _interrupted_save_file(trainer, filename) -> Optional[str]:
 
 
 def _fall_back(trainer, original, filename, err, args, kwargs):
-    """Resume from the newest readable checkpoint when the default one is unreadable;
+    """Resume from the readable checkpoint with the most updates when the default one is
+    unreadable;
     an explicit --restore-file is the user's choice and is never replaced."""
     from energy_lm.patches.checkpoint_errors import CheckpointReadError, CheckpointRefusedError
 
@@ -279,8 +296,8 @@ def _fall_back(trainer, original, filename, err, args, kwargs):
         except CheckpointReadError as later:
             bad = later
             continue
-        logger.warning("%s cannot be read (truncated or corrupt); resumed from %s, the newest "
-                       "readable checkpoint", filename, candidate)
+        logger.warning("%s cannot be read (truncated or corrupt); resumed from %s, the "
+                       "readable checkpoint with the most updates", filename, candidate)
         return result
     raise CheckpointReadError(f"cannot resume: {filename} cannot be read and no other "
                               f"checkpoint in {ckpt.save_dir} can ({bad})") from err

@@ -87,13 +87,23 @@ def test_a_file_size_limit_fails_the_save_in_one_line_and_keeps_the_old_file(tmp
     assert target.read_bytes() == before and len(os.listdir(tmp_path)) == 1
 
 
-def test_resume_candidates_are_newest_first_without_the_bad_one(tmp_path):
-    for i, name in enumerate(["checkpoint_1_3.pt", "checkpoint_1_6.pt", "checkpoint_last.pt",
-                              "notes.txt", f"{TEMP_PREFIX}x"]):
-        (tmp_path / name).write_bytes(b"x")
-        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+def test_resume_candidates_hold_the_most_updates_first_whatever_their_times(tmp_path):
+    def state(updates):
+        return {"model": {"w": torch.zeros(2)}, "optimizer_history": [{"num_updates": updates}]}
+
+    torch.save(state(6), tmp_path / "checkpoint_1_6.pt")
+    torch.save(state(3), tmp_path / "checkpoint_1_3.pt")
+    torch.save(state(6), tmp_path / "checkpoint_last.pt")  # the one excluded
+    torch.save(state(4), tmp_path / "checkpoint_best.pt")
+    (tmp_path / "checkpoint_2_9.pt").write_bytes(b"truncated")  # unreadable: left out
+    (tmp_path / "notes.txt").write_bytes(b"x")
+    (tmp_path / f"{TEMP_PREFIX}x").write_bytes(b"x")
+    for i, name in enumerate(["checkpoint_1_6.pt", "checkpoint_best.pt", "checkpoint_1_3.pt"]):
+        os.utime(tmp_path / name, (2000 - i, 2000 - i))  # the oldest file holds the most
+    os.utime(tmp_path / "checkpoint_1_6.pt", (1000, 1000))
     found = readable_candidates(str(tmp_path), str(tmp_path / "checkpoint_last.pt"))
-    assert [Path(p).name for p in found] == ["checkpoint_1_6.pt", "checkpoint_1_3.pt"]
+    assert [Path(p).name for p in found] == ["checkpoint_1_6.pt", "checkpoint_best.pt",
+                                             "checkpoint_1_3.pt"]
 
 
 # ------------------------------------------------------------ the dictionary is part of the model
