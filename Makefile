@@ -10,7 +10,7 @@ FAIRSEQ_DIST ?= fairseq-fixed==0.12.3.1
 DEMO_DIR ?= demo
 DEMO_UPDATES ?= 900
 
-.PHONY: install demo test test-fast gpu-check clean
+.PHONY: install demo test test-fast fairseq-tests gpu-check clean
 
 install: $(STAMP)
 
@@ -60,6 +60,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow" tests
+
+# fairseq's own tests (from its source distribution, fetched from PyPI), bare and with
+# energy_lm: fails if the package breaks one that passes with bare fairseq (CI runs it)
+fairseq-tests: $(STAMP)
+	$(BIN)/python tools/fairseq_tests.py
 
 # The GPU check (benchmarks/gpu_check.py): kernel tests compiled, kernel benchmark, the
 # MonArc/LM step on triton, triton vs reference training curves; exits 0 without CUDA.

@@ -348,8 +348,10 @@ def _probe_loss(trainer, sample) -> Optional[float]:
                 else utils.move_to_cuda(sample)
             if not sample:
                 return None
-            loss, _, _ = trainer.task.valid_step(sample, model, criterion)
-            return float(loss)
+            out = trainer.task.valid_step(sample, model, criterion)
+            # a task whose valid_step gives no (loss, size, log) is not ours to judge
+            loss = out[0] if isinstance(out, tuple) and len(out) == 3 else None
+            return float(loss) if isinstance(loss, (torch.Tensor, float, int)) else None
     except FloatingPointError:
         return float("nan")  # an energy criterion's own finite-check fired
     finally:

@@ -152,3 +152,23 @@ def test_fill_mask_sentences_need_exactly_one_mask():
     for bad, count in (("No mask.", 0), ("Two <mask> and <mask>.", 2), ("", 0)):
         with pytest.raises(FillMaskError, match=rf"exactly one <mask>, got {count}"):
             check_sentences([bad])
+
+
+def test_the_save_guard_leaves_a_task_that_gives_no_loss_alone():
+    """fairseq's own tests save with a mocked task (test_checkpoint_utils_for_task_level_
+    attributes): a valid_step that returns no (loss, size, log) is not judged."""
+    from unittest.mock import MagicMock
+
+    from energy_lm.patches.checkpoint_safety import check_state_before_save
+
+    trainer = MagicMock()
+    trainer.model = torch.nn.Linear(2, 2)
+    trainer.criterion = torch.nn.Identity()
+    trainer._prepare_sample = lambda sample: (sample, False)
+    trainer.get_lr = lambda: 1e-3
+    trainer.get_num_updates = lambda: 7
+    trainer._energy_lm_last_sample = {"net_input": {}}
+    check_state_before_save(trainer, None)  # MagicMock's valid_step: nothing to read
+    trainer.task.valid_step = lambda *args: (torch.tensor(float("nan")), 1, {})
+    with pytest.raises(FloatingPointError, match="loss on the last training batch is nan"):
+        check_state_before_save(trainer, None)

@@ -1,0 +1,92 @@
+"""fairseq's own tests, bare and with energy_lm, on this stack: every test that passes
+with bare fairseq must pass with the package installed.
+
+    python tools/fairseq_tests.py [--keep DIR]
+
+The tests come from the source distribution of the installed fairseq (fairseq-fixed on
+PyPI carries tests/*.py, though not the tests/utils.py helper that 13 of them import:
+those fail to import in both runs and are counted apart). Both runs use this
+interpreter; the bare one sets ENERGY_LM_NO_AUTOLOAD=1, so fairseq runs without any of
+the package's registrations or patches. Exit 1, naming them, if a test passes bare and
+fails with the package; the summary line gives both counts and the seconds.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from importlib import metadata
+from pathlib import Path
+from typing import Dict, Set
+
+DISTRIBUTION = "fairseq-fixed"
+
+
+def fetch_tests(into: Path) -> Path:
+    """The tests/ folder of the installed fairseq's source distribution, as a package."""
+    version = metadata.version(DISTRIBUTION)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--no-binary", ":all:",
+                    f"{DISTRIBUTION}=={version}", "-d", str(into)], check=True)
+    archive = next(into.glob("*.tar.gz"))
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers()
+                   if "/tests/" in m.name and m.name.split("/")[1] == "tests" and m.isfile()]
+        tar.extractall(into, members=members, filter="data")
+    tests = next(into.glob("*/tests"))
+    (tests / "__init__.py").touch()  # `from tests.x import ...` as in fairseq's own tree
+    return tests
+
+
+def outcomes(tests: Path, bare: bool, report: Path) -> Dict[str, str]:
+    """{test id: passed | failed | skipped} of one pytest run over the folder."""
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    env.pop("ENERGY_LM_NO_AUTOLOAD", None)
+    if bare:
+        env["ENERGY_LM_NO_AUTOLOAD"] = "1"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                    "--continue-on-collection-errors", f"--junitxml={report}", "tests"],
+                   cwd=tests.parent, env=env, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    result = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        name = f"{case.get('classname')}::{case.get('name')}"
+        kinds = {child.tag for child in case}
+        result[name] = ("failed" if kinds & {"failure", "error"} else
+                        "skipped" if "skipped" in kinds else "passed")
+    return result
+
+
+def compare(bare: Dict[str, str], ours: Dict[str, str]) -> Set[str]:
+    """The tests that pass bare and not with the package."""
+    return {name for name, outcome in bare.items()
+            if outcome == "passed" and ours.get(name) != "passed"}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keep", type=Path, help="work here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        tests = fetch_tests(work)
+        bare = outcomes(tests, True, work / "bare.xml")
+        ours = outcomes(tests, False, work / "energy_lm.xml")
+    broken = compare(bare, ours)
+    passed = sum(o == "passed" for o in bare.values())
+    print(f"fairseq's own tests: {passed} pass bare, "
+          f"{sum(o == 'passed' for o in ours.values())} with energy_lm, "
+          f"{len(broken)} broken by it ({time.time() - start:.0f} s)")
+    for name in sorted(broken):
+        print(f"  passes bare, not with energy_lm: {name}")
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
