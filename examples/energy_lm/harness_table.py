@@ -171,7 +171,7 @@ def main(argv=None) -> str:
                            out / "harness" / name, args.limit)
             rows.append((label, f"elm ({args.log_z} Z)" if scoring == "elm" else scoring, kept))
     text = table(rows, args.limit, args.updates)
-    text += "\n" + timing_table(timing(data, tasks_dir, runs["monarc"], out / "timing"))
+    text += "\n\n" + timing_table(timing(data, tasks_dir, runs["monarc"], out / "timing"))
     (out / "table.md").write_text(text + "\n")
     print(text)
     return text
