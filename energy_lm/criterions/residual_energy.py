@@ -6,8 +6,8 @@ of the LM's cross-entropy (docs/methods.md sections 4-5), for causal and masked 
 
 With K candidates per position the y-terms are averaged over the K samples. The
 arithmetic is in `energy_lm.losses`; this module is the fairseq adapter: it runs the
-model's energy pass (`model.energy_pass`, one call and one output type for both
-families: energy_lm.models.scoring), masks padding, and logs, in base 2 as fairseq does:
+model's energy pass (`energy_lm.models.scoring.energy_pass`: one call and one output
+type for both families), masks padding, and logs, in base 2 as fairseq does:
   lm_loss    the LM's own cross-entropy
   ebm_loss   the true value of the energy term (not a surrogate)
   elm_loss   the ELM's NLL assuming Z = 1 (the seed's convention, not a bound): CE + E(x)
@@ -36,6 +36,7 @@ from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
 from energy_lm.losses import monarc_terms, nce_terms
+from energy_lm.models.scoring import energy_pass
 from energy_lm.sampling.keyed_random import SampleKeys
 
 LN2 = math.log(2)
@@ -107,12 +108,13 @@ class ResidualEnergyCriterion(FairseqCriterion):
             self._checked = True
         net_input = sample["net_input"]
         # causal: every target, its energy in the context the LM predicted it from;
-        # masked: every masked position
-        out = model.energy_pass(net_input["src_tokens"], sample["target"],
-                                num_samples=self.cfg.num_candidates,
-                                segment_ids=net_input.get("segment_ids"),
-                                backend=self.cfg.attention_backend,
-                                sample_keys=self._sample_keys(sample))
+        # masked: every masked position. The function, not the model's method: under DDP
+        # `model` is the wrapper, whose forward reduces the gradients across ranks
+        out = energy_pass(model, net_input["src_tokens"], sample["target"],
+                          num_samples=self.cfg.num_candidates,
+                          segment_ids=net_input.get("segment_ids"),
+                          backend=self.cfg.attention_backend,
+                          sample_keys=self._sample_keys(sample))
         ce = F.cross_entropy(out.logits.float().flatten(0, 1), out.tokens.flatten(),
                              ignore_index=self.padding_idx, reduction="sum")
         return self._finish(ce, out, out.scored.sum(), sample)

@@ -147,17 +147,18 @@ class EnergyModelMixin:
                           key_padding_mask=src_tokens.eq(trunk.padding_idx),
                           segment_ids=segment_ids, backend=backend, sample_keys=sample_keys)
 
-    def energy_pass(self, src_tokens: Tensor, targets: Tensor, candidates=None, *,
-                    num_samples: int = 1, backend: str = "auto",
-                    sample_keys: Optional[SampleKeys] = None,
-                    segment_ids: Optional[Tensor] = None, first_target: int = 1):
+    def energy_pass(self, src_tokens: Tensor, targets: Tensor, candidates=None, **options):
         """One batch of the family's task (src_tokens, targets (B, T)) scored in one call:
         at every scored position the LM's proposal, the data token's energy and the
         candidates' (given (B, K, S), chosen by a function of the proposal logits, or
         num_samples draws from q). Returns an `energy_lm.models.scoring.EnergyOutput`,
-        the same type for both families. first_target f scores targets[:, f - 1:] only;
-        segment_ids (packed documents) are an option of a causal model."""
-        raise NotImplementedError
+        the same type for both families; options as `energy_lm.models.scoring.energy_pass`
+        (first_target f scores targets[:, f - 1:] only; segment_ids, packed documents,
+        are an option of a causal model). A criterion calls that function with the model
+        fairseq hands it instead (under DistributedDataParallel, the wrapper)."""
+        from energy_lm.models.scoring import energy_pass
+
+        return energy_pass(self, src_tokens, targets, candidates, **options)
 
     def candidate_features(self, paired: PairedPass, src_tokens: Tensor, cand_tokens: Tensor,
                            cand_pos: Tensor, pre_norm: bool = False) -> Tensor:

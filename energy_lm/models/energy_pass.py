@@ -1,7 +1,7 @@
 """One energy pass for both model families, in the layout of the scored positions.
 
 `score_batch(model, sample, candidates)` runs the model's energy pass
-(`model.energy_pass`: energy_lm.models.scoring for either family) and returns a
+(`energy_lm.models.scoring.energy_pass`, either family) and returns a
 `ScoredBatch`: log q at every scored position, the data token, whether it is scored, its
 energy, and the candidates' tokens and energies. The tools that score a checkpoint
 (energy-lm-eval-elm, the harness model) call it and never branch on the family.
@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from energy_lm.losses import exact_log_z
+from energy_lm.models.scoring import energy_pass
 from energy_lm.sampling.proposal import sample_tokens
 
 
@@ -29,12 +30,12 @@ class ScoredBatch:
 
 
 def score_batch(model, sample, candidates, first_target: int = 1) -> ScoredBatch:
-    """The model's energy pass on a batch of its task (`model.energy_pass`, either
-    family); candidates as `causal_energy_pass` takes them (and first_target: a causal
+    """The model's energy pass on a batch of its task (either family); candidates as
+    `causal_energy_pass` takes them (and first_target: a causal
     model's first scored position; a masked model scores its masked positions)."""
     net_input = sample["net_input"]
-    out = model.energy_pass(net_input["src_tokens"], sample["target"], candidates,
-                            segment_ids=net_input.get("segment_ids"), first_target=first_target)
+    out = energy_pass(model, net_input["src_tokens"], sample["target"], candidates,
+                      segment_ids=net_input.get("segment_ids"), first_target=first_target)
     acc = torch.promote_types(out.logits.dtype, torch.float32)
     return ScoredBatch(torch.log_softmax(out.logits.to(acc), dim=-1), out.tokens, out.scored,
                        out.energy, out.cand_tokens, out.cand_energy)

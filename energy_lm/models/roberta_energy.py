@@ -155,24 +155,6 @@ class RobertaEnergyModel(EnergyModelMixin, RobertaModel):
         keeps it on the encoder only)."""
         return self.encoder.output_layer(features, masked_tokens=masked_tokens)
 
-    def energy_pass(self, src_tokens, targets, candidates=None, *, num_samples: int = 1,
-                    backend: str = "auto", sample_keys=None, segment_ids=None,
-                    first_target: int = 1):
-        """The masked positions (targets != pad) scored (EnergyModelMixin.energy_pass);
-        with first_target f, those of targets[:, f - 1:] only, as a causal model."""
-        if segment_ids is not None:
-            raise ValueError("segment_ids (packed documents) are an option of a causal model; "
-                             "a masked model sees its whole input")
-        from energy_lm.models.scoring import masked_energy_pass
-
-        if first_target != 1:
-            targets = targets.clone()
-            targets[:, :first_target - 1] = self.trunk.padding_idx
-
-        return masked_energy_pass(self, src_tokens, targets, candidates,
-                                  num_samples=num_samples, backend=backend,
-                                  sample_keys=sample_keys)
-
     @classmethod
     def hub_models(cls):
         return {}

@@ -213,6 +213,32 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
                         cand_energy)
 
 
+def energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates=None, *,
+                num_samples: int = 1, backend: str = "auto",
+                sample_keys: Optional[SampleKeys] = None, segment_ids: Optional[Tensor] = None,
+                first_target: int = 1) -> EnergyOutput:
+    """A batch of the model's task (src_tokens, targets (B, T)) scored in one call, for
+    either family: every target of a causal batch, the masked positions of a masked one
+    (`EnergyModelMixin.energy_pass` says what it returns). `model` may be fairseq's
+    distributed wrapper: the data stream runs through its forward, which is what makes
+    DistributedDataParallel reduce the gradients (a method of the wrapped model would
+    run the inner model's forward, and each rank would step on its own gradient)."""
+    if is_masked_model(model):
+        if segment_ids is not None:
+            raise ValueError("segment_ids (packed documents) are an option of a causal "
+                             "model; a masked model sees its whole input")
+        if first_target != 1:  # score targets[:, f - 1:] only, as a causal model does
+            targets = targets.clone()
+            targets[:, :first_target - 1] = model.trunk.padding_idx
+        return masked_energy_pass(model, src_tokens, targets, candidates,
+                                  num_samples=num_samples, backend=backend,
+                                  sample_keys=sample_keys)
+    return causal_energy_pass(model, src_tokens, candidates, targets=targets,
+                              num_samples=num_samples, segment_ids=segment_ids,
+                              backend=backend, sample_keys=sample_keys,
+                              first_target=first_target)
+
+
 def masked_positions(targets: Tensor, pad: int):
     """targets (B, T), pad where not masked -> positions (B, S), valid (B, S), S = the
     largest count of masked positions in a row (at least 1)."""

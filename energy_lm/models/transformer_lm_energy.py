@@ -175,17 +175,6 @@ class TransformerLMEnergyModel(EnergyModelMixin, TransformerLanguageModel):
     def _head_modules(self):
         return [self.energy_head, self.decoder.output_projection]
 
-    def energy_pass(self, src_tokens, targets, candidates=None, *, num_samples: int = 1,
-                    backend: str = "auto", sample_keys=None, segment_ids=None,
-                    first_target: int = 1):
-        """Every target scored in its own context (EnergyModelMixin.energy_pass)."""
-        from energy_lm.models.scoring import causal_energy_pass
-
-        return causal_energy_pass(self, src_tokens, candidates, targets=targets,
-                                  num_samples=num_samples, segment_ids=segment_ids,
-                                  backend=backend, sample_keys=sample_keys,
-                                  first_target=first_target)
-
     def score_candidates(self, tokens: Tensor, candidates: Tensor,
                          segment_ids: Optional[Tensor] = None, backend: str = "auto"):
         """A sequence scored at every position, with the candidates given.
