@@ -18,6 +18,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
 from energy_lm.losses import cwt_candidates, cwt_loss_from_rows
+from energy_lm.models.scoring import is_masked_model
 
 LN2 = math.log(2)
 
@@ -36,8 +37,7 @@ def trunk_of(model):
     decoder."""
     if hasattr(model, "trunk"):
         return model.trunk
-    encoder = getattr(model, "encoder", None)
-    return encoder.sentence_encoder if hasattr(encoder, "sentence_encoder") else model.decoder
+    return model.encoder.sentence_encoder if is_masked_model(model) else model.decoder
 
 
 def input_embedding(model):
