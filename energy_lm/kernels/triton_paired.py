@@ -30,7 +30,10 @@ probabilities are all 0). The backward recomputes the probabilities: one kernel 
 data key tile accumulates dK, dV over the data query tiles and then over the candidate
 query tiles (one K/V load serves both streams); one kernel per query tile accumulates
 dQ over the key tiles and, for candidate rows, adds the own-key terms and writes dk_c,
-dv_c. delta = rowsum(dO * O) is one fp32 PyTorch reduction.
+dv_c. delta = rowsum(dO * O) is one fp32 PyTorch reduction. The kernels read each stream
+through its batch, head and row strides (unit stride along the head dim), so the layers'
+(T, B, H, D) projections permuted to (B, H, T, D) are not copied; a tensor laid out unlike
+its stream's first (e.g. an incoming gradient, or a slice of a fused projection) is.
 `candidate_attention_triton` is the same kernels started at the first candidate tile
 (and the dK/dV kernel without its data-query loop): a model's candidate pass, whose data
 stream ran already, pays only for the M candidate rows.
@@ -131,22 +134,25 @@ def _query_segment(SEG, b, N, pos, row_ok, is_cand, CAUSAL: tl.constexpr, HAS_SE
 
 
 @triton.jit
-def _query_tile(pid_m, bh, H, N, M, D, CP, SEG, SLOPES, CAUSAL: tl.constexpr,
+def _query_tile(pid_m, bh, H, N, M, D, S_B, S_H, S_T, SC_B, SC_H, SC_T, CP, SEG, SLOPES,
+                CAUSAL: tl.constexpr,
                 ALIBI: tl.constexpr, HAS_SEG: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_D: tl.constexpr):
     """What the forward and the dq kernels know of query tile pid_m of head row bh:
     (b, is_cand, local, row_ok, pos) of `_query_rows`, the head-dim offsets and mask, the
     element offsets `rows` of its (BLOCK_M, BLOCK_D) tile in its own stream (candidates
-    or data: q, o, do share them), the head's ALiBi slope and each row's document."""
+    or data: q, o, do share the stream's strides), the head's ALiBi slope and each row's
+    document."""
     b = bh // H
+    h = bh % H
     is_cand, local, row_ok, pos = _query_rows(pid_m, b, N, M, CP, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d[None, :] < D
     row_mask = row_ok[:, None] & d_ok
     if is_cand == 1:
-        rows = (bh * M + local)[:, None] * D + offs_d[None, :]
+        rows = (b * SC_B + h * SC_H + local.to(tl.int64) * SC_T)[:, None] + offs_d[None, :]
     else:
-        rows = (bh * N + local)[:, None] * D + offs_d[None, :]
+        rows = (b * S_B + h * S_H + local.to(tl.int64) * S_T)[:, None] + offs_d[None, :]
     if ALIBI != 0:
         slope = tl.load(SLOPES + bh % H)
     else:
@@ -192,14 +198,15 @@ def _tile_scores(q, k, pos, row_ok, seg_q, offs_n, b, is_cand, N, SEG, PAD, slop
 
 @triton.jit
 def _fwd_kernel(Q, K, V, QC, KC, VC, CP, SEG, PAD, SLOPES, O, OC, LSE,
-                H, N, M, D, sm_scale, first_tile,
+                H, N, M, D, S_B, S_H, S_T, SC_B, SC_H, SC_T, sm_scale, first_tile,
                 CAUSAL: tl.constexpr, ALIBI: tl.constexpr, HAS_SEG: tl.constexpr,
                 HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0) + first_tile  # first_tile > 0: candidate tiles only
     bh = tl.program_id(1).to(tl.int64)
     b, is_cand, local, row_ok, pos, offs_d, d_ok, row_mask, rows, slope, seg_q = _query_tile(
-        pid_m, bh, H, N, M, D, CP, SEG, SLOPES, CAUSAL, ALIBI, HAS_SEG, BLOCK_M, BLOCK_D)
+        pid_m, bh, H, N, M, D, S_B, S_H, S_T, SC_B, SC_H, SC_T, CP, SEG, SLOPES, CAUSAL, ALIBI,
+        HAS_SEG, BLOCK_M, BLOCK_D)
 
     # initial online-softmax state: a candidate row holds its own key (bias 0)
     if is_cand == 1:
@@ -225,7 +232,7 @@ def _fwd_kernel(Q, K, V, QC, KC, VC, CP, SEG, PAD, SLOPES, O, OC, LSE,
         hi = N
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_rows = (bh * N + offs_n)[:, None] * D + offs_d[None, :]
+        kv_rows = (b * S_B + (bh % H) * S_H + offs_n.to(tl.int64) * S_T)[:, None] + offs_d[None, :]
         kv_mask = (offs_n[:, None] < N) & d_ok
         k = tl.load(K + kv_rows, mask=kv_mask, other=0.0)
         v = tl.load(V + kv_rows, mask=kv_mask, other=0.0)
@@ -265,12 +272,13 @@ def _fwd_kernel(Q, K, V, QC, KC, VC, CP, SEG, PAD, SLOPES, O, OC, LSE,
 
 @triton.jit
 def _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, QS, DOS, LSE, DELTA, CP, SEG, PAD,
-                     bh, b, lse_off, n_rows, start, N, M, D, slope, sm_scale,
+                     b, h, lse_off, n_rows, start, N, M, D, R_B, R_H, R_T, slope, sm_scale,
                      IS_CAND: tl.constexpr, CAUSAL: tl.constexpr, ALIBI: tl.constexpr,
                      HAS_SEG: tl.constexpr, HAS_PAD: tl.constexpr, UPCAST: tl.constexpr,
                      PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     """Add to dk, dv (BLOCK_N, BLOCK_D) the terms of query rows [start, n_rows) of one
-    stream (data or candidates) on the key tile offs_n = start_n + [0, BLOCK_N)."""
+    stream (data or candidates, whose tensors have strides R_B, R_H, R_T) on the key tile
+    offs_n = start_n + [0, BLOCK_N)."""
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d[None, :] < D
     for start_m in range(start, n_rows, BLOCK_M):
@@ -286,7 +294,7 @@ def _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, QS, DOS, LSE, DELTA, CP, SEG
             visit = start_m < n_rows
         if visit:
             seg_q = _query_segment(SEG, b, N, pos, row_ok, IS_CAND, CAUSAL, HAS_SEG)
-            rows = (bh * n_rows + local)[:, None] * D + offs_d[None, :]
+            rows = (b * R_B + h * R_H + local.to(tl.int64) * R_T)[:, None] + offs_d[None, :]
             row_mask = row_ok[:, None] & d_ok
             q = tl.load(QS + rows, mask=row_mask, other=0.0)
             do = tl.load(DOS + rows, mask=row_mask, other=0.0)
@@ -304,7 +312,7 @@ def _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, QS, DOS, LSE, DELTA, CP, SEG
 
 @triton.jit
 def _bwd_dkdv_kernel(Q, K, V, QC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPES, DK, DV,
-                     H, N, M, D, sm_scale,
+                     H, N, M, D, S_B, S_H, S_T, SC_B, SC_H, SC_T, sm_scale,
                      CAUSAL: tl.constexpr, ALIBI: tl.constexpr, HAS_SEG: tl.constexpr,
                      HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -312,10 +320,11 @@ def _bwd_dkdv_kernel(Q, K, V, QC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPES, DK,
     pid_n = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
+    h = bh % H
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    kv_rows = (bh * N + offs_n)[:, None] * D + offs_d[None, :]
+    kv_rows = (b * S_B + h * S_H + offs_n.to(tl.int64) * S_T)[:, None] + offs_d[None, :]
     kv_mask = (offs_n[:, None] < N) & (offs_d[None, :] < D)
     k = tl.load(K + kv_rows, mask=kv_mask, other=0.0)
     v = tl.load(V + kv_rows, mask=kv_mask, other=0.0)
@@ -332,11 +341,13 @@ def _bwd_dkdv_kernel(Q, K, V, QC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPES, DK,
     lse_off = bh * (N + M)
     if WITH_DATA:  # else the candidates alone (a model's candidate pass)
         dk, dv = _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, Q, DO, LSE, DELTA, CP, SEG,
-                                  PAD, bh, b, lse_off, N, start, N, M, D, slope, sm_scale,
+                                  PAD, b, h, lse_off, N, start, N, M, D, S_B, S_H, S_T,
+                                  slope, sm_scale,
                                   0, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC,
                                   BLOCK_M, BLOCK_D)
     dk, dv = _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, QC, DOC, LSE, DELTA, CP, SEG, PAD,
-                              bh, b, lse_off + N, M, 0, N, M, D, slope, sm_scale,
+                              b, h, lse_off + N, M, 0, N, M, D, SC_B, SC_H, SC_T,
+                              slope, sm_scale,
                               1, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC,
                               BLOCK_M, BLOCK_D)
     tl.store(DK + kv_rows, _cast(dk * sm_scale, DK.dtype.element_ty, UPCAST), mask=kv_mask)
@@ -346,14 +357,15 @@ def _bwd_dkdv_kernel(Q, K, V, QC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPES, DK,
 @triton.jit
 def _bwd_dq_kernel(Q, K, V, QC, KC, VC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPES,
                    DQ, DQC, DKC, DVC,
-                   H, N, M, D, sm_scale, first_tile,
+                   H, N, M, D, S_B, S_H, S_T, SC_B, SC_H, SC_T, sm_scale, first_tile,
                    CAUSAL: tl.constexpr, ALIBI: tl.constexpr, HAS_SEG: tl.constexpr,
                    HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0) + first_tile  # first_tile > 0: candidate tiles only
     bh = tl.program_id(1).to(tl.int64)
     b, is_cand, local, row_ok, pos, offs_d, d_ok, row_mask, rows, slope, seg_q = _query_tile(
-        pid_m, bh, H, N, M, D, CP, SEG, SLOPES, CAUSAL, ALIBI, HAS_SEG, BLOCK_M, BLOCK_D)
+        pid_m, bh, H, N, M, D, S_B, S_H, S_T, SC_B, SC_H, SC_T, CP, SEG, SLOPES, CAUSAL, ALIBI,
+        HAS_SEG, BLOCK_M, BLOCK_D)
     if is_cand == 1:
         q = tl.load(QC + rows, mask=row_mask, other=0.0)
         do = tl.load(DOC + rows, mask=row_mask, other=0.0)
@@ -372,7 +384,7 @@ def _bwd_dq_kernel(Q, K, V, QC, KC, VC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPE
         hi = N
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_rows = (bh * N + offs_n)[:, None] * D + offs_d[None, :]
+        kv_rows = (b * S_B + (bh % H) * S_H + offs_n.to(tl.int64) * S_T)[:, None] + offs_d[None, :]
         kv_mask = (offs_n[:, None] < N) & d_ok
         k = tl.load(K + kv_rows, mask=kv_mask, other=0.0)
         v = tl.load(V + kv_rows, mask=kv_mask, other=0.0)
@@ -434,6 +446,48 @@ def _launch_options(q: Tensor, cfg: dict) -> dict:
     return dict(num_warps=8 if cfg["BLOCK_M"] == 64 else 4)
 
 
+def _dense(t: Tensor) -> Tensor:
+    """t itself when it is a dense (B, H, T, D) layout with unit stride along D (a
+    permutation of a contiguous tensor, as the layers' split heads are), else a
+    contiguous copy: `empty_like` of it then has its strides."""
+    if t.stride(-1) == 1 and _is_dense(t):
+        return t
+    return t.contiguous()
+
+
+def _is_dense(t: Tensor) -> bool:
+    """Whether t's elements fill its storage span without gaps or overlaps: its strides,
+    sorted, are those of some order of its dims laid out contiguously."""
+    span = 1
+    for stride, size in sorted((st, n) for st, n in zip(t.stride(), t.shape) if n != 1):
+        if stride != span:
+            return False
+        span *= size
+    return True
+
+
+def _like(t: Tensor, ref: Tensor) -> Tensor:
+    """t with ref's strides: the kernels take one set of strides per stream, so a
+    tensor laid out otherwise (e.g. an incoming gradient) is copied; usually none is."""
+    if t.stride() == ref.stride():
+        return t
+    return torch.empty_like(ref).copy_(t)
+
+
+def _streams(data: Tensor, cand: Tensor, data_tensors, cand_tensors):
+    """The reference tensors of the data and candidate streams (dense) and every other
+    tensor of each stream laid out as its reference."""
+    data, cand = _dense(data), _dense(cand)
+    return (data, cand, [_like(t, data) for t in data_tensors],
+            [_like(t, cand) for t in cand_tensors])
+
+
+def _strides(data: Tensor, cand: Tensor) -> Tuple[int, ...]:
+    """(S_B, S_H, S_T, SC_B, SC_H, SC_T): batch, head and row strides of each stream
+    (the head dim is unit-stride in both)."""
+    return (*data.stride()[:3], *cand.stride()[:3])
+
+
 def _forward(q, k, v, q_c, k_c, v_c, aux, flags, with_data: bool):
     """Run the forward kernel. with_data=False serves the candidate rows alone (q is
     then only a shape/dtype donor: no data query is read and no data output written).
@@ -452,7 +506,8 @@ def _forward(q, k, v, q_c, k_c, v_c, aux, flags, with_data: bool):
     if n > 0 and tiles > 0:
         _fwd_kernel[(tiles, b * h)](q, k, v, q_c, k_c, v_c, *aux,
                                     out if with_data else out_c, out_c, lse,
-                                    h, n, m, d, d ** -0.5, first, **flags, **cfg,
+                                    h, n, m, d, *_strides(k, q_c), d ** -0.5, first,
+                                    **flags, **cfg,
                                     **_launch_options(k, cfg))
     return out, out_c, lse
 
@@ -462,11 +517,11 @@ def _backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, aux, flags, d_out, d_out_
     """The six gradients (dq None without data); see the derivation above the kernels."""
     b, h, n, d = k.shape
     m = q_c.size(2)
-    d_out_c = d_out_c.contiguous()
+    d_out_c = _like(d_out_c, q_c)
     # delta = rowsum(dO * O) per query row, fp32, rows [data; candidates]
     delta_c = (d_out_c.float() * out_c.float()).sum(-1)  # (B, H, M)
     if with_data:
-        d_out = d_out.contiguous()
+        d_out = _like(d_out, k)
         delta = torch.cat([(d_out.float() * out.float()).sum(-1), delta_c], dim=2)
     else:
         delta = torch.cat([delta_c.new_zeros(b, h, n), delta_c], dim=2)  # (B, H, N + M)
@@ -477,9 +532,11 @@ def _backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, aux, flags, d_out, d_out_
     cfg = _config(k)
     scale = d ** -0.5
     opts = _launch_options(k, cfg)
+    strides = _strides(k, q_c)
     if n > 0:
         _bwd_dkdv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), b * h)](
-            q, k, v, q_c, d_out, d_out_c, lse, delta, *aux, dk, dv, h, n, m, d, scale,
+            q, k, v, q_c, d_out, d_out_c, lse, delta, *aux, dk, dv, h, n, m, d, *strides,
+            scale,
             **flags, **cfg, WITH_DATA=with_data, **opts)
         data_tiles = triton.cdiv(n, cfg["BLOCK_M"])
         first = 0 if with_data else data_tiles
@@ -487,7 +544,7 @@ def _backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, aux, flags, d_out, d_out_
         if tiles > 0:
             _bwd_dq_kernel[(tiles, b * h)](
                 q, k, v, q_c, k_c, v_c, d_out, d_out_c, lse, delta, *aux,
-                dq if with_data else dq_c, dq_c, dk_c, dv_c, h, n, m, d, scale, first,
+                dq if with_data else dq_c, dq_c, dk_c, dv_c, h, n, m, d, *strides, scale, first,
                 **flags, **cfg, **opts)
     else:  # no data key: every candidate sees its own key alone, out_c = v_c
         dq_c.zero_(), dk_c.zero_(), dv_c.copy_(d_out_c)
@@ -499,7 +556,9 @@ def _backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, aux, flags, d_out, d_out_
 class _PairedAttentionTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, q_c, k_c, v_c, cand_pos, causal, slopes, alibi_code, seg, pad):
-        q, k, v, q_c, k_c, v_c = (t.contiguous() for t in (q, k, v, q_c, k_c, v_c))
+        # one set of strides per stream: k, v as q; k_c, v_c as q_c (no copy when the
+        # layers' permuted views already agree, as they do)
+        q, q_c, (k, v), (k_c, v_c) = _streams(q, q_c, (k, v), (k_c, v_c))
         flags = dict(CAUSAL=causal, ALIBI=alibi_code, HAS_SEG=seg is not None,
                      HAS_PAD=pad is not None)
         aux = _aux_tensors(k, cand_pos, slopes, seg, pad)
@@ -521,7 +580,7 @@ class _CandidateAttentionTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q_c, k_c, v_c, k, v, cand_pos, causal, slopes, alibi_code, seg, pad):
-        q_c, k_c, v_c, k, v = (t.contiguous() for t in (q_c, k_c, v_c, k, v))
+        k, q_c, (v,), (k_c, v_c) = _streams(k, q_c, (v,), (k_c, v_c))
         flags = dict(CAUSAL=causal, ALIBI=alibi_code, HAS_SEG=seg is not None,
                      HAS_PAD=pad is not None)
         aux = _aux_tensors(k, cand_pos, slopes, seg, pad)

@@ -202,6 +202,41 @@ def test_strided_inputs_and_bf16_backward_are_deterministic():
         assert torch.equal(x, y), label
 
 
+def _as_layers_hand_them(t, fused=False):
+    """(B, H, T, D) -> the same values as a (T, B, H, D) tensor permuted to (B, H, T, D),
+    the view the attention layers pass; fused: a slice of a (T, B, 2, H, D) projection
+    (not dense: the kernels must copy it)."""
+    b, h, n, d = t.shape
+    base = t.permute(2, 0, 1, 3)  # (T, B, H, D)
+    if fused:
+        pair = torch.stack([base, torch.zeros_like(base)], dim=2).contiguous()
+        return pair[:, :, 0].permute(1, 2, 0, 3)
+    return base.contiguous().permute(1, 2, 0, 3)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["layer-views", "fused-slice"])
+def test_permuted_inputs_are_read_through_their_strides(fused):
+    """The layers' permuted views go to the kernels as they are (no copy of any input),
+    a non-dense k is copied, and both match the reference (fp32 vs fp64), forward and all
+    six gradients, with an upstream gradient laid out unlike the outputs."""
+    six, cand_pos, seg, pad = make_case(2, 2, 37, 24, 19, "both", causal=True)
+    views = [_as_layers_hand_them(t, fused=fused and i == 1) for i, t in enumerate(six)]
+    assert not any(t.is_contiguous() for t in views)
+    leaves = [t.detach().requires_grad_() for t in views]
+    layout = layout_of(cand_pos, 37, **keywords(2, True, "causal", seg, pad))
+    out, out_c = triton_paired.paired_attention_triton(*leaves, layout)
+    kept = out.grad_fn.saved_tensors[:6]  # the six inputs as the kernels read them
+    copied = [i for i in range(6) if kept[i].data_ptr() != leaves[i].data_ptr()]
+    assert copied == ([1] if fused else [])
+    upstream = [u.transpose(0, 1).contiguous().transpose(0, 1) for u in upstream_for(six)]
+    got = torch.autograd.grad((out * upstream[0]).sum() + (out_c * upstream[1]).sum(), leaves)
+    want = run(paired_attention_reference, [t.double() for t in six], cand_pos, upstream_for(six),
+               **keywords(2, True, "causal", seg, pad))
+    for label, x, y in zip(NAMES, (out, out_c, *got), want):
+        torch.testing.assert_close(x.detach().double(), y, atol=2e-5, rtol=1e-4,
+                                   msg=lambda s: f"{label}: {s}")
+
+
 def test_dropout_raises_not_implemented():
     six, cand_pos, _, _ = make_case(1, 1, 3, 16, "k1")
     with pytest.raises(NotImplementedError, match="dropout") as info:
