@@ -32,10 +32,10 @@ $(DEMO_DIR)/corpus/data-bin/dict.txt: | $(STAMP)
 # at once when done). ALiBi rather than learned positions: measured, a tiny RoBERTa with
 # learned positions does not learn local context in a few CPU minutes (valid MLM loss
 # 8.40 bits after 600 updates, fills '.', 'the'), with ALiBi it does (7.72 bits).
-# On a busy machine OpenMP threads that spin while they wait slow training down 3.4x;
-# tools/omp_wait_policy.py makes them sleep then (measured there), and only then.
+# On a busy machine the package lowers fairseq-train's threads to the free cores
+# (energy_lm/patches/shared_cpu.py; measured in docs/measurements.md).
 demo: $(STAMP) $(DEMO_DIR)/corpus/data-bin/dict.txt
-	env $$($(BIN)/python tools/omp_wait_policy.py) $(BIN)/fairseq-train $(DEMO_DIR)/corpus/data-bin \
+	$(BIN)/fairseq-train $(DEMO_DIR)/corpus/data-bin \
 	    --task masked_lm --criterion masked_lm --arch roberta_zero_clap_tiny \
 	    --tokens-per-sample 128 --sample-break-mode none --batch-size 16 \
 	    --optimizer adam --adam-betas '(0.9,0.98)' --adam-eps 1e-6 --weight-decay 0.01 \

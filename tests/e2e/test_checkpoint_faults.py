@@ -78,7 +78,8 @@ def test_signals_in_and_around_saves_never_leave_a_bad_file(data_bin, tmp_path):
             time.sleep(delay)  # from the first save of this run: in or between saves
             proc.send_signal(signal.SIGKILL if i % 2 else signal.SIGINT)
             proc.wait(timeout=120)
-        assert proc.returncode != 0, "the run ended before the signal: make it longer"
+        assert proc.returncode != 0, ("the run ended before the signal: make it longer; "
+                                      "its log ends: " + log_path.read_text()[-1500:])
         newest = assert_every_file_loads(save)
     done = run(cmd)
     assert done.returncode == 0, done.stderr[-2000:]
