@@ -49,11 +49,21 @@ def is_masked_model(model) -> bool:
     return hasattr(getattr(model, "encoder", None), "sentence_encoder")
 
 
-def _token_log_q(lprobs: Tensor, tokens: Tensor) -> Tensor:
-    """lprobs (B, S, V), tokens (B, K, S) -> (B, K, S) detached log q(token)."""
-    k = tokens.size(1)
-    gathered = lprobs.detach().unsqueeze(1).expand(-1, k, -1, -1).gather(-1, tokens.unsqueeze(-1))
-    return gathered.squeeze(-1)
+_LOG_Q_ROWS = 64  # rows per logsumexp chunk: a (64, V) fp32 temporary, not (B, S, V)
+
+
+def _token_log_q(logits: Tensor, tokens: Tensor) -> Tensor:
+    """logits (B, S, V), tokens (B, K, S) -> (B, K, S) detached log q(token), in fp32
+    (float64 stays). Taken as logit - logsumexp with the logsumexp over chunks of rows:
+    a full log-softmax would write a (B, S, V) fp32 tensor per batch (200 MiB at 1,024
+    tokens of a 50k vocabulary) to read K + 1 numbers per row from it."""
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    with torch.no_grad():
+        flat = logits.detach().reshape(-1, logits.size(-1))
+        lse = torch.cat([torch.logsumexp(flat[i:i + _LOG_Q_ROWS].to(acc), dim=-1)
+                         for i in range(0, flat.size(0), _LOG_Q_ROWS)])
+        picked = logits.detach().gather(-1, tokens.transpose(1, 2)).to(acc)  # (B, S, K)
+        return (picked - lse.view(logits.shape[:-1]).unsqueeze(-1)).transpose(1, 2)
 
 
 def _sample(logits: Tensor, positions: Tensor, num_samples: int,
@@ -186,17 +196,15 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates: Optional[Tensor] =
     state = head_states[:, in_stream]  # (B, P, C); replaced below where not the context
     context = log_q = cand_log_q = fix_context = fix_log_q = None
     if head.needs_context:
-        context = head_states.new_zeros(state.shape)
-        acc = torch.promote_types(logits.dtype, torch.float32)  # fp32; float64 stays
-        lprobs = features.new_zeros(bsz, num_pos, logits.size(-1), dtype=acc)
+        both = torch.cat([tokens.unsqueeze(1), candidates], dim=1)  # (B, 1 + K, P)
         if start > 0:
             context = head_states[:, start - 1:end - 1]
-            lprobs = F.log_softmax(proposer.to(acc), dim=-1)
+            all_log_q = _token_log_q(proposer, both)
         else:  # position 0: zero context and log q
+            context = head_states.new_zeros(state.shape)
             context[:, 1:] = head_states[:, :end - 1]
-            lprobs[:, 1:] = F.log_softmax(logits[:, :end - 1].to(acc), dim=-1)
-        log_q = _token_log_q(lprobs, tokens.unsqueeze(1)).squeeze(1)
-        cand_log_q = _token_log_q(lprobs, candidates)
+            all_log_q = F.pad(_token_log_q(logits[:, :end - 1], both[:, :, 1:]), (1, 0))
+        log_q, cand_log_q = all_log_q[:, 0], all_log_q[:, 1:]
         fix_context = context.gather(1, fix_slots.unsqueeze(-1).expand(-1, -1, context.size(-1)))
         fix_log_q = log_q.gather(1, fix_slots)
     energy = head(state, context, log_q)  # (B, P)
@@ -284,8 +292,7 @@ def masked_energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates: O
     context = log_q = None
     if head.needs_context:  # the state whose MLM head proposed (B, 1, S, C)
         context = (head_states.gather(1, where) if head.reads_pre_norm else state).unsqueeze(1)
-        acc = torch.promote_types(logits.dtype, torch.float32)
-        log_q = _token_log_q(F.log_softmax(logits.to(acc), dim=-1), cand_tokens)
+        log_q = _token_log_q(logits, cand_tokens)
     energies = head(cand_features, context, log_q)  # (B, 1+K, S)
     return EnergyOutput(positions, valid, data_tokens, logits, energies[:, 0], candidates,
                         energies[:, 1:])
