@@ -4,6 +4,7 @@ unreadable checkpoint_last.pt. After each fault every checkpoint file on disk lo
 the same command resumes from the newest good one."""
 
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -66,8 +67,12 @@ def test_signals_in_and_around_saves_never_leave_a_bad_file(data_bin, tmp_path):
     (a save of the 4 x 256 model takes about as long as an update, so many land inside
     one); after each, every file loads, and the same command resumes from the newest."""
     save = tmp_path / "ck"
-    cmd = command(data_bin, save, updates=60, size=FULL_TINY)
+    newest = 0
     for i, delay in enumerate([0.2, 0.7, 1.3, 2.0, 2.8]):
+        # each run resumes from the newest file: give it 40 updates more than that, so
+        # that it is still training when the signal comes (with a fixed end, the later
+        # runs had only a few updates left and finished before it on a fast machine)
+        cmd = command(data_bin, save, updates=newest + 40, size=FULL_TINY)
         log_path = tmp_path / f"run{i}.log"
         with open(log_path, "w") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
@@ -81,10 +86,11 @@ def test_signals_in_and_around_saves_never_leave_a_bad_file(data_bin, tmp_path):
         assert proc.returncode != 0, ("the run ended before the signal: make it longer; "
                                       "its log ends: " + log_path.read_text()[-1500:])
         newest = assert_every_file_loads(save)
-    done = run(cmd)
+    final = newest + 5
+    done = run(command(data_bin, save, updates=final, size=FULL_TINY))
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"(epoch 1 @ {newest} updates)" in done.stdout + done.stderr  # the newest state
-    assert assert_every_file_loads(save) == 60
+    assert re.search(rf"\(epoch \d+ @ {newest} updates\)", done.stdout + done.stderr)  # newest
+    assert assert_every_file_loads(save) == final
     assert not list(save.glob(TEMP_PREFIX + "*"))  # the saves cleaned up after the kills
 
 
