@@ -58,8 +58,7 @@ def start_competitor(threads: int) -> subprocess.Popen:
 
 def run_demo(corpus: Path, work: Path, updates: int, competitor: int) -> Dict:
     shutil.rmtree(work, ignore_errors=True)
-    (work / "corpus").parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(corpus, work / "corpus")
+    shutil.copytree(corpus, work / "corpus")  # creates work
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     args = ["make", "-C", str(ROOT), "demo", f"DEMO_DIR={work}", f"DEMO_UPDATES={updates}"]
     proc = start_competitor(competitor) if competitor else None

@@ -58,12 +58,12 @@ def _token_log_q(logits: Tensor, tokens: Tensor) -> Tensor:
     a full log-softmax would write a (B, S, V) fp32 tensor per batch (200 MiB at 1,024
     tokens of a 50k vocabulary) to read K + 1 numbers per row from it."""
     acc = torch.promote_types(logits.dtype, torch.float32)
-    with torch.no_grad():
-        flat = logits.detach().reshape(-1, logits.size(-1))
-        lse = torch.cat([torch.logsumexp(flat[i:i + _LOG_Q_ROWS].to(acc), dim=-1)
-                         for i in range(0, flat.size(0), _LOG_Q_ROWS)])
-        picked = logits.detach().gather(-1, tokens.transpose(1, 2)).to(acc)  # (B, S, K)
-        return (picked - lse.view(logits.shape[:-1]).unsqueeze(-1)).transpose(1, 2)
+    logits = logits.detach()
+    flat = logits.reshape(-1, logits.size(-1))
+    lse = torch.cat([torch.logsumexp(flat[i:i + _LOG_Q_ROWS].to(acc), dim=-1)
+                     for i in range(0, flat.size(0), _LOG_Q_ROWS)])
+    picked = logits.gather(-1, tokens.transpose(1, 2)).to(acc)  # (B, S, K)
+    return (picked - lse.view(logits.shape[:-1]).unsqueeze(-1)).transpose(1, 2)
 
 
 def _sample(logits: Tensor, positions: Tensor, num_samples: int,
