@@ -58,6 +58,10 @@ def assert_every_file_loads(save_dir: Path) -> int:
     return newest
 
 
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run(cmd, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600, **kwargs)
 
@@ -75,7 +79,10 @@ def test_signals_in_and_around_saves_never_leave_a_bad_file(data_bin, tmp_path):
         cmd = command(data_bin, save, updates=newest + 40, size=FULL_TINY)
         log_path = tmp_path / f"run{i}.log"
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+            # SIGINT as a terminal sends it: a shell's background job (nohup, CI runners)
+            # starts with SIGINT ignored, the child inherits that and never stops
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV,
+                                    preexec_fn=default_sigint)
             started = time.time()
             while proc.poll() is None and "Saved checkpoint" not in log_path.read_text():
                 time.sleep(0.02)
