@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_scoring import evaluate, study_parser  # noqa: E402  (same folder)
 from replicate import CAUSAL, CAUSAL_ARCH, RESET, log_records, train  # noqa: E402
 
-Setting = Tuple[str, str, float, int]  # head, loss, weight, candidates
+Setting = Tuple[str, str, float, int, int]  # head, loss, weight, candidates, update-freq
 
 
 def base_run(data: Path, out: Path, updates: int) -> Path:
@@ -40,17 +40,25 @@ def base_run(data: Path, out: Path, updates: int) -> Path:
     return out / "base" / "checkpoint_best.pt"
 
 
-def run_name(setting: Setting) -> str:
-    head, loss, weight, k = setting
-    return f"{head}-{loss}-w{weight:g}-k{k}"
+def run_name(setting: Setting, updates: int = 100) -> str:
+    """head-loss-wW-kK, then -ufN for a batch of N x 16 blocks and -uU for a length other
+    than the first pass's 100 updates (so the first pass's records keep their names)."""
+    head, loss, weight, k, update_freq = setting
+    name = f"{head}-{loss}-w{weight:g}-k{k}"
+    if update_freq != 1:
+        name += f"-uf{update_freq}"
+    if updates != 100:
+        name += f"-u{updates}"
+    return name
 
 
 def continue_run(data: Path, out: Path, base: Path, setting: Setting, updates: int,
                  lr: str, seed: int) -> Path:
-    head, loss, weight, k = setting
-    save = out / f"{run_name(setting)}_seed{seed}"
+    head, loss, weight, k, update_freq = setting
+    save = out / f"{run_name(setting, updates)}_seed{seed}"
     train(data, save, [*CAUSAL, *CAUSAL_ARCH, "--criterion", loss, "--energy-head", head,
                        "--energy-weight", str(weight), "--num-candidates", str(k),
+                       "--update-freq", str(update_freq),
                        "--restore-file", str(base), *RESET, "--lr", lr,
                        "--warmup-updates", "0", "--max-update", str(updates),
                        "--total-num-update", str(updates), "--save-interval-updates",
@@ -102,6 +110,8 @@ def main(argv=None) -> str:
     parser.add_argument("--losses", nargs="+", default=["monarc", "nce"])
     parser.add_argument("--weights", type=float, nargs="+", default=[2.0])
     parser.add_argument("--candidates", type=int, nargs="+", default=[1])
+    parser.add_argument("--update-freqs", type=int, nargs="+", default=[1],
+                        help="batches of N x 16 blocks (fairseq's --update-freq): the batch-size arm")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--exact-batches", type=int, default=2,
                         help="blocks of the valid split that get exact Z")
@@ -109,19 +119,22 @@ def main(argv=None) -> str:
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     base = base_run(args.data, args.out, args.base_updates)
-    grid = list(itertools.product(args.heads, args.losses, args.weights, args.candidates))
+    grid = list(itertools.product(args.heads, args.losses, args.weights, args.candidates,
+                                  args.update_freqs))
     rows: Dict[str, dict] = {}
     results = args.out / "results.json"
-    if results.exists():
-        rows.update(json.loads(results.read_text()))
 
     def run(setting: Setting):
         save = continue_run(args.data, args.out, base, setting, args.updates, args.lr, args.seed)
-        return run_name(setting), summarise(save, evaluate(args.data, save, args.exact_batches,
-                                                         whole_split=False))
+        scores = evaluate(args.data, save, args.exact_batches, whole_split=False)
+        return run_name(setting, args.updates), summarise(save, scores)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for name, row in pool.map(run, grid):
+            # re-read first: two studies may share one --out (the batch-size arm's two
+            # lengths run side by side), and neither may drop the other's rows
+            if results.exists():
+                rows.update(json.loads(results.read_text()))
             rows[name] = row
             results.write_text(json.dumps(rows, indent=1))
             (args.out / "table.md").write_text(table(rows) + "\n")
