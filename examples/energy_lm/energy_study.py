@@ -101,6 +101,16 @@ def table(rows: Dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def record_row(results: Path, name: str, row: dict) -> Dict[str, dict]:
+    """Add one setting's row to results.json and return every row there. The file is read
+    again first: two studies may share one --out (the batch-size arm's two lengths run
+    side by side), and neither may drop the other's rows."""
+    rows = json.loads(results.read_text()) if results.exists() else {}
+    rows[name] = row
+    results.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
 def main(argv=None) -> str:
     parser = study_parser(__doc__)
     parser.add_argument("--base-updates", type=int, default=300)
@@ -121,7 +131,6 @@ def main(argv=None) -> str:
     base = base_run(args.data, args.out, args.base_updates)
     grid = list(itertools.product(args.heads, args.losses, args.weights, args.candidates,
                                   args.update_freqs))
-    rows: Dict[str, dict] = {}
     results = args.out / "results.json"
 
     def run(setting: Setting):
@@ -131,12 +140,7 @@ def main(argv=None) -> str:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for name, row in pool.map(run, grid):
-            # re-read first: two studies may share one --out (the batch-size arm's two
-            # lengths run side by side), and neither may drop the other's rows
-            if results.exists():
-                rows.update(json.loads(results.read_text()))
-            rows[name] = row
-            results.write_text(json.dumps(rows, indent=1))
+            rows = record_row(results, name, row)
             (args.out / "table.md").write_text(table(rows) + "\n")
     text = table(rows)
     print(text)
