@@ -33,8 +33,9 @@ from replicate import CAUSAL, CAUSAL_ARCH, RESET, log_records, train  # noqa: E4
 Setting = Tuple[str, str, float, int, int]  # head, loss, weight, candidates, update-freq
 
 
-def base_run(data: Path, out: Path, updates: int) -> Path:
+def base_run(data: Path, out: Path, updates: int, head: str) -> Path:
     train(data, out / "base", [*CAUSAL, *CAUSAL_ARCH, "--criterion", "monarc",
+                               "--energy-head", head,
                                "--max-update", str(updates), "--total-num-update", str(updates),
                                "--save-interval-updates", str(updates)], seed=1)
     return out / "base" / "checkpoint_best.pt"
@@ -114,6 +115,10 @@ def record_row(results: Path, name: str, row: dict) -> Dict[str, dict]:
 def main(argv=None) -> str:
     parser = study_parser(__doc__)
     parser.add_argument("--base-updates", type=int, default=300)
+    parser.add_argument("--base-head", default="linear",
+                        help="the base run's energy head; linear (the default then) learns "
+                             "nothing against a plain proposal, so every setting's head "
+                             "starts afresh (another kind) or from near zero (linear)")
     parser.add_argument("--updates", type=int, default=100, help="each continuation")
     parser.add_argument("--lr", default="1e-3", help="continuations' peak lr (decays to 0)")
     parser.add_argument("--heads", nargs="+", default=["linear", "rich", "seed"])
@@ -128,7 +133,7 @@ def main(argv=None) -> str:
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    base = base_run(args.data, args.out, args.base_updates)
+    base = base_run(args.data, args.out, args.base_updates, args.base_head)
     grid = list(itertools.product(args.heads, args.losses, args.weights, args.candidates,
                                   args.update_freqs))
     results = args.out / "results.json"
