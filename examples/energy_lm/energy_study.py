@@ -24,10 +24,11 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_scoring import evaluate, study_parser  # noqa: E402  (same folder)
+from run_scoring import (  # noqa: E402  (same folder)
+    elm_bits, evaluate, paired, read_records, study_parser)
 from replicate import CAUSAL, CAUSAL_ARCH, RESET, log_records, train  # noqa: E402
 
 Setting = Tuple[str, str, float, int, int]  # head, loss, weight, candidates, update-freq
@@ -90,14 +91,34 @@ def summarise(save: Path, result: dict) -> dict:
         gap_curve=[(r["num_updates"], r.get("energy_gap")) for r in curve])
 
 
-def table(rows: Dict[str, dict]) -> str:
+REFERENCE = "w2-k1"  # the defaults' weight and candidate count: the settings' yardstick
+
+
+def versus_reference(out: Path, name: str, seed: int) -> Optional[dict]:
+    """The setting's exact-Z ELM minus that of the same head and loss at the defaults'
+    weight and candidates, paired token by token (None for the reference itself, or
+    before it is scored): the grid's settings compared with each other, not only each
+    with its own LM."""
+    head, loss = name.split("-")[:2]
+    reference = f"{head}-{loss}-{REFERENCE}"
+    tokens = [out / f"{run}_seed{seed}" / "tokens.jsonl" for run in (name, reference)]
+    if name == reference or not all(path.exists() for path in tokens):
+        return None
+    return paired(*map(read_records, tokens), elm_bits, elm_bits)
+
+
+def table(rows: Dict[str, dict], out: Path, seed: int) -> str:
     lines = ["| setting | LM bits (exact subset) | ELM bits, exact Z | ELM - LM, paired ± s.e. | "
+             f"ELM - ELM at {REFERENCE}, paired ± s.e. | "
              "last energy_gap | max z, updates 1-50 | max LM rise, 1-50 (bits) | train s | "
-             "ELM - LM per CPU-hour |", "|---|---|---|---|---|---|---|---|---|"]
+             "ELM - LM per CPU-hour |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in sorted(rows.items(), key=lambda kv: kv[1]["gain_exact"]):
         per_hour = r["gain_exact"] / (r["seconds"] / 3600)
+        versus = versus_reference(out, name, seed)
+        versus_cell = "" if versus is None else f"{versus['mean']:+.4f} ± {versus['stderr']:.4f}"
         lines.append(f"| {name} | {r['lm_exact']:.4f} | {r['elm_exact']:.4f} | "
-                     f"{r['gain_exact']:+.4f} ± {r['gain_stderr']:.4f} | {r['energy_gap']:+.4f} | {r['z_max_50']:.3f} | "
+                     f"{r['gain_exact']:+.4f} ± {r['gain_stderr']:.4f} | {versus_cell} | "
+                     f"{r['energy_gap']:+.4f} | {r['z_max_50']:.3f} | "
                      f"{r['lm_rise_50']:+.3f} | {r['seconds']:.0f} | {per_hour:+.3f} |")
     return "\n".join(lines)
 
@@ -146,8 +167,8 @@ def main(argv=None) -> str:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for name, row in pool.map(run, grid):
             rows = record_row(results, name, row)
-            (args.out / "table.md").write_text(table(rows) + "\n")
-    text = table(rows)
+            (args.out / "table.md").write_text(table(rows, args.out, args.seed) + "\n")
+    text = table(json.loads(results.read_text()), args.out, args.seed)
     print(text)
     return text
 

@@ -41,3 +41,20 @@ def test_two_studies_in_one_folder_keep_each_others_rows(study, tmp_path):
     rows = study.record_row(results, "b", {"gain_exact": -0.02})
     assert set(rows) == {"a", "b"}
     assert set(study.record_row(results, "a", {"gain_exact": -0.03})) == {"a", "b"}
+
+
+def test_settings_are_compared_with_the_default_token_by_token(study, tmp_path):
+    import json
+
+    def write(run, energies):
+        (tmp_path / f"{run}_seed1").mkdir()
+        (tmp_path / f"{run}_seed1" / "tokens.jsonl").write_text("".join(
+            json.dumps({"id": 0, "position": i, "token": 5 + i, "lm": 9.0, "energy": e,
+                        "log_z": 0.1}) + "\n" for i, e in enumerate(energies)))
+    write("seed-nce-w2-k1", [0.0, -0.2, 0.1])
+    write("seed-nce-w4-k4", [-0.1, -0.2, -0.2])
+    versus = study.versus_reference(tmp_path, "seed-nce-w4-k4", 1)
+    assert versus["tokens"] == 3
+    assert versus["mean"] == pytest.approx((-0.1 + 0.0 - 0.3) / 3)
+    assert study.versus_reference(tmp_path, "seed-nce-w2-k1", 1) is None
+    assert study.versus_reference(tmp_path, "seed-monarc-w4-k4", 1) is None  # not scored
