@@ -10,7 +10,8 @@ test_checkpoint_utils.py need, and the files that need the rest fail to import i
 runs and are counted apart). Both runs use this
 interpreter; the bare one sets ENERGY_LM_NO_AUTOLOAD=1, so fairseq runs without any of
 the package's registrations or patches. Exit 1, naming them, if a test passes bare and
-fails with the package; the summary line gives both counts and the seconds.
+fails with the package, or one of MUST_PASS (fairseq's reproducibility tests, which fail
+bare on this stack) fails with it; the summary line gives both counts and the seconds.
 """
 
 import argparse

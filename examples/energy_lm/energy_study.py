@@ -137,9 +137,9 @@ def main(argv=None) -> str:
     parser = study_parser(__doc__)
     parser.add_argument("--base-updates", type=int, default=300)
     parser.add_argument("--base-head", default="linear",
-                        help="the base run's energy head; linear (the default then) learns "
+                        help="the base run's energy head (linear, as in the first pass: it learns "
                              "nothing against a plain proposal, so every setting's head "
-                             "starts afresh (another kind) or from near zero (linear)")
+                             "starts afresh, or near zero for linear)")
     parser.add_argument("--updates", type=int, default=100, help="each continuation")
     parser.add_argument("--lr", default="1e-3", help="continuations' peak lr (decays to 0)")
     parser.add_argument("--heads", nargs="+", default=["linear", "rich", "seed"])
