@@ -1,7 +1,7 @@
 """A stand-in for fairseq's `tests/utils.py`, which fairseq-fixed's source distribution
 leaves out, written here for tools/fairseq_tests.py.
 
-Without it, 13 of fairseq's test files fail to import, among them
+Without it, the 14 test files that import it fail to import, and with them
 `test_reproducibility.py` (resume from `checkpoint1.pt` renamed to `checkpoint_last.pt`)
 and `test_checkpoint_utils.py`, the tests that check the behaviour energy_lm's checkpoint
 patches touch. This module gives the helpers those two reach (directly or through
@@ -25,8 +25,10 @@ SPLITS = {"train": 1.0, "valid": 0.1, "test": 0.1}  # share of num_examples per 
 def create_dummy_data(data_dir: str, num_examples: int = 100, maxlen: int = 20,
                       alignment: bool = False, languages: Optional[Sequence[str]] = None) -> None:
     """Random sentences over a 26-letter vocabulary, one file per split and language
-    (`train.in`, `train.out`, ...); the same line count in every language of a split.
-    `alignment` also writes `{split}.align` (pairs src-tgt within both lengths)."""
+    (`train.in`, `train.out`, ...); the same line count in every language of a split."""
+    if alignment:  # only test_binaries' alignment tests ask for it, and they are not run
+        raise NotImplementedError("energy_lm's stand-in for fairseq's tests/utils.py "
+                                  "writes no alignments")
     rng = random.Random(0)  # fixed, so two calls in one test build the same corpus
     languages = languages or LANGUAGES
     for split, share in SPLITS.items():
@@ -37,12 +39,6 @@ def create_dummy_data(data_dir: str, num_examples: int = 100, maxlen: int = 20,
                 for length in lengths[lang]:
                     out.write(" ".join(chr(ord("a") + rng.randrange(26))
                                        for _ in range(length)) + "\n")
-        if alignment:
-            src, tgt = languages[0], languages[1]
-            with open(os.path.join(data_dir, f"{split}.align"), "w") as out:
-                for n, m in zip(lengths[src], lengths[tgt]):
-                    pairs = {(rng.randrange(n), rng.randrange(m)) for _ in range(min(n, m))}
-                    out.write(" ".join(f"{i}-{j}" for i, j in sorted(pairs)) + "\n")
 
 
 def preprocess_translation_data(data_dir: str, extra_flags: Optional[List[str]] = None,

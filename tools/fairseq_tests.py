@@ -4,7 +4,7 @@ with bare fairseq must pass with the package installed.
     python tools/fairseq_tests.py [--keep DIR]
 
 The tests come from the source distribution of the installed fairseq (fairseq-fixed on
-PyPI carries tests/*.py, though not the tests/utils.py helper that 13 of them import;
+PyPI carries tests/*.py, though not the tests/utils.py helper that 14 of them import;
 tools/fairseq_test_helpers.py stands in for the part that test_reproducibility.py and
 test_checkpoint_utils.py need, and the files that need the rest fail to import in both
 runs and are counted apart). Both runs use this
