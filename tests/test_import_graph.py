@@ -13,7 +13,7 @@ FLOORS = [
     {"sampling"},                               # samples of q, keyed uniforms
     {"modules"},                                # layers, heads, the paired pass
     {"models"},                                 # archs, the scoring rule, generation
-    {"criterions", "tasks", "patches"},         # what fairseq is given or changed
+    {"criterions", "tasks", "patches", "hf"},   # what fairseq is given or changed; the HF bridge
     {"cli"},                                    # console scripts
     {"glue", "harness"},                        # drivers built on the tools
 ]

@@ -46,6 +46,10 @@ class EnergyOptions(FairseqDataclass):
                                           "(Linear(d, 1) on the final state: learned nothing "
                                           "on real text here) or rich (linear + log q + a "
                                           "bilinear term)"})
+    layer_norm_eps: float = field(
+        default=1e-5, metadata={"help": "eps of every layer norm of the trunk and LM head "
+                                        "(default 1e-5, fairseq's; an imported model keeps "
+                                        "its source's)"})
 
 
 def add_energy_args(parser, options: type) -> None:
@@ -68,6 +72,9 @@ def resolve_energy_options(args, options: type, causal: bool) -> None:
         args.embed_norm = "l2" if args.clap_head else "none"
     if args.untied_head:  # replaces the preset's head
         args.clap_head = False
+    if not float(args.layer_norm_eps) > 0:
+        raise ValueError(f"--layer-norm-eps must be > 0, got {args.layer_norm_eps}")
+    args.layer_norm_eps = float(args.layer_norm_eps)
     if args.alibi != "none":  # ALiBi replaces position embeddings
         args.no_token_positional_embeddings = True
     check_alibi_mode(args.alibi, causal)

@@ -34,7 +34,7 @@ from energy_lm.modules.attention import AttentionPattern
 from energy_lm.modules.candidate_embedding import embed_candidates
 from energy_lm.modules.clap import ClapEmbedding, ClapHead, LinearHead
 from energy_lm.modules.energy_head import EnergyHead
-from energy_lm.modules.layers import EncoderLayer, wrap_layer
+from energy_lm.modules.layers import EncoderLayer, set_layer_norm_eps, wrap_layer
 
 
 @dataclass
@@ -108,6 +108,10 @@ def init_positions_sinusoidal(embed_positions, unit_token_rows: bool) -> None:
 
 
 class RobertaEnergyEncoder(RobertaEncoder):
+    def __init__(self, args, dictionary):
+        super().__init__(args, dictionary)
+        set_layer_norm_eps(self, args.layer_norm_eps)  # the trunk's and the LM head's
+
     def max_positions(self):
         return ALIBI_MAX_POSITIONS if self.args.alibi != "none" else self.args.max_positions
 
@@ -158,6 +162,15 @@ class RobertaEnergyModel(EnergyModelMixin, RobertaModel):
     @classmethod
     def hub_models(cls):
         return {}
+
+    @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt",
+                        data_name_or_path=".", bpe="energy_byte_bpe", **kwargs):
+        """fairseq's RoBERTa loader with our BPE as the default: it reads the folder's
+        vocab.json + merges.txt (fairseq's default, `gpt2`, fetches GPT-2's files from the
+        network). A checkpoint that names its BPE (energy-lm-from-hf's) keeps it."""
+        return super().from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path,
+                                       bpe=bpe, **kwargs)
 
     @staticmethod
     def add_args(parser):

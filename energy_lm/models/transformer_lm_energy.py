@@ -34,9 +34,22 @@ from energy_lm.modules.attention import AttentionPattern
 from energy_lm.modules.candidate_embedding import embed_candidates
 from energy_lm.modules.clap import ClapEmbedding, ClapHead
 from energy_lm.modules.energy_head import EnergyHead
-from energy_lm.modules.layers import DecoderLayer, wrap_layer
+from energy_lm.modules.layers import DecoderLayer, set_layer_norm_eps, wrap_layer
 
 logger = logging.getLogger(__name__)
+
+OUTPUT_MASK_CHOICES = ("none", "specials")
+# fairseq's symbols that no imported vocabulary has (`</s>` stands for the source's
+# end-of-text token, so it is not among them); fairseq-preprocess pads a dictionary
+# with `madeupwordNNNN` fillers
+_UNUSED_SPECIALS = ("<s>", "<pad>", "<unk>")
+_FILLER_PREFIX = "madeupword"
+
+
+def unused_symbol_mask(dictionary) -> Tensor:
+    """(V,) bool: True where `--output-mask specials` gives probability 0."""
+    return torch.tensor([sym in _UNUSED_SPECIALS or sym.startswith(_FILLER_PREFIX)
+                         for sym in dictionary.symbols])
 
 
 @dataclass
@@ -46,6 +59,13 @@ class TransformerLMEnergyConfig(TransformerLanguageModelConfig, EnergyOptions):
     alibi: ChoiceEnum(DECODER_ALIBI_CHOICES) = field(
         default="none", metadata={"help": "causal ALiBi bias -m(i-j); replaces position "
                                           "embeddings"})
+    output_mask: ChoiceEnum(OUTPUT_MASK_CHOICES) = field(
+        default="none", metadata={"help": "specials: probability exactly 0 for every "
+                                          "dictionary symbol that is not a token of the "
+                                          "source vocabulary (<s>, <pad>, <unk>, the "
+                                          "madeupword fillers), so that they are never "
+                                          "proposed; what a model imported by "
+                                          "energy-lm-from-hf needs to be exact"})
     proposal_uniform_mix: float = field(
         default=0.0, metadata={"help": "handicap the LM on purpose: q = (1 - m) softmax + m "
                                        "uniform (a known-answer test of the energy path; 0: off)"})
@@ -59,6 +79,12 @@ class EnergyTransformerDecoder(TransformerDecoder):
         super().__init__(args, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn)
         if isinstance(self.embed_positions, LearnedPositionalEmbedding):
             self.embed_positions = with_energy_position(self.embed_positions)
+        set_layer_norm_eps(self, args.layer_norm_eps)
+        # derived from the dictionary, not saved: a checkpoint loads into any build
+        self.register_buffer("unused_symbols", unused_symbol_mask(dictionary)
+                             if str(safe_getattr(args, "output_mask", "none")) == "specials"
+                             else None,
+                             persistent=False)
 
     def max_positions(self):
         if str(self.args.alibi) != "none":
@@ -66,9 +92,13 @@ class EnergyTransformerDecoder(TransformerDecoder):
         return super().max_positions()
 
     def output_layer(self, features):
-        """The head's logits; with --proposal-uniform-mix m, log((1 - m) softmax + m / V)
+        """The head's logits; with --output-mask specials, the lowest finite value at the
+        unused symbols (probability exactly 0 after a softmax, and no inf - inf = nan
+        downstream); with --proposal-uniform-mix m, log((1 - m) softmax + m / V)
         (normalised log-probabilities, so every consumer of logits sees the mixture)."""
         logits = super().output_layer(features)
+        if self.unused_symbols is not None:
+            logits = logits.masked_fill(self.unused_symbols, torch.finfo(logits.dtype).min)
         mix = float(getattr(self.args, "proposal_uniform_mix", 0.0) or 0.0)
         if mix == 0.0:
             return logits

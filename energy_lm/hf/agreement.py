@@ -1,0 +1,85 @@
+"""How far a fairseq model's log-probs are from a Hugging Face model's on the same text:
+what both bridge commands measure before they write anything, and what the tests
+assert (at <= 1e-5 in float32, <= 1e-10 in float64).
+
+The log-probs are compared over the source vocabulary: fairseq's row `index[i]` against
+HF's token i. A causal model's masked symbols must carry probability exactly 0."""
+
+from dataclasses import dataclass
+from typing import Dict, List
+
+import torch
+from torch import Tensor
+
+from energy_lm.hf.errors import BridgeError
+
+PROBE_TEXT = ("The quick brown fox jumps over the lazy dog, and 42 wizards quietly "
+              "boxed a jolly ox near the river's edge.")
+TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-9}  # what a converter must reach
+
+
+@dataclass
+class Agreement:
+    max_abs_diff: float   # max |log p_ours - log p_hf| over positions and source tokens
+    positions: int
+    masked_mass: float    # total probability of the masked symbols (0 when exact)
+    dtype: torch.dtype
+
+    def describe(self) -> str:
+        name = str(self.dtype).replace("torch.", "")
+        return (f"max |log p - log p_hf| = {self.max_abs_diff:.2e} over {self.positions} "
+                f"positions x the source vocabulary ({name}, measured on a probe text)")
+
+    def check(self) -> "Agreement":
+        if not self.max_abs_diff <= TOLERANCE[self.dtype] or self.masked_mass != 0.0:
+            raise BridgeError(f"the converted model does not reproduce the source: "
+                              f"{self.describe()}, masked mass {self.masked_mass:.2e}")
+        return self
+
+
+def probe_ids(tokenizer: Dict, size: int, length: int = 24) -> List[int]:
+    """Source token ids of the probe text (its first `length`), or, where the tokenizer
+    gives fewer, ids spread over the vocabulary."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    ids = Tokenizer.from_str(json.dumps(tokenizer)).encode(
+        PROBE_TEXT, add_special_tokens=False).ids[:length]
+    spread = [(7919 * k + 3) % size for k in range(length - len(ids))]
+    return ids + spread
+
+
+def _source_log_probs(logits: Tensor) -> Tensor:
+    return torch.log_softmax(logits.double(), dim=-1)
+
+
+@torch.no_grad()
+def causal(ours, theirs, source_ids: List[int], eos: int, index: Tensor,
+           dtype=torch.float32) -> Agreement:
+    """ours: transformer_lm_energy; theirs: a HF causal LM; both fed eos + the ids."""
+    ours, theirs = ours.to(dtype).eval(), theirs.to(dtype).eval()
+    ids = torch.tensor([[eos] + source_ids])  # (1, T)
+    fs_ids = index[ids]
+    want = _source_log_probs(theirs(input_ids=ids).logits[0])  # (T, V_hf)
+    logits = ours(fs_ids)[0][0]  # (T, V_fs)
+    got_all = _source_log_probs(logits)
+    masked = torch.ones(logits.size(-1), dtype=torch.bool)
+    masked[index] = False
+    mass = float(got_all[:, masked].exp().sum()) if masked.any() else 0.0
+    diff = float((got_all[:, index] - want).abs().max())
+    return Agreement(diff, ids.size(1), mass, dtype)
+
+
+@torch.no_grad()
+def masked(ours, theirs, source_ids: List[int], bos: int, eos: int, mask: int,
+           index: Tensor, dtype=torch.float32) -> Agreement:
+    """ours: roberta_energy; theirs: RobertaForMaskedLM; <s> ids </s>, every third
+    token replaced by <mask>; every position's log-probs compared."""
+    ours, theirs = ours.to(dtype).eval(), theirs.to(dtype).eval()
+    body = [mask if k % 3 == 1 else t for k, t in enumerate(source_ids)]
+    ids = torch.tensor([[bos] + body + [eos]])
+    want = _source_log_probs(theirs(input_ids=ids).logits[0])
+    got = _source_log_probs(ours(index[ids])[0][0])
+    diff = float((got[:, index] - want).abs().max())
+    return Agreement(diff, ids.size(1), 0.0, dtype)

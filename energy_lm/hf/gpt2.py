@@ -1,0 +1,158 @@
+"""GPT-2 (`GPT2LMHeadModel`) <-> `transformer_lm_energy`: the key map and the folds.
+
+What differs between the two, each a measured pitfall (max |d log p| in float32 when
+it is got wrong, on a tiny random model):
+- GPT-2's `Conv1D` stores weights as (in, out): transposed here (9.2 when reshaped);
+  `c_attn` holds q, k, v side by side;
+- GPT-2 does not scale its embeddings; fairseq multiplies them by sqrt(d) unless
+  `--no-scale-embedding` (9.2);
+- fairseq's learned positions start at padding index + 1 = 2: GPT-2's row j is
+  fairseq's row j + 2 (6.6 without the offset); our table has one more row, the energy
+  position, which starts as a copy of the last;
+- GPT-2's "gelu_new" is fairseq's `gelu_accurate` (tanh), not `gelu` (erf: 1.0e-3);
+- layer-norm eps is the config's `layer_norm_epsilon` (`--layer-norm-eps`);
+- the final layer norm `ln_f` is fairseq's `decoder.layer_norm`, which fairseq's
+  upgrade drops from a state dict without `decoder.version` >= 3 while strict loading
+  still passes (26): the version is written;
+- the vocabulary: see energy_lm.hf.vocabulary (`</s>` takes the end-of-text row, the
+  unused symbols are masked: 4.1 with `</s>` left zero, 2.3e-2 without the mask).
+"""
+
+from typing import Dict, List, Tuple
+
+import torch
+from torch import Tensor
+
+from energy_lm.hf.errors import BridgeError
+from energy_lm.hf.unsupported import refuse
+from energy_lm.hf.vocabulary import VocabularyMap
+
+# HF activation -> fairseq activation, where the two compute the same function
+ACTIVATIONS = {"gelu_new": "gelu_accurate", "gelu_pytorch_tanh": "gelu_accurate",
+               "gelu_fast": "gelu_accurate", "gelu": "gelu", "relu": "relu"}
+TO_HF_ACTIVATION = {"gelu_accurate": "gelu_new", "gelu_fast": "gelu_new", "gelu": "gelu",
+                    "relu": "relu"}
+PAD_TO = 8  # the dictionary's size, as fairseq-preprocess pads it
+
+
+def check_config(config) -> None:
+    if getattr(config, "add_cross_attention", False):
+        refuse("add_cross_attention", True, "cross-attention layers have no place in a "
+               "decoder-only fairseq LM")
+    if getattr(config, "scale_attn_by_inverse_layer_idx", False):
+        refuse("scale_attn_by_inverse_layer_idx", True, "fairseq's attention scales every "
+               "layer by 1/sqrt(head dim) only")
+    if not getattr(config, "scale_attn_weights", True):
+        refuse("scale_attn_weights", False, "fairseq's attention always scales by 1/sqrt(head dim)")
+    act = config.activation_function
+    if act not in ACTIVATIONS:
+        refuse("activation_function", act, f"fairseq has no such activation (have: "
+               f"{', '.join(sorted(ACTIVATIONS))})")
+    if config.n_embd % config.n_head:
+        refuse("n_head", config.n_head, f"does not divide n_embd={config.n_embd}")
+
+
+def vocabulary(config) -> VocabularyMap:
+    eos = config.eos_token_id
+    if isinstance(eos, list):
+        eos = eos[0]
+    if eos is None:
+        raise BridgeError("config.eos_token_id is not set: fairseq's </s> (which starts every "
+                          "block) needs the source's end-of-text token")
+    return VocabularyMap(config.vocab_size, {"</s>": int(eos)}, pad_to=PAD_TO)
+
+
+def train_args(config) -> List[str]:
+    """The fairseq-train flags that rebuild this architecture."""
+    d, ffn = config.n_embd, config.n_inner or 4 * config.n_embd
+    args = ["--arch", "transformer_lm_energy", "--decoder-layers", str(config.n_layer),
+            "--decoder-embed-dim", str(d), "--decoder-ffn-embed-dim", str(ffn),
+            "--decoder-attention-heads", str(config.n_head),
+            "--decoder-input-dim", str(d), "--decoder-output-dim", str(d),
+            "--decoder-normalize-before", "--decoder-learned-pos", "--no-scale-embedding",
+            "--activation-fn", ACTIVATIONS[config.activation_function],
+            "--layer-norm-eps", repr(float(config.layer_norm_epsilon)),
+            "--max-target-positions", str(config.n_positions), "--output-mask", "specials",
+            "--dropout", repr(float(config.resid_pdrop)),
+            "--attention-dropout", repr(float(config.attn_pdrop))]
+    tied = getattr(config, "tie_word_embeddings", True)
+    return args + (["--share-decoder-input-output-embed"] if tied else ["--untied-head"])
+
+
+def _conv1d(weight: Tensor) -> Tensor:
+    return weight.t().contiguous()  # Conv1D (in, out) -> Linear (out, in)
+
+
+def to_fairseq(hf: Dict[str, Tensor], config, index: Tensor, vocab_rows: int,
+               position_rows: int) -> Dict[str, Tensor]:
+    """GPT-2's state dict -> the decoder's (energy head and buffers not included).
+    index: (V_hf,) the dictionary index of each source id; vocab_rows: the dictionary's
+    size; position_rows: the rows of our position table (2 + n_positions + 1)."""
+    hf = {k[len("transformer."):] if k.startswith("transformer.") else k: v for k, v in hf.items()}
+    d = config.n_embd
+    wte = hf["wte.weight"]
+    embed = wte.new_zeros(vocab_rows, d)
+    embed[index] = wte
+    wpe = hf["wpe.weight"]
+    positions = wpe.new_zeros(position_rows, d)
+    positions[2:2 + wpe.size(0)] = wpe
+    positions[2 + wpe.size(0):] = wpe[-1]  # the energy position: a copy of the last
+    out = {"decoder.embed_tokens.weight": embed, "decoder.embed_positions.weight": positions,
+           "decoder.layer_norm.weight": hf["ln_f.weight"], "decoder.layer_norm.bias": hf["ln_f.bias"],
+           "decoder.version": torch.tensor([3.0])}
+    for i in range(config.n_layer):
+        h, f = f"h.{i}.", f"decoder.layers.{i}."
+        qkv_w, qkv_b = _conv1d(hf[h + "attn.c_attn.weight"]), hf[h + "attn.c_attn.bias"]
+        for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            out[f + f"self_attn.{name}.weight"] = qkv_w[j * d:(j + 1) * d].clone()
+            out[f + f"self_attn.{name}.bias"] = qkv_b[j * d:(j + 1) * d].clone()
+        out[f + "self_attn.out_proj.weight"] = _conv1d(hf[h + "attn.c_proj.weight"])
+        out[f + "self_attn.out_proj.bias"] = hf[h + "attn.c_proj.bias"]
+        out[f + "fc1.weight"] = _conv1d(hf[h + "mlp.c_fc.weight"])
+        out[f + "fc1.bias"] = hf[h + "mlp.c_fc.bias"]
+        out[f + "fc2.weight"] = _conv1d(hf[h + "mlp.c_proj.weight"])
+        out[f + "fc2.bias"] = hf[h + "mlp.c_proj.bias"]
+        for ours, theirs in (("self_attn_layer_norm", "ln_1"), ("final_layer_norm", "ln_2")):
+            out[f + ours + ".weight"] = hf[h + theirs + ".weight"]
+            out[f + ours + ".bias"] = hf[h + theirs + ".bias"]
+    if not getattr(config, "tie_word_embeddings", True):
+        head = hf["lm_head.weight"]
+        rows = head.new_zeros(vocab_rows, d)
+        rows[index] = head
+        out["decoder.output_projection.weight"] = rows
+    else:
+        out["decoder.output_projection.weight"] = embed
+    return out
+
+
+def from_fairseq(state: Dict[str, Tensor], index: Tensor, num_layers: int, dim: int,
+                 num_positions: int, tied: bool) -> Dict[str, Tensor]:
+    """The decoder's state dict (learned positions, softmax head) -> GPT-2's; index as
+    in `to_fairseq` (the HF id of each row it picks)."""
+    out = {"transformer.wte.weight": state["decoder.embed_tokens.weight"][index].clone(),
+           "transformer.wpe.weight": state["decoder.embed_positions.weight"][2:2 + num_positions].clone(),
+           "transformer.ln_f.weight": state["decoder.layer_norm.weight"],
+           "transformer.ln_f.bias": state["decoder.layer_norm.bias"]}
+    for i in range(num_layers):
+        h, f = f"transformer.h.{i}.", f"decoder.layers.{i}."
+        qkv_w = torch.cat([state[f + f"self_attn.{n}_proj.weight"] for n in "qkv"], dim=0)
+        qkv_b = torch.cat([state[f + f"self_attn.{n}_proj.bias"] for n in "qkv"], dim=0)
+        out[h + "attn.c_attn.weight"] = _conv1d(qkv_w)
+        out[h + "attn.c_attn.bias"] = qkv_b
+        out[h + "attn.c_proj.weight"] = _conv1d(state[f + "self_attn.out_proj.weight"])
+        out[h + "attn.c_proj.bias"] = state[f + "self_attn.out_proj.bias"]
+        out[h + "mlp.c_fc.weight"] = _conv1d(state[f + "fc1.weight"])
+        out[h + "mlp.c_fc.bias"] = state[f + "fc1.bias"]
+        out[h + "mlp.c_proj.weight"] = _conv1d(state[f + "fc2.weight"])
+        out[h + "mlp.c_proj.bias"] = state[f + "fc2.bias"]
+        for ours, theirs in (("self_attn_layer_norm", "ln_1"), ("final_layer_norm", "ln_2")):
+            out[h + theirs + ".weight"] = state[f + ours + ".weight"]
+            out[h + theirs + ".bias"] = state[f + ours + ".bias"]
+    out["lm_head.weight"] = (out["transformer.wte.weight"] if tied else
+                             state["decoder.output_projection.weight"][index].clone())
+    return out
+
+
+def positions_of(config) -> Tuple[int, int]:
+    """(GPT-2's positions, our table's rows: padding offset 2, then the energy row)."""
+    return config.n_positions, config.n_positions + 2 + 1

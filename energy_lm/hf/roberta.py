@@ -1,0 +1,165 @@
+"""RoBERTa (`RobertaForMaskedLM`, `RobertaModel`) <-> `roberta_energy`: the key map and
+the folds.
+
+- Both count positions from padding index + 1 (HF from its `pad_token_id`, fairseq from
+  the dictionary's `<pad>` = 1): HF row pad + 1 + j is fairseq row 2 + j.
+- HF adds a token-type row to every token; with one type (as RoBERTa is used) it is a
+  constant, folded into every position row.
+- HF's LM head (dense, GELU, LayerNorm, tied decoder, bias) is fairseq's `RobertaLMHead`
+  (dense, activation, layer_norm, weight, bias): the same computation.
+- Post-norm layers, an embedding LayerNorm, no embedding scale: fairseq's RoBERTa, as
+  `--arch roberta_energy` builds it.
+- The vocabulary: HF's <s>, <pad>, </s>, <unk> are fairseq's four specials and its
+  <mask> the symbol fairseq's masked_lm task appends (energy_lm.hf.vocabulary).
+"""
+
+from typing import Dict, List
+
+import torch
+from torch import Tensor
+
+from energy_lm.hf.errors import BridgeError
+from energy_lm.hf.tokenizer_files import added_token_id
+from energy_lm.hf.unsupported import refuse
+from energy_lm.hf.vocabulary import VocabularyMap
+
+ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_accurate", "gelu_pytorch_tanh": "gelu_accurate",
+               "relu": "relu"}
+TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_accurate": "gelu_new", "gelu_fast": "gelu_new",
+                    "relu": "relu"}
+SPECIAL_TOKENS = {"<s>": "<s>", "<pad>": "<pad>", "</s>": "</s>", "<unk>": "<unk>",
+                  "<mask>": "<mask>"}
+
+
+def check_config(config) -> None:
+    kind = getattr(config, "position_embedding_type", None) or "absolute"
+    if kind != "absolute":
+        refuse("position_embedding_type", kind, "fairseq's RoBERTa has absolute learned "
+               "positions only")
+    for name in ("is_decoder", "add_cross_attention"):
+        if getattr(config, name, False):
+            refuse(name, True, "roberta_energy is a bidirectional encoder without "
+                   "cross-attention")
+    if config.hidden_act not in ACTIVATIONS:
+        refuse("hidden_act", config.hidden_act, f"fairseq has no such activation (have: "
+               f"{', '.join(sorted(ACTIVATIONS))})")
+    if config.hidden_size % config.num_attention_heads:
+        refuse("num_attention_heads", config.num_attention_heads,
+               f"does not divide hidden_size={config.hidden_size}")
+    if config.pad_token_id is None:
+        refuse("pad_token_id", None, "learned positions count from the padding index")
+
+
+def vocabulary(config, tokenizer: Dict) -> VocabularyMap:
+    specials = {}
+    for symbol, content in SPECIAL_TOKENS.items():
+        token_id = added_token_id(tokenizer, content)
+        if token_id is None:
+            raise BridgeError(f"tokenizer.json has no {content} token: fairseq's RoBERTa "
+                              f"needs <s>, <pad>, </s>, <unk> and <mask>")
+        specials[symbol] = token_id
+    if specials["<pad>"] != config.pad_token_id:
+        raise BridgeError(f"the tokenizer's <pad> is id {specials['<pad>']} but "
+                          f"config.pad_token_id is {config.pad_token_id}")
+    return VocabularyMap(config.vocab_size, specials)
+
+
+def max_positions(config) -> int:
+    return config.max_position_embeddings - config.pad_token_id - 1
+
+
+def train_args(config) -> List[str]:
+    d = config.hidden_size
+    return ["--arch", "roberta_energy", "--encoder-layers", str(config.num_hidden_layers),
+            "--encoder-embed-dim", str(d), "--encoder-ffn-embed-dim", str(config.intermediate_size),
+            "--encoder-attention-heads", str(config.num_attention_heads),
+            "--activation-fn", ACTIVATIONS[config.hidden_act],
+            "--layer-norm-eps", repr(float(config.layer_norm_eps)),
+            "--max-positions", str(max_positions(config)),
+            "--dropout", repr(float(config.hidden_dropout_prob)),
+            "--attention-dropout", repr(float(config.attention_probs_dropout_prob))]
+
+
+def to_fairseq(hf: Dict[str, Tensor], config, index: Tensor, vocab_rows: int,
+               fresh_head: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """HF RoBERTa's state dict -> roberta_energy's (energy head and buffers not included).
+    fresh_head: the built model's LM head, used when the source has none (RobertaModel)."""
+    has_head = "lm_head.dense.weight" in hf
+    hf = {k[len("roberta."):] if k.startswith("roberta.") else k: v for k, v in hf.items()}
+    d, pad = config.hidden_size, config.pad_token_id
+    enc = "encoder.sentence_encoder."
+    words = hf["embeddings.word_embeddings.weight"]
+    embed = words.new_zeros(vocab_rows, d)
+    embed[index] = words
+    table = hf["embeddings.position_embeddings.weight"][pad + 1:]  # (positions, d)
+    positions = table.new_zeros(table.size(0) + 2, d)
+    positions[2:] = table + hf["embeddings.token_type_embeddings.weight"][0]  # one type
+    out = {enc + "embed_tokens.weight": embed, enc + "embed_positions.weight": positions,
+           enc + "layernorm_embedding.weight": hf["embeddings.LayerNorm.weight"],
+           enc + "layernorm_embedding.bias": hf["embeddings.LayerNorm.bias"],
+           enc + "version": torch.tensor([3.0])}
+    for i in range(config.num_hidden_layers):
+        h, f = f"encoder.layer.{i}.", f"{enc}layers.{i}."
+        for ours, theirs in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
+            out[f + f"self_attn.{ours}.weight"] = hf[h + f"attention.self.{theirs}.weight"]
+            out[f + f"self_attn.{ours}.bias"] = hf[h + f"attention.self.{theirs}.bias"]
+        pairs = (("self_attn.out_proj", "attention.output.dense"),
+                 ("self_attn_layer_norm", "attention.output.LayerNorm"),
+                 ("fc1", "intermediate.dense"), ("fc2", "output.dense"),
+                 ("final_layer_norm", "output.LayerNorm"))
+        for ours, theirs in pairs:
+            out[f + ours + ".weight"] = hf[h + theirs + ".weight"]
+            out[f + ours + ".bias"] = hf[h + theirs + ".bias"]
+    out["encoder.lm_head.weight"] = embed
+    if has_head:
+        for part in ("dense", "layer_norm"):
+            out[f"encoder.lm_head.{part}.weight"] = hf[f"lm_head.{part}.weight"]
+            out[f"encoder.lm_head.{part}.bias"] = hf[f"lm_head.{part}.bias"]
+        bias = hf["lm_head.bias"]
+        out["encoder.lm_head.bias"] = bias.new_zeros(vocab_rows)
+        out["encoder.lm_head.bias"][index] = bias
+    else:
+        out.update({k: v for k, v in fresh_head.items() if k != "encoder.lm_head.weight"})
+    return out
+
+
+def from_fairseq(state: Dict[str, Tensor], index: Tensor, num_layers: int,
+                 pad: int = 1) -> Dict[str, Tensor]:
+    """roberta_energy's state dict (learned positions, RoBERTa LM head) -> HF
+    RobertaForMaskedLM's; index: the dictionary row of each HF id. The position rows
+    carry the folded token type; HF's token-type row is zero."""
+    enc = "encoder.sentence_encoder."
+    positions = state[enc + "embed_positions.weight"][2:]
+    d = positions.size(1)
+    table = positions.new_zeros(positions.size(0) + pad + 1, d)
+    table[pad + 1:] = positions
+    out = {"roberta.embeddings.word_embeddings.weight": state[enc + "embed_tokens.weight"][index].clone(),
+           "roberta.embeddings.position_embeddings.weight": table,
+           "roberta.embeddings.token_type_embeddings.weight": positions.new_zeros(1, d),
+           "roberta.embeddings.LayerNorm.weight": state[enc + "layernorm_embedding.weight"],
+           "roberta.embeddings.LayerNorm.bias": state[enc + "layernorm_embedding.bias"]}
+    for i in range(num_layers):
+        h, f = f"roberta.encoder.layer.{i}.", f"{enc}layers.{i}."
+        for ours, theirs in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
+            out[h + f"attention.self.{theirs}.weight"] = state[f + f"self_attn.{ours}.weight"]
+            out[h + f"attention.self.{theirs}.bias"] = state[f + f"self_attn.{ours}.bias"]
+        pairs = (("self_attn.out_proj", "attention.output.dense"),
+                 ("self_attn_layer_norm", "attention.output.LayerNorm"),
+                 ("fc1", "intermediate.dense"), ("fc2", "output.dense"),
+                 ("final_layer_norm", "output.LayerNorm"))
+        for ours, theirs in pairs:
+            out[h + theirs + ".weight"] = state[f + ours + ".weight"]
+            out[h + theirs + ".bias"] = state[f + ours + ".bias"]
+    for part in ("dense", "layer_norm"):
+        out[f"lm_head.{part}.weight"] = state[f"encoder.lm_head.{part}.weight"]
+        out[f"lm_head.{part}.bias"] = state[f"encoder.lm_head.{part}.bias"]
+    out["lm_head.bias"] = state["encoder.lm_head.bias"][index].clone()
+    out["lm_head.decoder.weight"] = out["roberta.embeddings.word_embeddings.weight"]
+    out["lm_head.decoder.bias"] = out["lm_head.bias"]
+    return out
+
+
+def check_positions(config) -> None:
+    if max_positions(config) < 1:
+        raise BridgeError(f"config.max_position_embeddings={config.max_position_embeddings} "
+                          f"leaves no position after the padding offset")
