@@ -9,6 +9,7 @@ from energy_lm.cli.errors import log_to_stdout, run_reporting_errors
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    from energy_lm.data.errors import PrepareError
     from energy_lm.hf.errors import BridgeError
     from energy_lm.hf.from_hf import TRAIN_ARGS, convert
 
@@ -29,7 +30,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     import energy_lm  # noqa: F401  (registrations and fairseq fixes for the build)
 
     result = run_reporting_errors("energy-lm-from-hf",
-                                  lambda: convert(args.src, args.out, args.force), BridgeError)
+                                  lambda: convert(args.src, args.out, args.force),
+                                  (BridgeError, PrepareError))
     print(f"{result['architecture']} -> {args.out}/model.pt; {result['agreement'].describe()}")
     print(f"fairseq-train flags of the architecture ({args.out}/{TRAIN_ARGS}): "
           f"{' '.join(result['train_args'])}")

@@ -6,6 +6,11 @@
     energy-lm-prepare wikitext103 --out DIR --download            # fetch raw + GPT-2 BPE
     energy-lm-prepare pile        --out DIR --train A.jsonl.zst --valid V.jsonl.zst \\
                                   --test T.jsonl.zst --gpt2-dir GPT2
+    energy-lm-prepare text        --out DIR --train A.txt --valid V.jsonl --tokenizer-from M
+
+`--tokenizer-from M` (text, and instead of the GPT-2 files for wikitext103 and pile)
+encodes with the tokenizer of a model imported by energy-lm-from-hf into M and binarizes
+with its dict.txt, so the data fits that model; data-bin/ then carries the tokenizer files.
 
 Each writes DIR/text/{split}.bpe (one document per line, BPE ids) and binarizes them
 with `fairseq-preprocess --only-source` into DIR/data-bin. One document per line
@@ -180,10 +185,9 @@ def fetch_gpt2_bpe(cache: Path, urls: Dict[str, str] = GPT2_BPE_URLS) -> Path:
     return cache
 
 
-def prepare_wikitext103(out: Path, raw_dir: Path, gpt2_dir: Path, workers: int = 1,
+def prepare_wikitext103(out: Path, raw_dir: Path, encode, workers: int = 1,
                         srcdict: Optional[Path] = None) -> Path:
     raw = _wikitext_raw_files(raw_dir)
-    encode = bpe.gpt2_encoder(gpt2_dir)
     docs = {split: wikitext_articles(utf8_lines(open(path, "rb"), path))
             for split, path in raw.items()}
     return binarize(_encode_splits(docs, encode, out / "text"), out / "data-bin",
@@ -214,15 +218,75 @@ def pile_documents(path: Path, max_documents: int = 0) -> Iterator[str]:
                     yield text
 
 
-def prepare_pile(out: Path, shards: Dict[str, List[Path]], gpt2_dir: Path, workers: int = 1,
+def prepare_pile(out: Path, shards: Dict[str, List[Path]], encode, workers: int = 1,
                  max_documents: int = 0, srcdict: Optional[Path] = None) -> Path:
-    encode = bpe.gpt2_encoder(gpt2_dir)
     docs = {split: (doc for path in paths for doc in pile_documents(path, max_documents))
             for split, paths in shards.items() if paths}
     if "train" not in docs:
         raise PrepareError("the Pile needs at least one --train shard")
     return binarize(_encode_splits(docs, encode, out / "text"), out / "data-bin",
                     workers=workers, srcdict=srcdict)
+
+
+# ---------------------------------------------------------------- plain text or JSONL
+def text_documents(path: Path) -> Iterator[str]:
+    """One document per line of a .txt file (empty lines skipped), or the "text" field
+    of each line of a .jsonl / .jsonl.zst file."""
+    if not path.is_file():
+        raise PrepareError(f"{path}: no such file")
+    if path.name.endswith((".jsonl", ".jsonl.zst")):
+        yield from pile_documents(path)
+        return
+    with open(path, "rb") as stream:
+        for line in utf8_lines(stream, path):
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield line
+
+
+def prepare_text(out: Path, shards: Dict[str, List[Path]], tokenizer_from: Path,
+                 workers: int = 1) -> Path:
+    encode, srcdict = tokenizer_encoder(tokenizer_from)
+    docs = {split: (doc for path in paths for doc in text_documents(path))
+            for split, paths in shards.items() if paths}
+    missing = [split for split in ("train", "valid") if split not in docs]
+    if missing:
+        raise PrepareError(f"text needs --{' and --'.join(missing)} files")
+    return binarize(_encode_splits(docs, encode, out / "text"), out / "data-bin",
+                    workers=workers, srcdict=srcdict)
+
+
+# ---------------------------------------------------------------- an imported model's tokenizer
+# what travels from the model folder into data-bin/: the tokenizer as transformers and
+# as fairseq's hub BPE read it, and the id <-> symbol map
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.json", "merges.txt")
+
+
+def tokenizer_encoder(folder: Path):
+    """(text -> dictionary symbols, dict.txt) of a folder made by energy-lm-from-hf."""
+    from tokenizers import Tokenizer
+
+    from energy_lm.data.hf_vocabulary import DICT_FILE, MAP_FILE, VocabularyMap
+
+    folder = Path(folder)
+    missing = [name for name in ("tokenizer.json", DICT_FILE, MAP_FILE)
+               if not (folder / name).is_file()]
+    if missing:
+        raise PrepareError(f"--tokenizer-from {folder}: no {', '.join(missing)} (a folder "
+                           f"made by energy-lm-from-hf has them)")
+    vocab = VocabularyMap.load(folder)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return (lambda text: vocab.symbols(tokenizer.encode(text, add_special_tokens=False).ids),
+            folder / DICT_FILE)
+
+
+def copy_tokenizer_files(folder: Path, data_bin: Path) -> None:
+    from energy_lm.data.hf_vocabulary import MAP_FILE
+
+    for name in TOKENIZER_FILES + (MAP_FILE,):
+        if (folder / name).is_file():
+            shutil.copy(folder / name, data_bin / name)
 
 
 # ---------------------------------------------------------------- command line
@@ -251,10 +315,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--packages", nargs="+", default=None, help="a subset of the packages")
     p.add_argument("--vocab-size", type=int, default=8000)
 
+    p = sub.add_parser("text", help="your own text (.txt: one document per line; .jsonl or "
+                       ".jsonl.zst: a \"text\" field per line) with an imported model's tokenizer")
+    common(p)
+    for split in SPLITS:
+        p.add_argument(f"--{split}", type=Path, nargs="+", default=[],
+                       help=f"{split} file(s)" + (" (optional)" if split == "test" else ""))
+    p.add_argument("--tokenizer-from", type=Path, required=True,
+                   help="a folder made by energy-lm-from-hf: its tokenizer and dict.txt")
+
     for name in ("wikitext103", "pile"):
-        p = sub.add_parser(name, help=f"{name} with GPT-2 BPE")
+        p = sub.add_parser(name, help=f"{name} with GPT-2 BPE (or an imported model's tokenizer)")
         common(p)
         p.add_argument("--gpt2-dir", type=Path, help="folder with encoder.json and vocab.bpe")
+        p.add_argument("--tokenizer-from", type=Path,
+                       help="a folder made by energy-lm-from-hf: encode with its tokenizer and "
+                            "dict.txt instead of GPT-2's files")
         p.add_argument("--download-gpt2", action="store_true",
                        help="download GPT-2's encoder.json/vocab.bpe into OUT/gpt2")
         p.add_argument("--srcdict", type=Path, help="existing fairseq dict.txt to reuse")
@@ -323,16 +399,33 @@ def _build(args, out: Path) -> Path:
         return prepare_embedded(out, args.vocab_size, args.max_documents, args.workers)
     if args.corpus == "debian":
         return prepare_debian(out, args.debs_dir, args.vocab_size, args.workers, args.packages)
-    gpt2_dir = fetch_gpt2_bpe(out / "gpt2") if args.download_gpt2 else args.gpt2_dir
-    if gpt2_dir is None:
-        raise PrepareError("give --gpt2-dir (with encoder.json, vocab.bpe) or --download-gpt2")
+    shards = {split: getattr(args, split) for split in SPLITS} if args.corpus != "wikitext103" \
+        else None
+    if args.corpus == "text":
+        data_bin = prepare_text(out, shards, args.tokenizer_from, args.workers)
+        copy_tokenizer_files(args.tokenizer_from, data_bin)
+        return data_bin
+    if args.tokenizer_from is not None:
+        if args.gpt2_dir or args.download_gpt2 or args.srcdict:
+            raise PrepareError("--tokenizer-from brings its own BPE and dict.txt: drop "
+                               "--gpt2-dir / --download-gpt2 / --srcdict")
+        encode, srcdict = tokenizer_encoder(args.tokenizer_from)
+    else:
+        gpt2_dir = fetch_gpt2_bpe(out / "gpt2") if args.download_gpt2 else args.gpt2_dir
+        if gpt2_dir is None:
+            raise PrepareError("give --gpt2-dir (with encoder.json, vocab.bpe), --download-gpt2 "
+                               "or --tokenizer-from")
+        encode, srcdict = bpe.gpt2_encoder(gpt2_dir), args.srcdict
     if args.corpus == "wikitext103":
         raw_dir = fetch_wikitext103(out / "raw", args.url) if args.download else args.raw_dir
         if raw_dir is None:
             raise PrepareError("give --raw-dir or --download")
-        return prepare_wikitext103(out, raw_dir, gpt2_dir, args.workers, args.srcdict)
-    shards = {split: getattr(args, split) for split in SPLITS}
-    return prepare_pile(out, shards, gpt2_dir, args.workers, args.max_documents, args.srcdict)
+        data_bin = prepare_wikitext103(out, raw_dir, encode, args.workers, srcdict)
+    else:
+        data_bin = prepare_pile(out, shards, encode, args.workers, args.max_documents, srcdict)
+    if args.tokenizer_from is not None:
+        copy_tokenizer_files(args.tokenizer_from, data_bin)
+    return data_bin
 
 
 def main(argv: Optional[List[str]] = None) -> Optional[Path]:

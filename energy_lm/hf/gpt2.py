@@ -25,7 +25,7 @@ from torch import Tensor
 
 from energy_lm.hf.errors import BridgeError
 from energy_lm.hf.unsupported import refuse
-from energy_lm.hf.vocabulary import VocabularyMap
+from energy_lm.data.hf_vocabulary import VocabularyMap
 
 # HF activation -> fairseq activation, where the two compute the same function
 ACTIVATIONS = {"gelu_new": "gelu_accurate", "gelu_pytorch_tanh": "gelu_accurate",

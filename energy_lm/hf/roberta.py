@@ -21,7 +21,7 @@ from torch import Tensor
 from energy_lm.hf.errors import BridgeError
 from energy_lm.hf.tokenizer_files import added_token_id
 from energy_lm.hf.unsupported import refuse
-from energy_lm.hf.vocabulary import VocabularyMap
+from energy_lm.data.hf_vocabulary import VocabularyMap
 
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_accurate", "gelu_pytorch_tanh": "gelu_accurate",
                "relu": "relu"}

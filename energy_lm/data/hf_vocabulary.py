@@ -13,7 +13,8 @@ source's special tokens that fairseq has a symbol of its own for:
   appends after dict.txt, where fairseq's RoBERTa has it.
 
 The map is saved beside dict.txt as `hf-vocab.json` (the source's vocabulary size and
-its special ids), so that `energy-lm-prepare text` and `energy-lm-to-hf` read it back.
+its special ids), so that `energy-lm-prepare ... --tokenizer-from` and `energy-lm-to-hf`
+read it back. (In data/, below the bridge: preparing a corpus needs it too.)
 """
 
 import json
@@ -24,7 +25,7 @@ from typing import Dict, List
 import torch
 from torch import Tensor
 
-from energy_lm.hf.errors import BridgeError
+from energy_lm.data.errors import PrepareError
 
 MAP_FILE = "hf-vocab.json"
 DICT_FILE = "dict.txt"
@@ -46,9 +47,9 @@ class VocabularyMap:
         ids = list(self.specials.values())
         unknown = set(self.specials) - set(FAIRSEQ_SPECIALS) - {MASK}
         if unknown:
-            raise BridgeError(f"no fairseq symbol for {sorted(unknown)}")
+            raise PrepareError(f"no fairseq symbol for {sorted(unknown)}")
         if len(set(ids)) != len(ids) or any(not 0 <= i < self.size for i in ids):
-            raise BridgeError(f"special token ids {self.specials} are not distinct ids of a "
+            raise PrepareError(f"special token ids {self.specials} are not distinct ids of a "
                               f"{self.size}-token vocabulary")
 
     def symbol(self, source_id: int) -> str:
@@ -84,8 +85,13 @@ class VocabularyMap:
         index = torch.tensor([dictionary.index(self.symbol(i)) for i in range(self.size)])
         if bool((index == dictionary.unk()).any()) and "<unk>" not in self.specials:
             missing = [i for i in range(self.size) if index[i] == dictionary.unk()]
-            raise BridgeError(f"the dictionary has no symbol for source ids {missing[:5]}")
+            raise PrepareError(f"the dictionary has no symbol for source ids {missing[:5]}")
         return index
+
+    def symbols(self, source_ids) -> List[str]:
+        """The dictionary symbols of a sequence of source ids."""
+        names = {i: name for name, i in self.specials.items()}
+        return [names.get(i) or str(i) for i in source_ids]
 
     def save(self, folder: Path) -> None:
         (folder / DICT_FILE).write_text("\n".join(self.dict_lines()) + "\n")
@@ -97,7 +103,7 @@ class VocabularyMap:
     def load(cls, folder: Path) -> "VocabularyMap":
         path = Path(folder) / MAP_FILE
         if not path.is_file():
-            raise BridgeError(f"{folder} has no {MAP_FILE} (made by energy-lm-from-hf)")
+            raise PrepareError(f"{folder} has no {MAP_FILE} (made by energy-lm-from-hf)")
         saved = json.loads(path.read_text())
         return cls(int(saved["size"]), {k: int(v) for k, v in saved["specials"].items()},
                    int(saved.get("pad_to", 1)))
