@@ -24,11 +24,13 @@ class Agreement:
     positions: int
     masked_mass: float    # total probability of the masked symbols (0 when exact)
     dtype: torch.dtype
+    what: str = "max |log p - log p_hf|"
 
     def describe(self) -> str:
         name = str(self.dtype).replace("torch.", "")
-        return (f"max |log p - log p_hf| = {self.max_abs_diff:.2e} over {self.positions} "
-                f"positions x the source vocabulary ({name}, measured on a probe text)")
+        over = ("the source vocabulary" if "log p" in self.what else "the hidden size")
+        return (f"{self.what} = {self.max_abs_diff:.2e} over {self.positions} positions x "
+                f"{over} ({name}, measured on a probe text)")
 
     def check(self) -> "Agreement":
         if not self.max_abs_diff <= TOLERANCE[self.dtype] or self.masked_mass != 0.0:
@@ -75,11 +77,17 @@ def causal(ours, theirs, source_ids: List[int], eos: int, index: Tensor,
 def masked(ours, theirs, source_ids: List[int], bos: int, eos: int, mask: int,
            index: Tensor, dtype=torch.float32) -> Agreement:
     """ours: roberta_energy; theirs: RobertaForMaskedLM; <s> ids </s>, every third
-    token replaced by <mask>; every position's log-probs compared."""
+    token replaced by <mask>; every position's log-probs compared. A source without an LM
+    head (RobertaModel) is compared by its final states instead (max |h - h_hf|)."""
     ours, theirs = ours.to(dtype).eval(), theirs.to(dtype).eval()
     body = [mask if k % 3 == 1 else t for k, t in enumerate(source_ids)]
     ids = torch.tensor([[bos] + body + [eos]])
-    want = _source_log_probs(theirs(input_ids=ids).logits[0])
+    output = theirs(input_ids=ids)
+    if not hasattr(output, "logits"):  # the trunk alone
+        states = ours(index[ids], features_only=True)[0][0]
+        diff = float((states.double() - output.last_hidden_state[0].double()).abs().max())
+        return Agreement(diff, ids.size(1), 0.0, dtype, "max |h - h_hf|")
+    want = _source_log_probs(output.logits[0])
     got = _source_log_probs(ours(index[ids])[0][0])
     diff = float((got[:, index] - want).abs().max())
     return Agreement(diff, ids.size(1), 0.0, dtype)

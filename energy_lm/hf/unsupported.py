@@ -17,7 +17,8 @@ def missing_features(config) -> List[str]:
     """Features of today's architectures that energy_lm lacks (issue 39 brings them),
     each with the field that asks for it."""
     found = []
-    for name in ("rope_theta", "rotary_pct", "rotary_dim", "rotary_emb_base"):
+    for name in ("rope_parameters", "rope_theta", "rope_scaling", "rotary_pct", "rotary_dim",
+                 "rotary_emb_base"):
         if _get(config, name) is not None:
             found.append(f"rotary positions (config.{name})")
             break
@@ -50,7 +51,7 @@ def architecture_of(config) -> str:
     model_type = _get(config, "model_type")
     shown = ", ".join(names) or f"model_type {model_type!r}"
     missing = missing_features(config)
-    reason = (f"energy_lm has no {'; no '.join(missing)}" if missing else
+    reason = (f"energy_lm's architectures lack {', '.join(missing)}" if missing else
               "energy_lm has no converter for it")
     raise BridgeError(f"{shown}: {reason}; energy-lm-from-hf converts "
                       f"{', '.join(SUPPORTED)} (config.architectures)")
