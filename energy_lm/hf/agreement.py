@@ -3,7 +3,8 @@ what both bridge commands measure before they write anything, and what the tests
 assert (at <= 1e-5 in float32, <= 1e-10 in float64).
 
 The log-probs are compared over the source vocabulary: fairseq's row `index[i]` against
-HF's token i. A causal model's masked symbols must carry probability exactly 0."""
+HF's token i. A causal model's masked symbols, and HF tokens past `len(index)` (BPE
+tokens an exported dictionary has no row for), must carry probability exactly 0."""
 
 from dataclasses import dataclass
 from typing import Dict, List
@@ -46,8 +47,8 @@ def probe_ids(tokenizer: Dict, size: int, length: int = 24) -> List[int]:
 
     from tokenizers import Tokenizer
 
-    ids = Tokenizer.from_str(json.dumps(tokenizer)).encode(
-        PROBE_TEXT, add_special_tokens=False).ids[:length]
+    ids = [i for i in Tokenizer.from_str(json.dumps(tokenizer)).encode(
+        PROBE_TEXT, add_special_tokens=False).ids if i < size][:length]
     spread = [(7919 * k + 3) % size for k in range(length - len(ids))]
     return ids + spread
 
@@ -68,8 +69,8 @@ def causal(ours, theirs, source_ids: List[int], eos: int, index: Tensor,
     got_all = _source_log_probs(logits)
     masked = torch.ones(logits.size(-1), dtype=torch.bool)
     masked[index] = False
-    mass = float(got_all[:, masked].exp().sum()) if masked.any() else 0.0
-    diff = float((got_all[:, index] - want).abs().max())
+    mass = float(got_all[:, masked].exp().sum()) + _beyond(want, index)
+    diff = float((got_all[:, index] - want[:, :len(index)]).abs().max())
     return Agreement(diff, ids.size(1), mass, dtype)
 
 
@@ -89,5 +90,10 @@ def masked(ours, theirs, source_ids: List[int], bos: int, eos: int, mask: int,
         return Agreement(diff, ids.size(1), 0.0, dtype, "max |h - h_hf|")
     want = _source_log_probs(output.logits[0])
     got = _source_log_probs(ours(index[ids])[0][0])
-    diff = float((got[:, index] - want).abs().max())
-    return Agreement(diff, ids.size(1), 0.0, dtype)
+    diff = float((got[:, index] - want[:, :len(index)]).abs().max())
+    return Agreement(diff, ids.size(1), _beyond(want, index), dtype)
+
+
+def _beyond(want: Tensor, index: Tensor) -> float:
+    """HF's probability of its tokens past the compared ones (0 when exact)."""
+    return float(want[:, len(index):].exp().sum()) if want.size(-1) > len(index) else 0.0

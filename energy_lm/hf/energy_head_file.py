@@ -14,6 +14,10 @@ from energy_lm.modules.energy_head import ENERGY_HEAD_CHOICES
 ENERGY_KEY = "energy_lm"
 ENERGY_FILE = "energy_head.safetensors"
 ENTRY_FORMAT = 1
+# beside the head's tensors: a causal model's learned-position row of the energy (the
+# row one past the LM's positions, where a block's last target is scored), which GPT-2's
+# position table has no room for
+ENERGY_POSITION = "energy_position"
 
 
 def energy_entry(kind: str, reads: str) -> Dict:

@@ -23,7 +23,7 @@ import torch
 
 from energy_lm.hf import agreement, fairseq_checkpoint, gpt2, roberta
 from energy_lm.hf.dependency import require
-from energy_lm.hf.energy_head_file import ENERGY_KEY, read_energy_head
+from energy_lm.hf.energy_head_file import ENERGY_KEY, ENERGY_POSITION, read_energy_head
 from energy_lm.hf.errors import BridgeError
 from energy_lm.hf.folders import check_target, staged_folder
 from energy_lm.hf.tokenizer_files import (
@@ -96,10 +96,9 @@ def convert(src: str, out: Path, force: bool = False) -> Dict:
 
             shutil.rmtree(tok_dir)
         args = family.train_args(config)
-        energy_state = None
-        if energy is not None:
-            kind, energy_state = read_energy_head(folder, energy)
-            args += ["--energy-head", kind]
+        kind, energy_state = read_energy_head(folder, energy) if energy is not None else \
+            ("seed", None)  # the default head, starting at E = 0
+        args += ["--energy-head", kind]
         source = _load_source(folder, arch)
         if family is gpt2:
             length, rows = gpt2.positions_of(config)
@@ -119,6 +118,9 @@ def convert(src: str, out: Path, force: bool = False) -> Dict:
                 logger.warning("%s has no LM head (RobertaModel): the MLM head is new "
                                "(fairseq's initialisation); its pooler is not carried over", arch)
         if energy_state is not None:
+            position = energy_state.pop(ENERGY_POSITION, None)
+            if position is not None and family is gpt2:  # the energy's own position row
+                state["decoder.embed_positions.weight"][-position.size(0):] = position
             state.update({"energy_head." + k: v for k, v in energy_state.items()})
         fairseq_checkpoint.load_converted(model, state)
         ids = agreement.probe_ids(tokenizer, vocab.size)
