@@ -30,6 +30,11 @@ import torch
 from torch import Tensor, nn
 
 ENERGY_HEAD_CHOICES = ("linear", "rich", "seed")
+# log q of a token the LM cannot propose (padding in a scored slot, a symbol an imported
+# model masks: `--output-mask specials`) is the dtype's lowest value; the heads that read
+# log q floor it here, so that E stays finite (measured: an imported GPT-2's padded
+# validation batch gave E = nan without it). Real log-probabilities are far above it.
+LOG_Q_FLOOR = -1e4
 
 
 class EnergyHead(nn.Module):
@@ -78,8 +83,10 @@ class EnergyHead(nn.Module):
         acc = torch.promote_types(state.dtype, torch.float32)
         if self.needs_context and (context is None or log_q is None):
             raise ValueError(f"the {self.kind} energy head needs the context state and log q")
+        if log_q is not None:
+            log_q = log_q.detach().clamp_min(LOG_Q_FLOOR)
         if self.kind == "seed":
-            lq = log_q.detach().to(state.dtype).unsqueeze(-1)
+            lq = log_q.to(state.dtype).unsqueeze(-1)
             ctx = self.context_proj(self.state_norm(context)) + lq * self.context_log_q
             tok = self.token_proj(self.state_norm(state)) + lq * self.token_log_q
             return (ctx * tok).sum(-1).to(acc) * self.scale

@@ -77,3 +77,21 @@ def test_context_heads_refuse_a_call_without_context():
 def test_unknown_head_is_one_clear_error():
     with pytest.raises(ValueError, match="choose one of linear, rich, seed"):
         EnergyHead(4, "cubic")
+
+
+@pytest.mark.parametrize("kind", ["seed", "rich"])
+def test_the_log_q_of_an_impossible_token_leaves_the_energy_finite(kind):
+    """Padding in a scored slot, or a symbol an imported model masks, has log q = the
+    dtype's lowest value: floored in the head, E stays finite (an imported GPT-2's padded
+    validation batch gave E = nan before)."""
+    torch.manual_seed(0)
+    head = EnergyHead(8, kind)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_()
+    state, context = torch.randn(3, 8), torch.randn(3, 8)
+    log_q = torch.tensor([-2.0, torch.finfo(torch.float32).min, -7.0])
+    energy = head(state, context, log_q)
+    assert torch.isfinite(energy).all()
+    real = head(state[[0, 2]], context[[0, 2]], log_q[[0, 2]])
+    assert torch.equal(energy[[0, 2]], real)  # real log-probabilities are not touched
