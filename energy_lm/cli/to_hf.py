@@ -24,6 +24,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("out", type=Path, help="the output folder (must be empty or absent)")
     parser.add_argument("--data", type=Path, help="the data-bin the model was trained on (its "
                         "dict.txt and BPE files); default: the one the checkpoint names")
+    parser.add_argument("--mode", choices=("lm", "mlm", "add_head"), default="lm",
+                        help="lm (default): the model with its head; mlm: the trunk alone "
+                             "(AutoModel); add_head: the trunk with a new LM head copied from "
+                             "the input embedding rows (as energy-lm-add-head), for a headless "
+                             "(CWT) checkpoint")
     parser.add_argument("--force", action="store_true", help="replace a non-empty OUT")
     args = parser.parse_args(argv)
     import energy_lm  # noqa: F401  (registrations and fairseq fixes for the load)
@@ -32,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     from energy_lm.hf.to_hf import convert
 
     result = run_reporting_errors(
-        "energy-lm-to-hf", lambda: convert(args.checkpoint, args.out, args.data, args.force),
+        "energy-lm-to-hf", lambda: convert(args.checkpoint, args.out, args.data, args.force, args.mode),
         (BridgeError, PrepareError))
     print(f"{args.checkpoint} -> {args.out} ({result['architecture']}); "
           f"{result['agreement'].describe()}")

@@ -75,6 +75,19 @@ def causal(ours, theirs, source_ids: List[int], eos: int, index: Tensor,
 
 
 @torch.no_grad()
+def causal_states(ours, theirs, source_ids: List[int], eos: int, index: Tensor,
+                  dtype=torch.float32) -> Agreement:
+    """ours: transformer_lm_energy; theirs: a HF causal trunk (GPT2Model): the final
+    (normed) states, max |h - h_hf|."""
+    ours, theirs = ours.to(dtype).eval(), theirs.to(dtype).eval()
+    ids = torch.tensor([[eos] + source_ids])
+    states = ours(index[ids], features_only=True)[0][0]
+    want = theirs(input_ids=ids).last_hidden_state[0]
+    diff = float((states.double() - want.double()).abs().max())
+    return Agreement(diff, ids.size(1), 0.0, dtype, "max |h - h_hf|")
+
+
+@torch.no_grad()
 def masked(ours, theirs, source_ids: List[int], bos: int, eos: int, mask: int,
            index: Tensor, dtype=torch.float32) -> Agreement:
     """ours: roberta_energy; theirs: RobertaForMaskedLM; <s> ids </s>, every third

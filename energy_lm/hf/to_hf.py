@@ -15,6 +15,10 @@ log-probs; the energy head beside it (energy_lm.hf.energy_head_file).
 - a BPE token the training data never produced has no dictionary row: it gets an HF id
   after the dictionary's, the input row of <unk> and probability exactly 0
   (energy_lm.hf.tokenizer_export says why the tokenizer needs it).
+Modes, as the headless (CWT) workflow publishes its checkpoints: `lm` (default) the
+model with its head; `mlm` the trunk alone (`GPT2Model` / `RobertaModel`, `AutoModel`);
+`add_head` the trunk with a fresh LM head made as energy-lm-add-head makes one (a copy
+of the input embedding rows as the trunk saw them), for a CE fine-tune in transformers.
 The dictionary comes from --data, else from the data folder the checkpoint names.
 """
 
@@ -43,6 +47,7 @@ from energy_lm.hf.tokenizer_files import read_tokenizer
 
 logger = logging.getLogger("energy_lm.to_hf")
 LM_HEAD_FILE = "lm_head.safetensors"
+MODES = ("lm", "mlm", "add_head")
 
 
 def _data_folder(checkpoint: Path, data: Optional[Path]) -> Path:
@@ -98,6 +103,14 @@ def _input_rows(trunk, args) -> Tensor:
     return weight * trunk.embed_scale if hasattr(trunk, "embed_scale") else weight
 
 
+def _fresh_head_rows(trunk, args) -> Tensor:
+    """energy-lm-add-head's new head: the input embedding rows as the trunk saw them
+    (L2-normalised when the model normalises them), no scale, no bias."""
+    weight = trunk.embed_tokens.weight.detach()
+    return F.normalize(weight, dim=-1) if str(getattr(args, "embed_norm", "none")) == "l2" \
+        else weight.clone()
+
+
 def _output_rows(head) -> Tuple[Tensor, Optional[Tensor]]:
     """(W, bias) with logits = features @ W.T + bias, for a tied/untied Linear or a CLAP head."""
     from energy_lm.modules.clap import ClapHead
@@ -134,8 +147,9 @@ def _absent_head_rows(norm_weight: Tensor, norm_bias: Tensor, rows: int) -> Tens
     return row.to(norm_weight.dtype).expand(rows, -1).clone()
 
 
-def _gpt2_export(model, args, index: Tensor, specials: Dict[str, int], absent: int):
-    from transformers import GPT2Config, GPT2LMHeadModel
+def _gpt2_export(model, args, index: Tensor, specials: Dict[str, int], absent: int,
+                 mode: str):
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
     dec = model.decoder
     reasons = []
@@ -159,7 +173,8 @@ def _gpt2_export(model, args, index: Tensor, specials: Dict[str, int], absent: i
     positions = dec.max_positions()
     state = {k: v.detach() for k, v in model.state_dict().items()}
     wte = _input_rows(dec, args)
-    head, bias = _output_rows(dec.output_projection)
+    head, bias = (_fresh_head_rows(dec, args), None) if mode == "add_head" else \
+        _output_rows(dec.output_projection)
     tied = torch.equal(wte, head) and not absent
     state["decoder.embed_tokens.weight"] = wte
     state["decoder.output_projection.weight"] = head
@@ -176,15 +191,21 @@ def _gpt2_export(model, args, index: Tensor, specials: Dict[str, int], absent: i
         activation_function=gpt2.TO_HF_ACTIVATION[args.activation_fn],
         layer_norm_epsilon=float(args.layer_norm_eps), resid_pdrop=float(args.dropout),
         embd_pdrop=float(args.dropout), attn_pdrop=float(args.attention_dropout),
-        tie_word_embeddings=tied, architectures=["GPT2LMHeadModel"],
+        tie_word_embeddings=tied,
+        architectures=["GPT2Model" if mode == "mlm" else "GPT2LMHeadModel"],
         bos_token_id=specials["</s>"], eos_token_id=specials["</s>"],
         pad_token_id=specials.get("<pad>"))
     hf = GPT2LMHeadModel(config)
+    if mode == "mlm":  # the trunk alone
+        hf = GPT2Model(config)
+        hf_state = {k[len("transformer."):]: v for k, v in hf_state.items()
+                    if k.startswith("transformer.")}
     extra = {ENERGY_POSITION: state["decoder.embed_positions.weight"][2 + positions:]}
     return hf, hf_state, extra
 
 
-def _roberta_export(model, args, index: Tensor, specials: Dict[str, int], absent: int):
+def _roberta_export(model, args, index: Tensor, specials: Dict[str, int], absent: int,
+                    mode: str):
     from transformers import RobertaConfig, RobertaForMaskedLM, RobertaModel
 
     from energy_lm.modules.clap import ClapHead, LinearHead
@@ -202,7 +223,7 @@ def _roberta_export(model, args, index: Tensor, specials: Dict[str, int], absent
     if reasons:
         raise BridgeError("RobertaModel cannot represent " + "; ".join(reasons))
     head = model.encoder.lm_head
-    own_head = not isinstance(head, (ClapHead, LinearHead))
+    own_head = not isinstance(head, (ClapHead, LinearHead)) and mode == "lm"
     words = _input_rows(enc, args)
     if own_head and not torch.equal(words, head.weight.detach()):
         raise BridgeError("RobertaForMaskedLM ties its head to the input embedding, which this "
@@ -246,15 +267,20 @@ def _roberta_export(model, args, index: Tensor, specials: Dict[str, int], absent
         hf = RobertaModel(config)
         hf_state = {k[len("roberta."):]: v for k, v in hf_state.items() if k.startswith("roberta.")}
         hf_state.update({"pooler.dense.weight": torch.zeros(d, d), "pooler.dense.bias": torch.zeros(d)})
-        weight, bias = _output_rows(head)
-        bias = torch.zeros(len(index)) if bias is None else bias.detach()[index]
-        extra["lm_head.weight"] = torch.cat([weight[index], weight.new_zeros(absent, d)])
-        extra["lm_head.bias"] = torch.cat([bias, torch.full((absent,), ABSENT_LOGIT)])
+        if mode != "mlm":
+            weight, bias = (_fresh_head_rows(enc, args), None) if mode == "add_head" else \
+                _output_rows(head)
+            bias = torch.zeros(len(index)) if bias is None else bias.detach()[index]
+            extra["lm_head.weight"] = torch.cat([weight[index], weight.new_zeros(absent, d)])
+            extra["lm_head.bias"] = torch.cat([bias, torch.full((absent,), ABSENT_LOGIT)])
     return hf, hf_state, extra
 
 
-def convert(checkpoint: Path, out: Path, data: Optional[Path] = None, force: bool = False) -> Dict:
+def convert(checkpoint: Path, out: Path, data: Optional[Path] = None, force: bool = False,
+            mode: str = "lm") -> Dict:
     require()
+    if mode not in MODES:
+        raise BridgeError(f"--mode {mode!r}: choose one of {', '.join(MODES)}")
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise BridgeError(f"checkpoint not found: {checkpoint}")
@@ -268,7 +294,7 @@ def convert(checkpoint: Path, out: Path, data: Optional[Path] = None, force: boo
     specials = _special_ids(vocab, dictionary)
     absent = count_absent(data, dictionary) if vocab is None else 0
     hf, hf_state, extra = (_gpt2_export if causal else _roberta_export)(model, args, index,
-                                                                        specials, absent)
+                                                                        specials, absent, mode)
     missing, unexpected = hf.load_state_dict(hf_state, strict=False)
     missing = [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias"))]
     if missing or unexpected:
@@ -294,30 +320,30 @@ def convert(checkpoint: Path, out: Path, data: Optional[Path] = None, force: boo
             copy_source_tokenizer(data, stage)
         else:
             build_tokenizer(data, dictionary, stage, family)
-        measured = _check(model, stage, vocab, index, dictionary, causal)
-        if extra:
+        measured = _check(model, stage, vocab, index, dictionary, causal, mode)
+        if extra and mode == "lm":
             logger.warning("the model's head is not RoBERTa's: %s holds the trunk "
                            "(RobertaModel) and %s the head (logits = h @ weight.T + bias)",
                            out, LM_HEAD_FILE)
     return {"architecture": hf.config.architectures[0], "agreement": measured}
 
 
-def _check(model, stage: Path, vocab, index: Tensor, dictionary, causal: bool):
-    """Load the folder with stock transformers and compare its log-probs with ours."""
+def _check(model, stage: Path, vocab, index: Tensor, dictionary, causal: bool, mode: str):
+    """Load the folder with stock transformers and compare it with ours: the log-probs
+    (mode lm, where transformers has the head), else the trunk's final states."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
     tokenizer = read_tokenizer(stage)
-    size = len(index)
-    ids = agreement.probe_ids(tokenizer, size)
-    if causal:
-        hf = AutoModelForCausalLM.from_pretrained(str(stage), dtype=torch.float32)
-        eos = vocab.specials["</s>"] if vocab is not None else dictionary.eos()
-        return agreement.causal(model, hf, ids, eos, index).check()
+    ids = agreement.probe_ids(tokenizer, len(index))
     arch = json.loads((stage / "config.json").read_text())["architectures"][0]
+    specials = _special_ids(vocab, dictionary)
+    if causal:
+        if arch == "GPT2LMHeadModel" and mode == "lm":
+            hf = AutoModelForCausalLM.from_pretrained(str(stage), dtype=torch.float32)
+            return agreement.causal(model, hf, ids, specials["</s>"], index).check()
+        hf = AutoModel.from_pretrained(str(stage), dtype=torch.float32)  # the trunk
+        return agreement.causal_states(model, hf, ids, specials["</s>"], index).check()
     loader = AutoModelForMaskedLM if arch == "RobertaForMaskedLM" else AutoModel
     hf = loader.from_pretrained(str(stage), dtype=torch.float32)
-    specials = vocab.specials if vocab is not None else {
-        "<s>": dictionary.bos(), "</s>": dictionary.eos(), "<mask>": dictionary.index("<mask>")}
     return agreement.masked(model, hf, ids, specials["<s>"], specials["</s>"],
                             specials["<mask>"], index).check()
-

@@ -173,3 +173,30 @@ def test_a_checkpoint_without_its_dictionary_is_refused(gpt2_import, tmp_path):
     with pytest.raises(BridgeError, match="no dictionary .* give --data"):
         to_hf(tmp_path / "lost" / "model.pt", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("family", ["lm", "mlm"])
+def test_a_headless_checkpoint_goes_out_as_trunk_or_with_a_fresh_head(data_bin, tmp_path, family):
+    """--mode mlm: the trunk alone; --mode add_head: the trunk with energy-lm-add-head's
+    new head (the L2-normalised input rows of a CLAP model), as the headless workflow
+    publishes them."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    task, arch = (("language_modeling", "transformer_lm_clap_tiny") if family == "lm" else
+                  ("masked_lm", "roberta_clap_tiny"))
+    model, path = _own_checkpoint(data_bin, tmp_path, task, ["--arch", arch, *SMALL[family]])
+    trunk_only = to_hf(path, tmp_path / "mlm", data=data_bin, mode="mlm")
+    assert trunk_only["agreement"].max_abs_diff <= 1e-5 and "h - h_hf" in trunk_only["agreement"].what
+    config = json.loads((tmp_path / "mlm" / "config.json").read_text())
+    assert config["architectures"] == ["GPT2Model" if family == "lm" else "RobertaModel"]
+    assert not (tmp_path / "mlm" / "lm_head.safetensors").exists()
+    AutoModel.from_pretrained(str(tmp_path / "mlm"))
+    to_hf(path, tmp_path / "head", data=data_bin, mode="add_head")
+    trunk = model.trunk
+    rows = torch.nn.functional.normalize(trunk.embed_tokens.weight.detach(), dim=-1)
+    if family == "lm":
+        hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "head"))
+        head = hf.lm_head.weight.detach()[:rows.size(0)]
+    else:
+        head = load_file(str(tmp_path / "head" / "lm_head.safetensors"))["lm_head.weight"][:rows.size(0)]
+    assert torch.equal(head, rows)
