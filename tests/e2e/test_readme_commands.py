@@ -52,7 +52,8 @@ def scaled_down(argv, tmp_path):
     if tool == "fairseq-train":
         extra = ["--max-update", "2", "--batch-size", "2", "--num-workers", "0",
                  "--max-valid-steps", "4"]  # validation runs, on its first batches
-        arch = argv[argv.index("--arch") + 1]
+        # an imported model's flags come from its train-args.txt: "$(cat ...)"
+        arch = argv[argv.index("--arch") + 1] if "--arch" in argv else ""
         if arch.endswith(("_base", "_large")):
             extra += SMALL_ENCODER if arch.startswith("roberta") else SMALL_DECODER
         return extra
@@ -102,7 +103,9 @@ def test_every_readme_command_runs_as_written(tmp_path):
     # the README's path: data, every criterion, evaluation, the hub, hydra, adaptation
     assert tools.count("fairseq-train") >= 6 and "fairseq-hydra-train" in tools
     assert {"make", "energy-lm-prepare", "energy-lm-add-head", "fairseq-eval-lm",
-            "energy-lm-eval-elm", "python"} <= set(tools)
+            "energy-lm-eval-elm", "python", "energy-lm-from-hf", "energy-lm-to-hf"} <= set(tools)
     assert len(skipped) == len(NOT_RUN), skipped  # nothing else is skipped
-    for save_dir in ("mlm-monarc", "lm-nce", "headless", "headed", "stock-lm-monarc"):
+    assert (tmp_path / "gpt2-monarc" / "energy_head.safetensors").is_file()
+    for save_dir in ("mlm-monarc", "lm-nce", "headless", "headed", "stock-lm-monarc",
+                     "gpt2-monarc"):
         assert (tmp_path / "runs" / save_dir / "checkpoint_last.pt").is_file(), save_dir

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from conftest import error_line, run_cli
+from conftest import error_line, load_script, run_cli
 from hf_models import (  # noqa: F401  (fixtures)
     gpt2_import, load_fairseq, roberta_import, save_gpt2, save_roberta)
 
@@ -93,59 +93,13 @@ def test_masked_symbols_are_never_proposed_as_candidates(gpt2_import):
     assert not torch.isin(out_pass.cand_tokens, unused).any()
 
 
-# each pitfall of the GPT-2 conversion, applied to a correct import: the agreement it
-# leaves must be far from exact (so the check, and the exactness test, would catch it)
-def _no_version(model):
-    state = model.state_dict()
-    del state["decoder.version"]
-    model.upgrade_state_dict_named(state, "")  # fairseq's upgrade drops the final norm
-    model.decoder.layer_norm = None if "decoder.layer_norm.weight" not in state else \
-        model.decoder.layer_norm
+# each pitfall of the GPT-2 conversion (benchmarks/hf_bridge.py, which prints their
+# cost), applied to a correct import: the agreement it leaves must be far from exact, so
+# the import's check and the exactness tests above would catch it
+PITFALLS = load_script("benchmarks/hf_bridge.py").PITFALLS
 
 
-def _scaled_embedding(model):
-    model.decoder.embed_scale = math.sqrt(model.decoder.embed_dim)
-
-
-def _conv1d_reshaped(model):
-    # GPT-2's Conv1D weight (in, out) reshaped to (out, in) instead of transposed
-    fc1 = model.decoder.layers[0].fc1
-    with torch.no_grad():
-        conv1d = fc1.weight.t().clone()  # (in, out), as GPT-2 stores it
-        fc1.weight.copy_(conv1d.reshape(fc1.weight.shape))
-
-
-def _positions_without_offset(model):
-    with torch.no_grad():
-        table = model.decoder.embed_positions.weight
-        table.copy_(torch.roll(table, -2, 0))
-
-
-def _eos_row_zero(model):
-    with torch.no_grad():
-        model.decoder.embed_tokens.weight[model.decoder.dictionary.eos()].zero_()
-
-
-def _erf_gelu(model):
-    from fairseq import utils
-
-    for layer in model.decoder.layers:
-        layer.activation_fn = utils.get_activation_fn("gelu")
-
-
-def _eps(model):
-    from energy_lm.modules.layers import set_layer_norm_eps
-
-    set_layer_norm_eps(model.decoder, 1e-6)  # the source has 1e-5
-
-
-def _no_mask(model):
-    model.decoder.unused_symbols = None
-
-
-@pytest.mark.parametrize("mistake", [_no_version, _scaled_embedding, _conv1d_reshaped,
-                                     _positions_without_offset, _eos_row_zero, _erf_gelu,
-                                     _eps, _no_mask])
+@pytest.mark.parametrize("mistake", PITFALLS, ids=[m.__name__ for m in PITFALLS])
 def test_each_gpt2_pitfall_is_caught(gpt2_import, mistake):
     source, _, out = gpt2_import
     model, _ = load_fairseq(out)
