@@ -115,8 +115,12 @@ def convert(src: str, out: Path, force: bool = False) -> Dict:
             head = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.lm_head.")}
             state = roberta.to_fairseq(source.state_dict(), config, index, len(dictionary), head)
             if "lm_head.dense.weight" not in source.state_dict():
+                beside = (" (lm_head.safetensors, the CLAP or linear head energy-lm-to-hf "
+                          "wrote beside it, is not read back)"
+                          if (folder / "lm_head.safetensors").is_file() else "")
                 logger.warning("%s has no LM head (RobertaModel): the MLM head is new "
-                               "(fairseq's initialisation); its pooler is not carried over", arch)
+                               "(fairseq's initialisation)%s; its pooler is not carried over",
+                               arch, beside)
         if energy_state is not None:
             position = energy_state.pop(ENERGY_POSITION, None)
             if position is not None and family is gpt2:  # the energy's own position row

@@ -45,6 +45,9 @@ def test_import_prepare_adapt_export_reimport(corpus_dir, tmp_path):
     first = update_record(monarc.stdout, 1)
     assert first["lm_loss"] == update_record(ce.stdout, 1)["loss"]  # the source's CE
     assert float(first["ebm_loss"]) == 0 and first["elm_loss"] == first["lm_loss"]
+    evaluated = run_cli("fairseq-eval-lm", data, "--path", imported / "model.pt", "--gen-subset",
+                        "valid", "--tokens-per-sample", "32", "--max-sentences", "8")
+    assert "Loss (base 2)" in evaluated.stdout + evaluated.stderr
     checkpoint = tmp_path / "monarc" / "checkpoint_last.pt"
     run_cli("energy-lm-to-hf", checkpoint, tmp_path / "hf")  # the dictionary: the run's data
     # stock transformers gives the adapted model's log-probs

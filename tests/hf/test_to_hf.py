@@ -91,6 +91,7 @@ def _fairseq_ids(data_bin, text):
 
 @pytest.mark.parametrize("arch,extra", [
     ("transformer_lm_clap_tiny", []),                        # CLAP head, sqrt(d) scale, l2 rows
+    ("transformer_lm_clap_tiny", ["--untied-head"]),         # an untied Linear head
     ("transformer_lm_energy", ["--decoder-normalize-before", "--decoder-learned-pos",
                                "--share-decoder-input-output-embed", "--activation-fn",
                                "gelu_accurate", "--decoder-input-dim", "32",
@@ -200,3 +201,14 @@ def test_a_headless_checkpoint_goes_out_as_trunk_or_with_a_fresh_head(data_bin, 
     else:
         head = load_file(str(tmp_path / "head" / "lm_head.safetensors"))["lm_head.weight"][:rows.size(0)]
     assert torch.equal(head, rows)
+
+
+def test_without_transformers_the_commands_say_how_to_install_it(monkeypatch):
+    from energy_lm.hf import dependency
+
+    real = dependency.find_spec
+    monkeypatch.setattr(dependency, "find_spec",
+                        lambda name: None if name == "transformers" else real(name))
+    with pytest.raises(BridgeError, match=r"transformers not installed: pip install "
+                                          r"'energy-lm\[hf\]'"):
+        dependency.require()

@@ -1,0 +1,53 @@
+"""energy-lm-prepare with an imported model's tokenizer (`--tokenizer-from OUT`): the
+documents are encoded by the source's own tokenizer into OUT's dictionary, and data-bin/
+carries the tokenizer files (what energy-lm-to-hf reads back)."""
+
+import json
+
+import pytest
+
+from hf_models import gpt2_import  # noqa: F401
+
+from energy_lm.data.errors import PrepareError
+from energy_lm.data.hf_vocabulary import VocabularyMap
+from energy_lm.data.prepare import main
+
+DOCS = ["The parser reads the arguments and the encoder writes JSON.",
+        "Text is wrapped at the given width; a logger records events.",
+        "A literal <|endoftext|> inside a document is the end-of-text token."]
+
+
+def test_text_and_jsonl_are_encoded_by_the_source_tokenizer(gpt2_import, tmp_path):
+    from fairseq.data import Dictionary
+    from transformers import AutoTokenizer
+
+    _, src, out = gpt2_import
+    (tmp_path / "train.txt").write_text("\n".join(DOCS) + "\n\n")
+    (tmp_path / "valid.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+    data_bin = main(["text", "--out", str(tmp_path / "c"), "--train", str(tmp_path / "train.txt"),
+                     "--valid", str(tmp_path / "valid.jsonl"), "--tokenizer-from", str(out)])
+    assert (data_bin / "dict.txt").read_text() == (out / "dict.txt").read_text()
+    for name in ("tokenizer.json", "hf-vocab.json", "vocab.json", "merges.txt"):
+        assert (data_bin / name).is_file()
+    tokenizer = AutoTokenizer.from_pretrained(str(src))
+    vocab = VocabularyMap.load(out)
+    lines = (tmp_path / "c" / "text" / "valid.bpe").read_text().splitlines()
+    assert lines == [" ".join(vocab.symbols(tokenizer(d)["input_ids"])) for d in DOCS]
+    assert "</s>" in lines[2].split()  # the source's end-of-text token is fairseq's </s>
+    d = Dictionary.load(str(data_bin / "dict.txt"))
+    assert all(d.index(sym) != d.unk() for line in lines for sym in line.split())
+
+
+def test_pile_takes_the_tokenizer_too_and_refuses_a_second_bpe(gpt2_import, tmp_path):
+    _, _, out = gpt2_import
+    shard = tmp_path / "shard.jsonl"
+    shard.write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+    data_bin = main(["pile", "--out", str(tmp_path / "p"), "--train", str(shard), "--valid",
+                     str(shard), "--tokenizer-from", str(out)])
+    assert (data_bin / "dict.txt").read_text() == (out / "dict.txt").read_text()
+    with pytest.raises(PrepareError, match="--tokenizer-from brings its own BPE"):
+        main(["pile", "--out", str(tmp_path / "q"), "--train", str(shard), "--tokenizer-from",
+              str(out), "--gpt2-dir", str(tmp_path)])
+    with pytest.raises(PrepareError, match="no tokenizer.json, dict.txt, hf-vocab.json"):
+        main(["text", "--out", str(tmp_path / "r"), "--train", str(shard), "--valid", str(shard),
+              "--tokenizer-from", str(tmp_path)])
