@@ -2,6 +2,7 @@
 
     energy-lm-prepare embedded    --out DIR                      # the embedded corpus
     energy-lm-prepare debian      --out DIR [--debs-dir DEBS]    # ~3M words from Debian
+    energy-lm-prepare kjv         --out DIR [--debs-dir DEBS]    # the King James Bible (0.8M)
     energy-lm-prepare wikitext103 --out DIR --raw-dir RAW --gpt2-dir GPT2
     energy-lm-prepare wikitext103 --out DIR --download            # fetch raw + GPT-2 BPE
     energy-lm-prepare pile        --out DIR --train A.jsonl.zst --valid V.jsonl.zst \\
@@ -144,6 +145,16 @@ def prepare_debian(out: Path, debs_dir: Optional[Path] = None, vocab_size: int =
     from energy_lm.data import debian_corpus
 
     raw = debian_corpus.write_splits(out, packages or debian_corpus.PACKAGES, debs_dir)
+    return _own_bpe_data_bin(raw, out, vocab_size, workers)
+
+
+# ---------------------------------------------------------------- the King James Bible
+def prepare_kjv(out: Path, debs_dir: Optional[Path] = None, vocab_size: int = 8000,
+                workers: int = 1) -> Path:
+    """A held-out corpus (energy_lm.data.kjv_corpus), own BPE."""
+    from energy_lm.data import kjv_corpus
+
+    raw = kjv_corpus.write_splits(out, debs_dir)
     return _own_bpe_data_bin(raw, out, vocab_size, workers)
 
 
@@ -315,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--packages", nargs="+", default=None, help="a subset of the packages")
     p.add_argument("--vocab-size", type=int, default=8000)
 
+    p = sub.add_parser("kjv", help="the King James Bible from Debian (bible-kjv, bible-kjv-text): "
+                       "~0.8M words of narrative prose, one document per chapter")
+    common(p)
+    p.add_argument("--debs-dir", type=Path, help="use these .deb files instead of apt-get download")
+    p.add_argument("--vocab-size", type=int, default=8000)
+
     p = sub.add_parser("text", help="your own text (.txt: one document per line; .jsonl or "
                        ".jsonl.zst: a \"text\" field per line) with an imported model's tokenizer")
     common(p)
@@ -399,6 +416,8 @@ def _build(args, out: Path) -> Path:
         return prepare_embedded(out, args.vocab_size, args.max_documents, args.workers)
     if args.corpus == "debian":
         return prepare_debian(out, args.debs_dir, args.vocab_size, args.workers, args.packages)
+    if args.corpus == "kjv":
+        return prepare_kjv(out, args.debs_dir, args.vocab_size, args.workers)
     shards = {split: getattr(args, split) for split in SPLITS} if args.corpus != "wikitext103" \
         else None
     if args.corpus == "text":

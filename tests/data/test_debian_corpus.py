@@ -49,8 +49,9 @@ FORTUNES = "A bug in the code is worth two in the documentation.\n%\nNever trust
 MORE = "".join(f"Cookie number {k} says\n  that tomorrow is {k % 7} days away.\n%\n" for k in range(400))
 
 
-def build_deb(root: Path, package: str, files: dict, out: Path) -> Path:
-    """A minimal binary package holding `files` {relative path: bytes}."""
+def build_deb(root: Path, package: str, files: dict, out: Path, executable=()) -> Path:
+    """A minimal binary package holding `files` {relative path: bytes}; the paths in
+    `executable` get mode 755."""
     tree = root / package
     (tree / "DEBIAN").mkdir(parents=True)
     (tree / "DEBIAN" / "control").write_text(
@@ -59,6 +60,8 @@ def build_deb(root: Path, package: str, files: dict, out: Path) -> Path:
     for rel, data in files.items():
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
         (tree / rel).write_bytes(data)
+        if rel in executable:
+            (tree / rel).chmod(0o755)
     out.mkdir(exist_ok=True)
     deb = out / f"{package}_1.0_all.deb"
     subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(tree), str(deb)], check=True,
