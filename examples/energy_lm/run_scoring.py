@@ -97,6 +97,57 @@ def paired(a: Dict[Key, dict], b: Dict[Key, dict], fa, fb) -> dict:
             "stderr": statistics.stdev(diffs) / math.sqrt(len(diffs)), "tokens": len(diffs)}
 
 
+def paired_clustered(runs: List[Tuple[Dict[Key, dict], Dict[Key, dict]]], fa, fb,
+                     resamples: int = 4000, rng_seed: int = 0) -> dict:
+    """The one paired comparison of the studies (issue 37): the mean over seeds and tokens of
+    fa(a) - fb(b), where runs holds one (a, b) pair of per-token records per seed, all
+    scored on the same tokens. Tokens of one evaluation block (one example id) are not
+    independent, and every seed is scored on the same blocks, so the test set's sampling
+    error is shared by the seeds: the standard error counts both.
+
+      stderr         bootstrap: blocks and seeds resampled with replacement, independently
+                     (rng_seed fixed), the token-weighted mean recomputed (the figure to quote)
+      stderr_blocks  the seeds' mean difference per block, clustered by block (the test
+                     set's error alone)
+      stderr_seeds   the spread of the per-seed means (training randomness alone; 0 for one seed)
+    """
+    import random
+
+    blocks: Dict[int, int] = {}
+    sums = []  # per seed: {block: sum of differences}
+    for a, b in runs:
+        keys = sorted(a)
+        if sorted(b) != keys or any(a[k]["token"] != b[k]["token"] for k in keys):
+            raise ValueError("the two runs were not scored on the same tokens")
+        per_block: Dict[int, float] = {}
+        counts: Dict[int, int] = {}
+        for k in keys:
+            per_block[k[0]] = per_block.get(k[0], 0.0) + fa(a[k]) - fb(b[k])
+            counts[k[0]] = counts.get(k[0], 0) + 1
+        if blocks and counts != blocks:
+            raise ValueError("the seeds were not scored on the same tokens")
+        blocks = counts
+        sums.append(per_block)
+    ids, seeds = sorted(blocks), len(sums)
+    tokens = sum(blocks.values())
+    mean_block = {i: sum(s[i] for s in sums) / seeds for i in ids}
+    mean = sum(mean_block.values()) / tokens
+    n = len(ids)
+    var_blocks = n / max(n - 1, 1) * sum((mean_block[i] - mean * blocks[i]) ** 2
+                                         for i in ids) / tokens ** 2
+    seed_means = [sum(s.values()) / tokens for s in sums]
+    stderr_seeds = statistics.stdev(seed_means) / math.sqrt(seeds) if seeds > 1 else 0.0
+    rng = random.Random(rng_seed)
+    draws = []
+    for _ in range(resamples):
+        pick_b = [rng.choice(ids) for _ in ids]
+        pick_s = [rng.randrange(seeds) for _ in range(seeds)]
+        total = sum(sums[s][i] for s in pick_s for i in pick_b)
+        draws.append(total / (seeds * sum(blocks[i] for i in pick_b)))
+    return {"mean": mean, "stderr": statistics.stdev(draws), "stderr_blocks": math.sqrt(var_blocks),
+            "stderr_seeds": stderr_seeds, "tokens": tokens, "blocks": n, "seeds": seeds}
+
+
 def seed_row(elm: Dict[Key, dict], ce: Dict[Key, dict], elm_save: Path, ce_save: Path) -> dict:
     """One seed's paired figures: the energy run's exact-Z ELM against its own LM and
     against the CE run's LM, and the price its LM paid; with the whole-split estimates
