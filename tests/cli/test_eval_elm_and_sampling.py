@@ -262,3 +262,22 @@ def test_eval_elm_counts_and_figures_do_not_depend_on_the_batch_size(data_bin, t
     assert one["tokens"] == eight["tokens"] > 0
     for key in ("lm", "elm_z1", "elm_lower"):
         assert one[key] == pytest.approx(eight[key], abs=2e-5), key
+
+
+def test_exact_z_on_random_blocks_scores_only_those(monarc_lm_checkpoint, data_bin, tmp_path):
+    """--exact-z-blocks N: N blocks drawn with --block-seed, all with exact Z, each token's
+    record keeping its block's id (the studies cluster their errors by it)."""
+    runs = {}
+    for seed in (1, 1, 2):
+        out = tmp_path / f"tokens{len(runs)}.jsonl"
+        run_cli("energy-lm-eval-elm", data_bin, "--path", monarc_lm_checkpoint, "--exact-z-blocks",
+                "3", "--block-seed", str(seed), "--batch-size", "2", "--per-token", out,
+                "--topk", "4", "--num-samples", "4")
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        runs[len(runs)] = rows
+        assert len({r["id"] for r in rows}) == 3 and all(r["log_z"] is not None for r in rows)
+    assert runs[0] == runs[1]  # the same draw
+    assert {r["id"] for r in runs[0]} != {r["id"] for r in runs[2]}
+    refused = run_cli("energy-lm-eval-elm", data_bin, "--path", monarc_lm_checkpoint,
+                      "--exact-z-blocks", "3", "--max-batches", "2", check=False)
+    assert refused.returncode != 0 and "drop --max-batches" in refused.stderr
