@@ -16,8 +16,9 @@ Figures per scored token, in bits, each labelled for what it is:
   elm lower bnd   bound         with log Z >= log(top-k part): the ELM's NLL is at least this
   elm (exact Z)   exact         with Z summed over the whole vocabulary (--exact-z, on the
                                 first --exact-z-batches batches, beside the estimate there;
-                                or --exact-z-blocks N: only N blocks drawn at random with
-                                --block-seed, the sample the studies' errors count)
+                                with --blocks N only N blocks drawn at random with
+                                --block-seed are scored, all with exact Z: the sample the
+                                studies' errors count)
   elm - lm        exact +- s.e. on those tokens, the mean of the per-token (E + log Z)/ln 2
                                 with the standard error of that mean
 --per-token FILE writes each scored token's figures (JSON lines) to pair two checkpoints.
@@ -223,10 +224,10 @@ def random_blocks(dataset, count: int, seed: int, batch_size: int) -> List[dict]
     fixed seed, in index order; each keeps its example id (the records' cluster key)."""
     total = len(dataset)
     if count > total:
-        raise ValueError(f"--exact-z-blocks {count}: the split has only {total} blocks")
+        raise ValueError(f"--blocks {count}: the split has only {total} blocks")
     chosen = sorted(torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:count]
                     .tolist())
-    print(f"exact Z on {count} of the split's {total} blocks, drawn at random (--block-seed "
+    print(f"scoring {count} of the split's {total} blocks, drawn at random (--block-seed "
           f"{seed})", file=sys.stderr, flush=True)
     return [dataset.collater([dataset[i] for i in chosen[j:j + batch_size]])
             for j in range(0, count, batch_size)]
@@ -247,12 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--exact-z-batches", type=int, default=0,
                         help="with --exact-z: the number of leading batches that get it "
                              "(0: all); the cost is printed before it starts")
-    parser.add_argument("--exact-z-blocks", type=int, default=0,
+    parser.add_argument("--blocks", type=int, default=0,
                         help="score only N blocks of the split drawn at random (--block-seed), "
-                             "all with exact Z: a sample of blocks whose standard error can be "
-                             "clustered by block (0, the default: off)")
+                             "with --exact-z all of them with exact Z: a sample whose standard "
+                             "error can be clustered by block (0, the default: the split)")
     parser.add_argument("--block-seed", type=int, default=1,
-                        help="seed of --exact-z-blocks's draw (default 1)")
+                        help="seed of --blocks's draw (default 1)")
     parser.add_argument("--vocab-chunk", type=int, default=256,
                         help="vocabulary entries scored per pass by --exact-z (memory)")
     parser.add_argument("--tokens-per-sample", type=int, default=None,
@@ -279,11 +280,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     for flag in ("num_samples", "topk", "batch_size", "vocab_chunk"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.max_batches < 0 or args.exact_z_batches < 0 or args.exact_z_blocks < 0:
-        parser.error("--max-batches, --exact-z-batches and --exact-z-blocks must be >= 0")
-    if args.exact_z_blocks and (args.max_batches or args.exact_z_batches):
-        parser.error("--exact-z-blocks chooses the blocks itself: drop --max-batches and "
-                     "--exact-z-batches")
+    if args.max_batches < 0 or args.exact_z_batches < 0 or args.blocks < 0:
+        parser.error("--max-batches, --exact-z-batches and --blocks must be >= 0")
+    if args.blocks and (args.max_batches or args.exact_z_batches):
+        parser.error("--blocks chooses the blocks itself (all of them with --exact-z): drop "
+                     "--max-batches and --exact-z-batches")
     for required, what in ((args.path, "checkpoint"), (args.data_bin / "dict.txt", "dictionary")):
         if not required.exists():
             parser.error(f"{what} not found: {required}")
@@ -299,10 +300,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     total_batches = len(iterator) if not args.max_batches else min(args.max_batches, len(iterator))
     device = next(model.parameters()).device
     exact_batches = 0
-    if args.exact_z_blocks:  # N random blocks, every one with exact Z
-        iterator = random_blocks(dataset, args.exact_z_blocks, args.block_seed, args.batch_size)
+    if args.blocks:  # N random blocks (all with exact Z under --exact-z)
+        iterator = random_blocks(dataset, args.blocks, args.block_seed, args.batch_size)
         total_batches = len(iterator)
-        args.exact_z = True
     if args.exact_z:
         exact_batches = total_batches if not args.exact_z_batches else min(
             args.exact_z_batches, total_batches)

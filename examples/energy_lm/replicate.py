@@ -61,14 +61,14 @@ ENCODER_ARCH = ["--arch", "roberta_alibi_tiny"]
 RESET = ["--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader", "--reset-meters"]
 
 
-def train(data: Path, save_dir: Path, args: List[str], seed: int) -> dict:
+def train(data: Path, save_dir: Path, args: List[str], seed: int, common=COMMON) -> dict:
     """fairseq-train into save_dir (skipped when done); returns the run's summary:
-    last valid loss (bits), train wall seconds, updates."""
+    last valid loss (bits), train wall seconds, updates. common: the flags before args."""
     summary_file = save_dir / "summary.json"
     if summary_file.exists():
         return json.loads(summary_file.read_text())
     save_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [str(BIN / "fairseq-train"), str(data), *COMMON, *args, "--seed", str(seed),
+    cmd = [str(BIN / "fairseq-train"), str(data), *common, *args, "--seed", str(seed),
            "--save-dir", str(save_dir)]
     start = time.time()
     with open(save_dir / "train.log", "w") as log:

@@ -265,13 +265,13 @@ def test_eval_elm_counts_and_figures_do_not_depend_on_the_batch_size(data_bin, t
 
 
 def test_exact_z_on_random_blocks_scores_only_those(monarc_lm_checkpoint, data_bin, tmp_path):
-    """--exact-z-blocks N: N blocks drawn with --block-seed, all with exact Z, each token's
-    record keeping its block's id (the studies cluster their errors by it)."""
+    """--blocks N --exact-z: N blocks drawn with --block-seed, all with exact Z, each
+    token's record keeping its block's id (the studies cluster their errors by it)."""
     runs = {}
     for seed in (1, 1, 2):
         out = tmp_path / f"tokens{len(runs)}.jsonl"
-        run_cli("energy-lm-eval-elm", data_bin, "--path", monarc_lm_checkpoint, "--exact-z-blocks",
-                "3", "--block-seed", str(seed), "--batch-size", "2", "--per-token", out,
+        run_cli("energy-lm-eval-elm", data_bin, "--path", monarc_lm_checkpoint, "--exact-z",
+                "--blocks", "3", "--block-seed", str(seed), "--batch-size", "2", "--per-token", out,
                 "--topk", "4", "--num-samples", "4")
         rows = [json.loads(line) for line in out.read_text().splitlines()]
         runs[len(runs)] = rows
@@ -279,5 +279,5 @@ def test_exact_z_on_random_blocks_scores_only_those(monarc_lm_checkpoint, data_b
     assert runs[0] == runs[1]  # the same draw
     assert {r["id"] for r in runs[0]} != {r["id"] for r in runs[2]}
     refused = run_cli("energy-lm-eval-elm", data_bin, "--path", monarc_lm_checkpoint,
-                      "--exact-z-blocks", "3", "--max-batches", "2", check=False)
+                      "--blocks", "3", "--max-batches", "2", check=False)
     assert refused.returncode != 0 and "drop --max-batches" in refused.stderr
