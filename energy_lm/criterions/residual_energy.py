@@ -12,7 +12,13 @@ type for both families), masks padding, and logs, in base 2 as fairseq does:
   ebm_loss   the true value of the energy term (not a surrogate)
   elm_loss   the ELM's NLL assuming Z = 1 (the seed's convention, not a bound): CE + E(x)
              over the same targets (every target, each in its own context: see
-             energy_lm.models.scoring)
+             energy_lm.models.scoring); it can sit below lm_loss while the normalised ELM
+             is above it (measured: 0.010 bits under vs eval-elm's estimate above)
+  elm_est    validation only: the ELM's NLL with log Z estimated as energy-lm-eval-elm
+             estimates it (q's top --valid-topk tokens summed exactly + --valid-tail-samples
+             samples of the tail), the figure to compare with lm_loss
+  elm_est_bias  validation only: that estimate's expected downward bias (stderr^2 / 2 per
+             token): the normalised ELM is about elm_est + elm_est_bias
   z          mean exp(-E(y)), the one-sample estimate of Z (should stay near 1)
   energy_acc share of samples y != x with E(x) < E(y) (ties y = x carry no signal)
   energy_gap mean E(y) - E(x) over the samples y != x (> 0: the energy prefers the data)
@@ -52,6 +58,12 @@ class ResidualEnergyConfig(FairseqDataclass):
     energy_guard: float = field(
         default=20.0, metadata={"help": "exp(-E) continues linearly beyond -E > this value "
                                         "(overflow guard)"})
+    valid_topk: int = field(
+        default=8, metadata={"help": "validation's ELM estimate (elm_est): q's k most likely "
+                                     "tokens in log Z summed exactly (default 8)"})
+    valid_tail_samples: int = field(
+        default=8, metadata={"help": "validation's ELM estimate: samples of q's tail (default "
+                                     "8; 0 turns elm_est off)"})
     attention_backend: str = field(
         default="auto", metadata={"help": "paired-attention backend of the candidate stream "
                                           "(auto, reference, ...)"})
@@ -78,6 +90,9 @@ def check_energy_flags(cfg: ResidualEnergyConfig) -> None:
         raise ValueError(f"--attention-backend must be one of auto, "
                          f"{', '.join(backends.names())}; "
                          f"got {cfg.attention_backend!r}")
+    if cfg.valid_tail_samples and (cfg.valid_tail_samples < 2 or cfg.valid_topk < 1):
+        raise ValueError(f"--valid-tail-samples must be 0 (off) or >= 2 and --valid-topk >= 1, "
+                         f"got {cfg.valid_tail_samples} and {cfg.valid_topk}")
     if not (math.isfinite(cfg.energy_guard) and cfg.energy_guard > 0):
         raise ValueError(f"--energy-guard must be finite and > 0 (the exponent above which "
                          f"exp(-E) continues linearly), got {cfg.energy_guard}")
@@ -117,7 +132,33 @@ class ResidualEnergyCriterion(FairseqCriterion):
                           sample_keys=self._sample_keys(sample))
         ce = F.cross_entropy(out.logits.float().flatten(0, 1), out.tokens.flatten(),
                              ignore_index=self.padding_idx, reduction="sum")
-        return self._finish(ce, out, out.scored.sum(), sample)
+        loss, sample_size, logging_output = self._finish(ce, out, out.scored.sum(), sample)
+        if not model.training and self.cfg.valid_tail_samples:
+            logging_output.update(self._elm_estimate(model, sample))
+        return loss, sample_size, logging_output
+
+    def _elm_estimate(self, model, sample) -> dict:
+        """The ELM's NLL on this batch with log Z estimated as energy-lm-eval-elm does (a
+        second pass: q's top-k summed exactly, samples of the tail; the samples seeded by
+        --seed and the batch's first example, so a validation repeats itself)."""
+        from energy_lm.losses import topk_tail_log_z
+        from energy_lm.models.energy_pass import gather_tokens, head_and_tail, score_batch
+
+        k, m = self.cfg.valid_topk, self.cfg.valid_tail_samples
+        vocab = len(self.task.target_dictionary)
+        k = min(k, vocab - 2)  # a tail of at least two tokens remains to sample
+        device = sample["net_input"]["src_tokens"].device
+        first = int(sample["id"].reshape(-1)[0]) if sample.get("id") is not None else 0
+        generator = torch.Generator(device=device).manual_seed(self.cfg.seed * 1_000_003 + first)
+        out = score_batch(model, sample, head_and_tail(k, m, generator))
+        head_log_q = out.lprobs.gather(-1, out.cand_tokens[:, :k].permute(0, 2, 1))  # (B, P, k)
+        log_z, stderr, _ = topk_tail_log_z(head_log_q, out.cand_energy[:, :k].permute(0, 2, 1),
+                                           out.cand_energy[:, k:].permute(0, 2, 1))
+        mask = out.scored.to(log_z.dtype)
+        nll = -gather_tokens(out.lprobs, out.tokens)
+        return {"elm_est": ((nll + out.energy + log_z) * mask).sum().data,
+                "elm_est_var": (stderr * stderr * mask).sum().data,
+                "n_est": out.scored.sum().data}
 
     def _check_finite(self, ce, energy, cand_energy, z, scored) -> None:
         """A NaN or inf loss stops the run with one line naming the term: the LM's
@@ -191,6 +232,11 @@ class ResidualEnergyCriterion(FairseqCriterion):
         metrics.log_scalar("ebm_loss", total("ebm_loss") / n_scored_safe / LN2, n_scored, round=4)
         metrics.log_scalar("elm_loss", (total("lm_loss") + total("energy_data")) / sample_size / LN2,
                            sample_size, round=3)
+        n_est = total("n_est")
+        if n_est:  # validation: the estimate eval-elm gives, and its bias
+            metrics.log_scalar("elm_est", total("elm_est") / n_est / LN2, n_est, round=4)
+            metrics.log_scalar("elm_est_bias", total("elm_est_var") / 2 / n_est / LN2, n_est,
+                               round=5)
         metrics.log_scalar("z", total("z") / n_scored_safe, n_scored, round=4)
         n_untied = total("n_untied")
         n_untied_safe = max(float(n_untied), 1e-9)

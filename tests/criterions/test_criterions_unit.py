@@ -264,3 +264,33 @@ def test_energy_metrics_leave_ties_out_and_report_the_gap(data_bin, monkeypatch)
     assert float(log["energy_acc"]) == pytest.approx(0.5 * float((gap > 0).sum()))
     assert float(log["energy_gap"]) == pytest.approx(0.5 * float(gap.sum()), rel=1e-4, abs=1e-4)
     assert float(gap.abs().sum()) > 0  # the energies differ: the check can fail
+
+
+@pytest.mark.parametrize("name", ["monarc", "nce"])
+def test_validation_logs_the_elm_estimate_eval_elm_gives(data_bin, name):
+    """In validation the criterion logs elm_est, the ELM's NLL with log Z estimated as
+    energy-lm-eval-elm estimates it: close to the exact-Z ELM on the same batch, where the
+    Z = 1 figure (elm_loss) is not; in training it computes no such pass."""
+    from energy_lm.models.energy_pass import exact_log_z_of, gather_tokens, score_batch
+
+    model, task = build_model(data_bin, "transformer_lm_alibi_tiny", "--decoder-layers", "1",
+                              task="language_modeling")
+    with_energy(model)
+    sample = first_batch(task, "valid", batch_size=2)
+    crit = make_criterion(task, name, valid_topk=32, valid_tail_samples=64)
+    with torch.no_grad():
+        _, _, log = crit(model.eval(), sample)
+        exact = score_batch(model, sample, lambda logits: logits.argmax(-1, keepdim=True)
+                            .permute(0, 2, 1))
+        log_z = exact_log_z_of(model, sample)
+    mask = exact.scored
+    nll = -gather_tokens(exact.lprobs, exact.tokens)
+    tokens = int(mask.sum())
+    want = float(((nll + exact.energy + log_z) * mask).sum()) / tokens
+    z1 = float(((nll + exact.energy) * mask).sum()) / tokens
+    got = float(log["elm_est"]) / int(log["n_est"])
+    assert abs(got - want) < 0.1 * abs(z1 - want) and abs(z1 - want) > 0.01
+    assert float(log["elm_est_var"]) > 0
+    model.train()
+    _, _, log = crit(model, sample)
+    assert "elm_est" not in log
