@@ -58,18 +58,18 @@ def updates_per_epoch(data: Path, block: int = 128, batch: int = 16) -> int:
     return math.ceil(math.ceil(tokens / block) / batch)
 
 
-def train(data: Path, save: Path, criterion: str, epochs: int, seed: int) -> Path:
-    """fairseq-train for `epochs` epochs into save (resumed from checkpoint_last.pt after
-    an interruption, its log appended); done when save/done exists. The learning rate
-    decays over the whole run, as replicate.py's runs decay over theirs."""
+def train(data: Path, save: Path, flags: List[str], updates: int, seed: int) -> Path:
+    """fairseq-train for `updates` updates into save, with the learning rate decaying over
+    them as replicate.py's runs decay over theirs (flags: the criterion's, and e.g.
+    --max-epoch); resumed from checkpoint_last.pt after an interruption, its log appended;
+    done when save/done exists. A checkpoint per epoch is kept."""
     if (save / "done").exists():
         return save
     save.mkdir(parents=True, exist_ok=True)
-    total = epochs * updates_per_epoch(data)
-    cmd = [str(BIN / "fairseq-train"), str(data), *RESUMABLE, *CAUSAL, *CAUSAL_ARCH,
-           *CRITERIA[criterion], "--max-epoch", str(epochs), "--max-update", str(total),
-           "--total-num-update", str(total), "--save-interval-updates", "100",
-           "--keep-interval-updates", "1", "--seed", str(seed), "--save-dir", str(save)]
+    cmd = [str(BIN / "fairseq-train"), str(data), *RESUMABLE, *CAUSAL, *CAUSAL_ARCH, *flags,
+           "--max-update", str(updates), "--total-num-update", str(updates),
+           "--save-interval-updates", "100", "--keep-interval-updates", "1",
+           "--seed", str(seed), "--save-dir", str(save)]
     with open(save / "train.log", "a") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -103,16 +103,17 @@ def estimate(data: Path, save: Path, epoch: int) -> dict:
     return json.loads(cached.read_text())
 
 
-def exact(data: Path, save: Path, epoch: int, blocks: int, criterion: str) -> Path:
-    """Per-token records of the last epoch on the random blocks (exact Z for the energy
-    runs; a CE run's LM only: its energy head never trained, E = 0)."""
-    point = save / f"epoch{epoch}"
+def exact(data: Path, save: Path, checkpoint: str, point_name: str, blocks: int,
+          criterion: str) -> Path:
+    """Per-token records of save/checkpoint on the random blocks, in save/point_name (exact
+    Z for the energy runs; a CE run's LM only: its energy head never trained, E = 0)."""
+    point = save / point_name
     records = point / "tokens.jsonl"
     if not records.exists():
         point.mkdir(exist_ok=True)
         link = point / "checkpoint_best.pt"
         if not link.is_symlink():
-            link.symlink_to(f"../checkpoint{epoch}.pt")
+            link.symlink_to(f"../{checkpoint}")
         flags = ["--batch-size", "1", "--blocks", str(blocks), "--block-seed", "1",
                  "--per-token", str(records)]
         if criterion != "ce":
@@ -207,13 +208,15 @@ def main(argv=None) -> None:
     def one(job):
         name, criterion, seed = job
         data = Path(corpora[name])
-        save = train(data, args.out / name / f"{criterion}_seed{seed}", criterion, args.epochs, seed)
+        save = train(data, args.out / name / f"{criterion}_seed{seed}",
+                     [*CRITERIA[criterion], "--max-epoch", str(args.epochs)],
+                     args.epochs * updates_per_epoch(data), seed)
         runs[name].setdefault(criterion, {})[seed] = save
         if criterion != "ce":
             for epoch in range(1, args.epochs + 1):
                 estimate(data, save, epoch)
-        finals[name].setdefault(criterion, {})[seed] = exact(data, save, args.epochs,
-                                                             args.blocks, criterion)
+        finals[name].setdefault(criterion, {})[seed] = exact(
+            data, save, f"checkpoint{args.epochs}.pt", f"epoch{args.epochs}", args.blocks, criterion)
         return job
 
     args.out.mkdir(parents=True, exist_ok=True)
