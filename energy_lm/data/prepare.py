@@ -452,5 +452,10 @@ def main(argv: Optional[List[str]] = None) -> Optional[Path]:
     args = build_parser().parse_args(argv)
     if args.workers < 1:
         raise PrepareError(f"--workers must be >= 1, got {args.workers}")
+    # inputs checked before anything is staged (a missing file leaves no OUT.partial)
+    for split in SPLITS:
+        for path in getattr(args, split, None) or []:
+            if not Path(path).is_file():
+                raise PrepareError(f"--{split} {path}: no such file")
     return build_atomically(args.out, _record(args), args.force, lambda staging: _build(args, staging))
 

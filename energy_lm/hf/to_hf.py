@@ -54,7 +54,12 @@ def _data_folder(checkpoint: Path, data: Optional[Path]) -> Path:
     if data is not None:
         folder = Path(data)
     else:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # unpickling errors have no common base
+            raise BridgeError(f"cannot read checkpoint {checkpoint}: the file is truncated, "
+                              f"corrupt or not a PyTorch checkpoint ({type(err).__name__})"
+                              ) from None
         cfg = state.get("cfg") or {}
         named = (cfg.get("task") or {}).get("data") if isinstance(cfg, dict) else None
         folder = Path(str(named).split(":")[0]) if named else checkpoint.parent
@@ -70,8 +75,13 @@ def _load(checkpoint: Path, data: Path):
     from energy_lm.models.roberta_energy import RobertaEnergyModel
     from energy_lm.models.transformer_lm_energy import TransformerLMEnergyModel
 
-    models, cfg, _task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(checkpoint)], arg_overrides={"data": str(data)})
+    from energy_lm.patches.checkpoint_errors import CheckpointReadError
+
+    try:
+        models, cfg, _task = checkpoint_utils.load_model_ensemble_and_task(
+            [str(checkpoint)], arg_overrides={"data": str(data)})
+    except CheckpointReadError as err:
+        raise BridgeError(str(err)) from None
     model = models[0].eval().float()
     if not isinstance(model, (TransformerLMEnergyModel, RobertaEnergyModel)):
         raise BridgeError(f"{checkpoint} holds a {type(model).__name__}: energy-lm-to-hf "

@@ -51,3 +51,11 @@ def test_pile_takes_the_tokenizer_too_and_refuses_a_second_bpe(gpt2_import, tmp_
     with pytest.raises(PrepareError, match="no tokenizer.json, dict.txt, hf-vocab.json"):
         main(["text", "--out", str(tmp_path / "r"), "--train", str(shard), "--valid", str(shard),
               "--tokenizer-from", str(tmp_path)])
+
+
+def test_a_missing_input_is_one_line_and_stages_nothing(gpt2_import, tmp_path):
+    _, _, out = gpt2_import
+    with pytest.raises(PrepareError, match="--valid .*missing.jsonl: no such file"):
+        main(["text", "--out", str(tmp_path / "c"), "--train", str(out / "dict.txt"),
+              "--valid", str(tmp_path / "missing.jsonl"), "--tokenizer-from", str(out)])
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()

@@ -212,3 +212,13 @@ def test_without_transformers_the_commands_say_how_to_install_it(monkeypatch):
     with pytest.raises(BridgeError, match=r"transformers not installed: pip install "
                                           r"'energy-lm\[hf\]'"):
         dependency.require()
+
+
+def test_a_corrupt_checkpoint_is_one_line(gpt2_import, tmp_path):
+    _, _, out = gpt2_import
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes((out / "model.pt").read_bytes()[:3000])  # truncated
+    for data in (None, out):
+        with pytest.raises(BridgeError, match="cannot read checkpoint .*truncated, corrupt"):
+            to_hf(bad, tmp_path / "hf", data=data)
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "hf.partial").exists()
