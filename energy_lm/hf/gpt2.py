@@ -23,9 +23,11 @@ from typing import Dict, List, Tuple
 import torch
 from torch import Tensor
 
-from energy_lm.hf.errors import BridgeError
-from energy_lm.hf.unsupported import refuse
 from energy_lm.data.hf_vocabulary import VocabularyMap
+from energy_lm.hf.energy_head_file import ENERGY_POSITION
+from energy_lm.hf.errors import BridgeError
+from energy_lm.hf.fairseq_heads import absent_head_rows, fresh_head_rows, input_rows, output_rows
+from energy_lm.hf.unsupported import refuse
 
 # HF activation -> fairseq activation, where the two compute the same function
 ACTIVATIONS = {"gelu_new": "gelu_accurate", "gelu_pytorch_tanh": "gelu_accurate",
@@ -156,3 +158,63 @@ def from_fairseq(state: Dict[str, Tensor], index: Tensor, num_layers: int, dim: 
 def positions_of(config) -> Tuple[int, int]:
     """(GPT-2's positions, our table's rows: padding offset 2, then the energy row)."""
     return config.n_positions, config.n_positions + 2 + 1
+
+
+def export(model, args, index: Tensor, specials: Dict[str, int], absent: int, mode: str):
+    """A transformer_lm_energy model -> (GPT2LMHeadModel or, mode mlm, GPT2Model; its state
+    dict; what goes beside it: the energy's position row). index: the dictionary row of
+    each HF id; specials: the HF ids of fairseq's specials; absent: BPE tokens without a
+    row, appended with <unk>'s input row and probability 0 (energy_lm.hf.to_hf)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+
+    dec = model.decoder
+    reasons = []
+    if str(args.alibi) != "none":
+        reasons.append("causal ALiBi: no stock transformers class reproduces it exactly "
+                       "(BLOOM, whose slopes are ours, also needs an embedding LayerNorm and "
+                       "tanh GELU; MPT a model without biases); export a learned-position model")
+    if not args.decoder_normalize_before:
+        reasons.append("post-norm layers (GPT-2 is pre-norm): --decoder-normalize-before")
+    if dec.project_in_dim is not None or dec.project_out_dim is not None:
+        reasons.append("a projection between the embedding width and the layers' width")
+    if dec.layernorm_embedding is not None:
+        reasons.append("an embedding LayerNorm (--layernorm-embedding; GPT-2 has none)")
+    if args.activation_fn not in TO_HF_ACTIVATION:
+        reasons.append(f"activation {args.activation_fn}")
+    if float(getattr(args, "proposal_uniform_mix", 0.0) or 0.0):
+        reasons.append("--proposal-uniform-mix (a handicapped proposal, for tests)")
+    if reasons:
+        raise BridgeError("GPT2LMHeadModel cannot represent " + "; ".join(reasons))
+    layers, d = len(dec.layers), dec.embed_dim
+    positions = dec.max_positions()
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    wte = input_rows(dec, args)
+    head, bias = (fresh_head_rows(dec, args), None) if mode == "add_head" else \
+        output_rows(dec.output_projection)
+    tied = torch.equal(wte, head) and not absent
+    state["decoder.embed_tokens.weight"] = wte
+    state["decoder.output_projection.weight"] = head
+    hf_state = from_fairseq(state, index, layers, d, positions, tied)
+    if absent:  # fairseq's <unk> as input, probability 0 as output
+        unk = hf_state["transformer.wte.weight"][specials["<unk>"]]
+        hf_state["transformer.wte.weight"] = torch.cat(
+            [hf_state["transformer.wte.weight"], unk.expand(absent, -1)])
+        hf_state["lm_head.weight"] = torch.cat([hf_state["lm_head.weight"], absent_head_rows(
+            state["decoder.layer_norm.weight"], state["decoder.layer_norm.bias"], absent)])
+    config = GPT2Config(
+        vocab_size=len(index) + absent, n_positions=positions, n_embd=d, n_layer=layers,
+        n_head=dec.layers[0].self_attn.num_heads, n_inner=dec.layers[0].fc1.out_features,
+        activation_function=TO_HF_ACTIVATION[args.activation_fn],
+        layer_norm_epsilon=float(args.layer_norm_eps), resid_pdrop=float(args.dropout),
+        embd_pdrop=float(args.dropout), attn_pdrop=float(args.attention_dropout),
+        tie_word_embeddings=tied,
+        architectures=["GPT2Model" if mode == "mlm" else "GPT2LMHeadModel"],
+        bos_token_id=specials["</s>"], eos_token_id=specials["</s>"],
+        pad_token_id=specials.get("<pad>"))
+    hf = GPT2LMHeadModel(config)
+    if mode == "mlm":  # the trunk alone
+        hf = GPT2Model(config)
+        hf_state = {k[len("transformer."):]: v for k, v in hf_state.items()
+                    if k.startswith("transformer.")}
+    extra = {ENERGY_POSITION: state["decoder.embed_positions.weight"][2 + positions:]}
+    return hf, hf_state, extra

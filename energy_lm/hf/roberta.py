@@ -18,10 +18,11 @@ from typing import Dict, List
 import torch
 from torch import Tensor
 
+from energy_lm.data.hf_vocabulary import VocabularyMap
 from energy_lm.hf.errors import BridgeError
+from energy_lm.hf.fairseq_heads import ABSENT_LOGIT, fresh_head_rows, input_rows, output_rows
 from energy_lm.hf.tokenizer_files import added_token_id
 from energy_lm.hf.unsupported import refuse
-from energy_lm.data.hf_vocabulary import VocabularyMap
 
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_accurate", "gelu_pytorch_tanh": "gelu_accurate",
                "relu": "relu"}
@@ -163,3 +164,77 @@ def check_positions(config) -> None:
     if max_positions(config) < 1:
         raise BridgeError(f"config.max_position_embeddings={config.max_position_embeddings} "
                           f"leaves no position after the padding offset")
+
+
+def export(model, args, index: Tensor, specials: Dict[str, int], absent: int, mode: str):
+    """A roberta_energy model -> (RobertaForMaskedLM where its head is RoBERTa's and mode is
+    lm, else RobertaModel with a zero pooler; its state dict; lm_head.safetensors' tensors
+    for a CLAP/linear or fresh head). Arguments as gpt2.export."""
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaModel
+
+    from energy_lm.modules.clap import ClapHead, LinearHead
+
+    enc = model.encoder.sentence_encoder
+    reasons = []
+    if str(args.alibi) != "none":
+        reasons.append("ALiBi (RoBERTa has absolute learned positions)")
+    if enc.layer_norm is not None or getattr(args, "encoder_normalize_before", False):
+        reasons.append("pre-norm layers (RoBERTa is post-norm)")
+    if enc.layernorm_embedding is None:
+        reasons.append("no embedding LayerNorm (RoBERTa has one)")
+    if args.activation_fn not in TO_HF_ACTIVATION:
+        reasons.append(f"activation {args.activation_fn}")
+    if reasons:
+        raise BridgeError("RobertaModel cannot represent " + "; ".join(reasons))
+    head = model.encoder.lm_head
+    own_head = not isinstance(head, (ClapHead, LinearHead)) and mode == "lm"
+    words = input_rows(enc, args)
+    if own_head and not torch.equal(words, head.weight.detach()):
+        raise BridgeError("RobertaForMaskedLM ties its head to the input embedding, which this "
+                          "model transforms (--embed-norm l2, --mask-embedding zero or "
+                          "--scale-embedding)")
+    layers, d = len(enc.layers), enc.embed_positions.embedding_dim
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    state["encoder.sentence_encoder.embed_tokens.weight"] = words
+    if not own_head:  # the trunk goes out; the head beside it
+        state.update({"encoder.lm_head.dense.weight": torch.zeros(d, d),
+                      "encoder.lm_head.dense.bias": torch.zeros(d),
+                      "encoder.lm_head.layer_norm.weight": torch.ones(d),
+                      "encoder.lm_head.layer_norm.bias": torch.zeros(d),
+                      "encoder.lm_head.bias": torch.zeros(len(index))})
+    hf_state = from_fairseq(state, index, layers, pad=1)
+    if absent:  # fairseq's <unk> as input, probability 0 as output (the head's bias)
+        words = hf_state["roberta.embeddings.word_embeddings.weight"]
+        words = torch.cat([words, words[specials["<unk>"]].expand(absent, -1)])
+        bias = torch.cat([hf_state["lm_head.bias"], torch.full((absent,), ABSENT_LOGIT)])
+        hf_state.update({"roberta.embeddings.word_embeddings.weight": words,
+                         "lm_head.decoder.weight": words, "lm_head.bias": bias,
+                         "lm_head.decoder.bias": bias})
+    num_pos = enc.embed_positions.weight.size(0) - 2
+    config = RobertaConfig(
+        vocab_size=len(index) + absent, hidden_size=d, num_hidden_layers=layers,
+        num_attention_heads=enc.layers[0].self_attn.num_heads,
+        intermediate_size=enc.layers[0].fc1.out_features,
+        hidden_act=TO_HF_ACTIVATION[args.activation_fn],
+        max_position_embeddings=num_pos + 2, type_vocab_size=1, pad_token_id=specials["<pad>"],
+        bos_token_id=specials["<s>"], eos_token_id=specials["</s>"],
+        layer_norm_eps=float(args.layer_norm_eps),
+        hidden_dropout_prob=float(args.dropout),
+        attention_probs_dropout_prob=float(args.attention_dropout),
+        architectures=["RobertaForMaskedLM" if own_head else "RobertaModel"])
+    extra = {}
+    if own_head:
+        hf = RobertaForMaskedLM(config)
+    else:
+        # AutoModel builds RobertaModel with a pooler, which ours lacks: a zero one, so
+        # that the folder loads without "newly initialized" weights (pooler output 0)
+        hf = RobertaModel(config)
+        hf_state = {k[len("roberta."):]: v for k, v in hf_state.items() if k.startswith("roberta.")}
+        hf_state.update({"pooler.dense.weight": torch.zeros(d, d), "pooler.dense.bias": torch.zeros(d)})
+        if mode != "mlm":
+            weight, bias = (fresh_head_rows(enc, args), None) if mode == "add_head" else \
+                output_rows(head)
+            bias = torch.zeros(len(index)) if bias is None else bias.detach()[index]
+            extra["lm_head.weight"] = torch.cat([weight[index], weight.new_zeros(absent, d)])
+            extra["lm_head.bias"] = torch.cat([bias, torch.full((absent,), ABSENT_LOGIT)])
+    return hf, hf_state, extra

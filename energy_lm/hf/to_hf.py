@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from energy_lm.data.hf_vocabulary import DICT_FILE, MAP_FILE, VocabularyMap
@@ -102,188 +101,12 @@ def _vocabulary(model, data: Path, dictionary) -> Tuple[Optional[VocabularyMap],
     return None, torch.arange(len(dictionary))
 
 
-def _input_rows(trunk, args) -> Tensor:
-    """The rows the trunk adds to its positions: scale * (normalised) embedding."""
-    weight = trunk.embed_tokens.weight.detach()
-    if str(getattr(args, "embed_norm", "none")) == "l2":
-        weight = F.normalize(weight, dim=-1)
-    if getattr(trunk.embed_tokens, "zero_index", None) is not None:
-        weight = weight.clone()
-        weight[trunk.embed_tokens.zero_index] = 0.0
-    return weight * trunk.embed_scale if hasattr(trunk, "embed_scale") else weight
-
-
-def _fresh_head_rows(trunk, args) -> Tensor:
-    """energy-lm-add-head's new head: the input embedding rows as the trunk saw them
-    (L2-normalised when the model normalises them), no scale, no bias."""
-    weight = trunk.embed_tokens.weight.detach()
-    return F.normalize(weight, dim=-1) if str(getattr(args, "embed_norm", "none")) == "l2" \
-        else weight.clone()
-
-
-def _output_rows(head) -> Tuple[Tensor, Optional[Tensor]]:
-    """(W, bias) with logits = features @ W.T + bias, for a tied/untied Linear or a CLAP head."""
-    from energy_lm.modules.clap import ClapHead
-
-    if isinstance(head, ClapHead):
-        return (head.beta.detach() * F.normalize(head.weight.detach(), dim=-1)), None
-    return head.weight.detach(), getattr(head, "bias", None)
-
-
 def _special_ids(vocab, dictionary) -> Dict[str, int]:
     """The HF ids of fairseq's special symbols (HF id = dictionary index without a map)."""
     if vocab is not None:
         return dict(vocab.specials)
     return {s: dictionary.index(s) for s in ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
             if s in dictionary.indices}
-
-
-# the logit of a token the dictionary has no row for: exp(-1e4 - max logit) is 0 in
-# float32 and float64 alike
-ABSENT_LOGIT = -1e4
-
-
-def _absent_head_rows(norm_weight: Tensor, norm_bias: Tensor, rows: int) -> Tensor:
-    """Head rows w whose logit after the final LayerNorm is ABSENT_LOGIT whatever the
-    input: with w_i = c / g_i, (g * n + b) . w = c * (sum n_i + sum b_i / g_i), and a
-    LayerNorm's n sums to 0, so the logit is c * sum(b_i / g_i)."""
-    g, b = norm_weight.double(), norm_bias.double()
-    total = float((b / g).sum()) if bool((g != 0).all()) else 0.0
-    if not abs(total) > 1e-6 * float((b / g).abs().sum()):
-        raise BridgeError("the final LayerNorm leaves no direction with a constant logit "
-                          "(a zero weight, or sum(bias / weight) = 0): the BPE tokens without a "
-                          "dictionary row cannot be given probability 0")
-    row = (ABSENT_LOGIT / total) / g
-    return row.to(norm_weight.dtype).expand(rows, -1).clone()
-
-
-def _gpt2_export(model, args, index: Tensor, specials: Dict[str, int], absent: int,
-                 mode: str):
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
-
-    dec = model.decoder
-    reasons = []
-    if str(args.alibi) != "none":
-        reasons.append("causal ALiBi: no stock transformers class reproduces it exactly "
-                       "(BLOOM, whose slopes are ours, also needs an embedding LayerNorm and "
-                       "tanh GELU; MPT a model without biases); export a learned-position model")
-    if not args.decoder_normalize_before:
-        reasons.append("post-norm layers (GPT-2 is pre-norm): --decoder-normalize-before")
-    if dec.project_in_dim is not None or dec.project_out_dim is not None:
-        reasons.append("a projection between the embedding width and the layers' width")
-    if dec.layernorm_embedding is not None:
-        reasons.append("an embedding LayerNorm (--layernorm-embedding; GPT-2 has none)")
-    if args.activation_fn not in gpt2.TO_HF_ACTIVATION:
-        reasons.append(f"activation {args.activation_fn}")
-    if float(getattr(args, "proposal_uniform_mix", 0.0) or 0.0):
-        reasons.append("--proposal-uniform-mix (a handicapped proposal, for tests)")
-    if reasons:
-        raise BridgeError("GPT2LMHeadModel cannot represent " + "; ".join(reasons))
-    layers, d = len(dec.layers), dec.embed_dim
-    positions = dec.max_positions()
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    wte = _input_rows(dec, args)
-    head, bias = (_fresh_head_rows(dec, args), None) if mode == "add_head" else \
-        _output_rows(dec.output_projection)
-    tied = torch.equal(wte, head) and not absent
-    state["decoder.embed_tokens.weight"] = wte
-    state["decoder.output_projection.weight"] = head
-    hf_state = gpt2.from_fairseq(state, index, layers, d, positions, tied)
-    if absent:  # fairseq's <unk> as input, probability 0 as output
-        unk = hf_state["transformer.wte.weight"][specials["<unk>"]]
-        hf_state["transformer.wte.weight"] = torch.cat(
-            [hf_state["transformer.wte.weight"], unk.expand(absent, -1)])
-        hf_state["lm_head.weight"] = torch.cat([hf_state["lm_head.weight"], _absent_head_rows(
-            state["decoder.layer_norm.weight"], state["decoder.layer_norm.bias"], absent)])
-    config = GPT2Config(
-        vocab_size=len(index) + absent, n_positions=positions, n_embd=d, n_layer=layers,
-        n_head=dec.layers[0].self_attn.num_heads, n_inner=dec.layers[0].fc1.out_features,
-        activation_function=gpt2.TO_HF_ACTIVATION[args.activation_fn],
-        layer_norm_epsilon=float(args.layer_norm_eps), resid_pdrop=float(args.dropout),
-        embd_pdrop=float(args.dropout), attn_pdrop=float(args.attention_dropout),
-        tie_word_embeddings=tied,
-        architectures=["GPT2Model" if mode == "mlm" else "GPT2LMHeadModel"],
-        bos_token_id=specials["</s>"], eos_token_id=specials["</s>"],
-        pad_token_id=specials.get("<pad>"))
-    hf = GPT2LMHeadModel(config)
-    if mode == "mlm":  # the trunk alone
-        hf = GPT2Model(config)
-        hf_state = {k[len("transformer."):]: v for k, v in hf_state.items()
-                    if k.startswith("transformer.")}
-    extra = {ENERGY_POSITION: state["decoder.embed_positions.weight"][2 + positions:]}
-    return hf, hf_state, extra
-
-
-def _roberta_export(model, args, index: Tensor, specials: Dict[str, int], absent: int,
-                    mode: str):
-    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaModel
-
-    from energy_lm.modules.clap import ClapHead, LinearHead
-
-    enc = model.encoder.sentence_encoder
-    reasons = []
-    if str(args.alibi) != "none":
-        reasons.append("ALiBi (RoBERTa has absolute learned positions)")
-    if enc.layer_norm is not None or getattr(args, "encoder_normalize_before", False):
-        reasons.append("pre-norm layers (RoBERTa is post-norm)")
-    if enc.layernorm_embedding is None:
-        reasons.append("no embedding LayerNorm (RoBERTa has one)")
-    if args.activation_fn not in roberta.TO_HF_ACTIVATION:
-        reasons.append(f"activation {args.activation_fn}")
-    if reasons:
-        raise BridgeError("RobertaModel cannot represent " + "; ".join(reasons))
-    head = model.encoder.lm_head
-    own_head = not isinstance(head, (ClapHead, LinearHead)) and mode == "lm"
-    words = _input_rows(enc, args)
-    if own_head and not torch.equal(words, head.weight.detach()):
-        raise BridgeError("RobertaForMaskedLM ties its head to the input embedding, which this "
-                          "model transforms (--embed-norm l2, --mask-embedding zero or "
-                          "--scale-embedding)")
-    layers, d = len(enc.layers), enc.embed_positions.embedding_dim
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    state["encoder.sentence_encoder.embed_tokens.weight"] = words
-    if not own_head:  # the trunk goes out; the head beside it
-        state.update({"encoder.lm_head.dense.weight": torch.zeros(d, d),
-                      "encoder.lm_head.dense.bias": torch.zeros(d),
-                      "encoder.lm_head.layer_norm.weight": torch.ones(d),
-                      "encoder.lm_head.layer_norm.bias": torch.zeros(d),
-                      "encoder.lm_head.bias": torch.zeros(len(index))})
-    hf_state = roberta.from_fairseq(state, index, layers, pad=1)
-    if absent:  # fairseq's <unk> as input, probability 0 as output (the head's bias)
-        words = hf_state["roberta.embeddings.word_embeddings.weight"]
-        words = torch.cat([words, words[specials["<unk>"]].expand(absent, -1)])
-        bias = torch.cat([hf_state["lm_head.bias"], torch.full((absent,), ABSENT_LOGIT)])
-        hf_state.update({"roberta.embeddings.word_embeddings.weight": words,
-                         "lm_head.decoder.weight": words, "lm_head.bias": bias,
-                         "lm_head.decoder.bias": bias})
-    num_pos = enc.embed_positions.weight.size(0) - 2
-    config = RobertaConfig(
-        vocab_size=len(index) + absent, hidden_size=d, num_hidden_layers=layers,
-        num_attention_heads=enc.layers[0].self_attn.num_heads,
-        intermediate_size=enc.layers[0].fc1.out_features,
-        hidden_act=roberta.TO_HF_ACTIVATION[args.activation_fn],
-        max_position_embeddings=num_pos + 2, type_vocab_size=1, pad_token_id=specials["<pad>"],
-        bos_token_id=specials["<s>"], eos_token_id=specials["</s>"],
-        layer_norm_eps=float(args.layer_norm_eps),
-        hidden_dropout_prob=float(args.dropout),
-        attention_probs_dropout_prob=float(args.attention_dropout),
-        architectures=["RobertaForMaskedLM" if own_head else "RobertaModel"])
-    extra = {}
-    if own_head:
-        hf = RobertaForMaskedLM(config)
-    else:
-        # AutoModel builds RobertaModel with a pooler, which ours lacks: a zero one, so
-        # that the folder loads without "newly initialized" weights (pooler output 0)
-        hf = RobertaModel(config)
-        hf_state = {k[len("roberta."):]: v for k, v in hf_state.items() if k.startswith("roberta.")}
-        hf_state.update({"pooler.dense.weight": torch.zeros(d, d), "pooler.dense.bias": torch.zeros(d)})
-        if mode != "mlm":
-            weight, bias = (_fresh_head_rows(enc, args), None) if mode == "add_head" else \
-                _output_rows(head)
-            bias = torch.zeros(len(index)) if bias is None else bias.detach()[index]
-            extra["lm_head.weight"] = torch.cat([weight[index], weight.new_zeros(absent, d)])
-            extra["lm_head.bias"] = torch.cat([bias, torch.full((absent,), ABSENT_LOGIT)])
-    return hf, hf_state, extra
 
 
 def convert(checkpoint: Path, out: Path, data: Optional[Path] = None, force: bool = False,
@@ -303,7 +126,7 @@ def convert(checkpoint: Path, out: Path, data: Optional[Path] = None, force: boo
     vocab, index = _vocabulary(model, data, dictionary)
     specials = _special_ids(vocab, dictionary)
     absent = count_absent(data, dictionary) if vocab is None else 0
-    hf, hf_state, extra = (_gpt2_export if causal else _roberta_export)(model, args, index,
+    hf, hf_state, extra = (gpt2.export if causal else roberta.export)(model, args, index,
                                                                         specials, absent, mode)
     missing, unexpected = hf.load_state_dict(hf_state, strict=False)
     missing = [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias"))]

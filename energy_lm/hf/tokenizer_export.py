@@ -18,7 +18,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 from energy_lm.hf.errors import BridgeError
 from energy_lm.hf.tokenizer_files import MERGES_TXT, TOKENIZER_EXTRAS, TOKENIZER_JSON, VOCAB_JSON

@@ -150,8 +150,8 @@ def corpus_tables(name: str, runs: Dict[str, Dict[int, Path]], epochs: int,
                 continue
             lines.append(f"| {criterion} | {epoch} | " + " | ".join(
                 over(cells[k], signed=(k == "gain")) for k in ("train", "valid", "gain")) + " |")
-    lines += ["", f"Last epoch, exact Z on the same random valid blocks, paired over seeds and "
-              f"tokens (± s.e. bootstrapped over blocks and seeds)", "",
+    lines += ["", "Last epoch, exact Z on the same random valid blocks, paired over seeds and "
+              "tokens (± s.e. bootstrapped over blocks and seeds)", "",
               "| criterion | seeds | tokens (blocks) | ELM - LM | ELM - CE | LM - CE |",
               "|---|---|---|---|---|---|"]
     ce = finals.get("ce", {})
