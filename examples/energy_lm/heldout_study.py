@@ -58,17 +58,19 @@ def updates_per_epoch(data: Path, block: int = 128, batch: int = 16) -> int:
     return math.ceil(math.ceil(tokens / block) / batch)
 
 
-def train(data: Path, save: Path, flags: List[str], updates: int, seed: int) -> Path:
+def train(data: Path, save: Path, flags: List[str], updates: int, seed: int,
+          keep_interval: int = 1) -> Path:
     """fairseq-train for `updates` updates into save, with the learning rate decaying over
     them as replicate.py's runs decay over theirs (flags: the criterion's, and e.g.
     --max-epoch); resumed from checkpoint_last.pt after an interruption, its log appended;
-    done when save/done exists. A checkpoint per epoch is kept."""
+    done when save/done exists. A checkpoint per epoch is kept, and the last
+    `keep_interval` of those saved every 100 updates (-1: all)."""
     if (save / "done").exists():
         return save
     save.mkdir(parents=True, exist_ok=True)
     cmd = [str(BIN / "fairseq-train"), str(data), *RESUMABLE, *CAUSAL, *CAUSAL_ARCH, *flags,
            "--max-update", str(updates), "--total-num-update", str(updates),
-           "--save-interval-updates", "100", "--keep-interval-updates", "1",
+           "--save-interval-updates", "100", "--keep-interval-updates", str(keep_interval),
            "--seed", str(seed), "--save-dir", str(save)]
     with open(save / "train.log", "a") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT,
