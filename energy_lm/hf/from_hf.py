@@ -87,8 +87,7 @@ def convert(src: str, out: Path, force: bool = False) -> Dict:
         tok_dir = tokenizer_folder(folder, stage / "tokenizer-scratch")
         tokenizer = read_tokenizer(tok_dir)
         check_byte_level_bpe(tokenizer)
-        vocab = (family.vocabulary(config) if family is gpt2 else
-                 family.vocabulary(config, tokenizer))
+        vocab = family.vocabulary(config, tokenizer)
         vocab.save(stage)
         copy_tokenizer(tok_dir, stage, tokenizer)
         if tok_dir != folder:

@@ -54,7 +54,9 @@ def check_config(config) -> None:
         refuse("n_head", config.n_head, f"does not divide n_embd={config.n_embd}")
 
 
-def vocabulary(config) -> VocabularyMap:
+def vocabulary(config, tokenizer=None) -> VocabularyMap:
+    """GPT-2's map: only the end-of-text token has a fairseq symbol (`</s>`); the tokenizer
+    is not needed (RoBERTa's map reads its special tokens there)."""
     eos = config.eos_token_id
     if isinstance(eos, list):
         eos = eos[0]
