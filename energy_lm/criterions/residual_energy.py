@@ -13,7 +13,8 @@ type for both families), masks padding, and logs, in base 2 as fairseq does:
   elm_loss   the ELM's NLL assuming Z = 1 (the seed's convention, not a bound): CE + E(x)
              over the same targets (every target, each in its own context: see
              energy_lm.models.scoring); it can sit below lm_loss while the normalised ELM
-             is above it (measured: 0.010 bits under vs eval-elm's estimate above)
+             is above it, and overstated the gain 1.9x on the Debian corpus
+             (docs/measurements.md)
   elm_est    validation only: the ELM's NLL with log Z estimated as energy-lm-eval-elm
              estimates it (q's top --valid-topk tokens summed exactly + --valid-tail-samples
              samples of the tail), the figure to compare with lm_loss
