@@ -400,6 +400,13 @@ def build_atomically(out: Path, record: Dict[str, str], force: bool, build) -> O
     staging.mkdir(parents=True, exist_ok=True)
     build(staging)
     (staging / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    promote(staging, out)
+    return out / "data-bin"
+
+
+def promote(staging: Path, out: Path) -> None:
+    """A finished staging folder becomes OUT by renames: an old OUT is moved aside first
+    and removed last, so OUT is at every moment the old folder or the new one."""
     if out.exists():
         old = out.with_name(out.name + ".replaced")
         shutil.rmtree(old, ignore_errors=True)
@@ -408,7 +415,6 @@ def build_atomically(out: Path, record: Dict[str, str], force: bool, build) -> O
         shutil.rmtree(old, ignore_errors=True)
     else:
         staging.rename(out)
-    return out / "data-bin"
 
 
 def _build(args, out: Path) -> Path:

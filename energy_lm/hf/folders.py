@@ -5,6 +5,7 @@ import contextlib
 import shutil
 from pathlib import Path
 
+from energy_lm.data.prepare import promote
 from energy_lm.hf.errors import BridgeError
 
 
@@ -29,11 +30,4 @@ def staged_folder(out: Path, force: bool):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if out.exists():
-        old = out.with_name(out.name + ".replaced")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        staging.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(out)
+    promote(staging, out)

@@ -84,7 +84,22 @@ def train_args(config) -> List[str]:
 
 
 def _conv1d(weight: Tensor) -> Tensor:
-    return weight.t().contiguous()  # Conv1D (in, out) -> Linear (out, in)
+    return weight.t().contiguous()  # Conv1D (in, out) <-> Linear (out, in)
+
+
+# per layer, ours <-> GPT-2's (weight and bias each); q, k, v are c_attn's thirds
+CONV1D_PAIRS = (("self_attn.out_proj", "attn.c_proj"), ("fc1", "mlp.c_fc"), ("fc2", "mlp.c_proj"))
+NORM_PAIRS = (("self_attn_layer_norm", "ln_1"), ("final_layer_norm", "ln_2"))
+
+
+def _layer_map(source: Dict[str, Tensor], out: Dict[str, Tensor], src: str, dst: str,
+               to_hf: bool) -> None:
+    """One layer's Conv1D and norm tensors from source (prefix src) into out (prefix dst)."""
+    for ours, theirs in CONV1D_PAIRS + NORM_PAIRS:
+        a, b = (ours, theirs) if to_hf else (theirs, ours)
+        fold = _conv1d if (ours, theirs) in CONV1D_PAIRS else (lambda w: w)
+        out[dst + b + ".weight"] = fold(source[src + a + ".weight"])
+        out[dst + b + ".bias"] = source[src + a + ".bias"]
 
 
 def to_fairseq(hf: Dict[str, Tensor], config, index: Tensor, vocab_rows: int,
@@ -110,15 +125,7 @@ def to_fairseq(hf: Dict[str, Tensor], config, index: Tensor, vocab_rows: int,
         for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
             out[f + f"self_attn.{name}.weight"] = qkv_w[j * d:(j + 1) * d].clone()
             out[f + f"self_attn.{name}.bias"] = qkv_b[j * d:(j + 1) * d].clone()
-        out[f + "self_attn.out_proj.weight"] = _conv1d(hf[h + "attn.c_proj.weight"])
-        out[f + "self_attn.out_proj.bias"] = hf[h + "attn.c_proj.bias"]
-        out[f + "fc1.weight"] = _conv1d(hf[h + "mlp.c_fc.weight"])
-        out[f + "fc1.bias"] = hf[h + "mlp.c_fc.bias"]
-        out[f + "fc2.weight"] = _conv1d(hf[h + "mlp.c_proj.weight"])
-        out[f + "fc2.bias"] = hf[h + "mlp.c_proj.bias"]
-        for ours, theirs in (("self_attn_layer_norm", "ln_1"), ("final_layer_norm", "ln_2")):
-            out[f + ours + ".weight"] = hf[h + theirs + ".weight"]
-            out[f + ours + ".bias"] = hf[h + theirs + ".bias"]
+        _layer_map(hf, out, h, f, to_hf=False)
     if not getattr(config, "tie_word_embeddings", True):
         head = hf["lm_head.weight"]
         rows = head.new_zeros(vocab_rows, d)
@@ -143,15 +150,7 @@ def from_fairseq(state: Dict[str, Tensor], index: Tensor, num_layers: int, dim: 
         qkv_b = torch.cat([state[f + f"self_attn.{n}_proj.bias"] for n in "qkv"], dim=0)
         out[h + "attn.c_attn.weight"] = _conv1d(qkv_w)
         out[h + "attn.c_attn.bias"] = qkv_b
-        out[h + "attn.c_proj.weight"] = _conv1d(state[f + "self_attn.out_proj.weight"])
-        out[h + "attn.c_proj.bias"] = state[f + "self_attn.out_proj.bias"]
-        out[h + "mlp.c_fc.weight"] = _conv1d(state[f + "fc1.weight"])
-        out[h + "mlp.c_fc.bias"] = state[f + "fc1.bias"]
-        out[h + "mlp.c_proj.weight"] = _conv1d(state[f + "fc2.weight"])
-        out[h + "mlp.c_proj.bias"] = state[f + "fc2.bias"]
-        for ours, theirs in (("self_attn_layer_norm", "ln_1"), ("final_layer_norm", "ln_2")):
-            out[h + theirs + ".weight"] = state[f + ours + ".weight"]
-            out[h + theirs + ".bias"] = state[f + ours + ".bias"]
+        _layer_map(state, out, f, h, to_hf=True)
     out["lm_head.weight"] = (out["transformer.wte.weight"] if tied else
                              state["decoder.output_projection.weight"][index].clone())
     return out

@@ -32,6 +32,24 @@ SPECIAL_TOKENS = {"<s>": "<s>", "<pad>": "<pad>", "</s>": "</s>", "<unk>": "<unk
                   "<mask>": "<mask>"}
 
 
+# per layer, ours <-> HF's (weight and bias each)
+LAYER_PAIRS = (("self_attn.q_proj", "attention.self.query"),
+               ("self_attn.k_proj", "attention.self.key"),
+               ("self_attn.v_proj", "attention.self.value"),
+               ("self_attn.out_proj", "attention.output.dense"),
+               ("self_attn_layer_norm", "attention.output.LayerNorm"),
+               ("fc1", "intermediate.dense"), ("fc2", "output.dense"),
+               ("final_layer_norm", "output.LayerNorm"))
+
+
+def _layer_map(source: Dict[str, Tensor], out: Dict[str, Tensor], src: str, dst: str,
+               to_hf: bool) -> None:
+    for ours, theirs in LAYER_PAIRS:
+        a, b = (ours, theirs) if to_hf else (theirs, ours)
+        for kind in (".weight", ".bias"):
+            out[dst + b + kind] = source[src + a + kind]
+
+
 def check_config(config) -> None:
     kind = getattr(config, "position_embedding_type", None) or "absolute"
     if kind != "absolute":
@@ -100,17 +118,7 @@ def to_fairseq(hf: Dict[str, Tensor], config, index: Tensor, vocab_rows: int,
            enc + "layernorm_embedding.bias": hf["embeddings.LayerNorm.bias"],
            enc + "version": torch.tensor([3.0])}
     for i in range(config.num_hidden_layers):
-        h, f = f"encoder.layer.{i}.", f"{enc}layers.{i}."
-        for ours, theirs in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
-            out[f + f"self_attn.{ours}.weight"] = hf[h + f"attention.self.{theirs}.weight"]
-            out[f + f"self_attn.{ours}.bias"] = hf[h + f"attention.self.{theirs}.bias"]
-        pairs = (("self_attn.out_proj", "attention.output.dense"),
-                 ("self_attn_layer_norm", "attention.output.LayerNorm"),
-                 ("fc1", "intermediate.dense"), ("fc2", "output.dense"),
-                 ("final_layer_norm", "output.LayerNorm"))
-        for ours, theirs in pairs:
-            out[f + ours + ".weight"] = hf[h + theirs + ".weight"]
-            out[f + ours + ".bias"] = hf[h + theirs + ".bias"]
+        _layer_map(hf, out, f"encoder.layer.{i}.", f"{enc}layers.{i}.", to_hf=False)
     out["encoder.lm_head.weight"] = embed
     if has_head:
         for part in ("dense", "layer_norm"):
@@ -140,17 +148,7 @@ def from_fairseq(state: Dict[str, Tensor], index: Tensor, num_layers: int,
            "roberta.embeddings.LayerNorm.weight": state[enc + "layernorm_embedding.weight"],
            "roberta.embeddings.LayerNorm.bias": state[enc + "layernorm_embedding.bias"]}
     for i in range(num_layers):
-        h, f = f"roberta.encoder.layer.{i}.", f"{enc}layers.{i}."
-        for ours, theirs in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value")):
-            out[h + f"attention.self.{theirs}.weight"] = state[f + f"self_attn.{ours}.weight"]
-            out[h + f"attention.self.{theirs}.bias"] = state[f + f"self_attn.{ours}.bias"]
-        pairs = (("self_attn.out_proj", "attention.output.dense"),
-                 ("self_attn_layer_norm", "attention.output.LayerNorm"),
-                 ("fc1", "intermediate.dense"), ("fc2", "output.dense"),
-                 ("final_layer_norm", "output.LayerNorm"))
-        for ours, theirs in pairs:
-            out[h + theirs + ".weight"] = state[f + ours + ".weight"]
-            out[h + theirs + ".bias"] = state[f + ours + ".bias"]
+        _layer_map(state, out, f"{enc}layers.{i}.", f"roberta.encoder.layer.{i}.", to_hf=True)
     for part in ("dense", "layer_norm"):
         out[f"lm_head.{part}.weight"] = state[f"encoder.lm_head.{part}.weight"]
         out[f"lm_head.{part}.bias"] = state[f"encoder.lm_head.{part}.bias"]

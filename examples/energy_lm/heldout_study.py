@@ -90,15 +90,21 @@ def epoch_metrics(save: Path) -> Dict[int, dict]:
     return out
 
 
+def scoring_point(save: Path, checkpoint: str, name: str) -> Path:
+    """save/name, where run_scoring scores save/checkpoint (its checkpoint_best.pt: a link)."""
+    point = save / name
+    point.mkdir(exist_ok=True)
+    link = point / "checkpoint_best.pt"
+    if not link.is_symlink():
+        link.symlink_to(f"../{checkpoint}")
+    return point
+
+
 def estimate(data: Path, save: Path, epoch: int) -> dict:
     """eval-elm's labelled figures on the whole valid split for one epoch's checkpoint."""
-    point = save / f"epoch{epoch}"
+    point = scoring_point(save, f"checkpoint{epoch}.pt", f"epoch{epoch}")
     cached = point / "elm-whole.json"
     if not cached.exists():
-        point.mkdir(exist_ok=True)
-        link = point / "checkpoint_best.pt"
-        if not link.is_symlink():
-            link.symlink_to(f"../checkpoint{epoch}.pt")
         run_eval_elm(data, point, ["--batch-size", "8", "--json", str(cached.with_suffix(".tmp"))],
                      "elm-whole.txt")
         cached.with_suffix(".tmp").rename(cached)
@@ -109,13 +115,9 @@ def exact(data: Path, save: Path, checkpoint: str, point_name: str, blocks: int,
           criterion: str) -> Path:
     """Per-token records of save/checkpoint on the random blocks, in save/point_name (exact
     Z for the energy runs; a CE run's LM only: its energy head never trained, E = 0)."""
-    point = save / point_name
+    point = scoring_point(save, checkpoint, point_name)
     records = point / "tokens.jsonl"
     if not records.exists():
-        point.mkdir(exist_ok=True)
-        link = point / "checkpoint_best.pt"
-        if not link.is_symlink():
-            link.symlink_to(f"../{checkpoint}")
         flags = ["--batch-size", "1", "--blocks", str(blocks), "--block-seed", "1",
                  "--per-token", str(records)]
         if criterion != "ce":
