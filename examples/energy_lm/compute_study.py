@@ -33,7 +33,7 @@ from typing import Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from heldout_study import CRITERIA, exact, fmt, train  # noqa: E402  (same folder)
 from replicate import CAUSAL, CAUSAL_ARCH, COMMON  # noqa: E402
-from run_scoring import elm_bits, paired_clustered, read_records  # noqa: E402
+from run_scoring import elm_bits, paired_clustered, read_records, study_parser  # noqa: E402
 
 
 def step_cost(data: Path, criterion: str, steps: int = 5) -> Dict[str, float]:
@@ -125,12 +125,7 @@ def table(out: Path, runs: Dict[str, int], energy: List[str], seeds: List[int],
 
 
 def main(argv=None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser = study_parser(__doc__)  # --data, --out
     parser.add_argument("--updates", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--energy", nargs="+", default=["monarc", "nce"])

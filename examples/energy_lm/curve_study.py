@@ -25,7 +25,7 @@ from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from heldout_study import CRITERIA, exact, fmt, train  # noqa: E402  (same folder)
-from run_scoring import elm_bits, paired_clustered, read_records  # noqa: E402
+from run_scoring import elm_bits, paired_clustered, read_records, study_parser  # noqa: E402
 
 
 def checkpoint_at(save: Path, update: int) -> str:
@@ -53,12 +53,7 @@ def table(out: Path, criterion: str, points: List[int], seeds: List[int]) -> str
 
 
 def main(argv=None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser = study_parser(__doc__)  # --data, --out
     parser.add_argument("--criterion", default="monarc", choices=["monarc", "nce"])
     parser.add_argument("--points", type=int, nargs="+", default=[100, 200, 500, 1000, 2000])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])

@@ -36,7 +36,7 @@ from typing import Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replicate import BIN, CAUSAL, CAUSAL_ARCH, COMMON, log_records  # noqa: E402
 from run_scoring import (  # noqa: E402
-    elm_bits, paired_clustered, read_records, run_eval_elm)
+    elm_bits, paired_clustered, read_records, run_eval_elm, score_whole_split)
 
 CRITERIA = {"ce": ["--criterion", "cross_entropy"], "monarc": ["--criterion", "monarc"],
             "nce": ["--criterion", "nce"]}
@@ -102,13 +102,7 @@ def scoring_point(save: Path, checkpoint: str, name: str) -> Path:
 
 def estimate(data: Path, save: Path, epoch: int) -> dict:
     """eval-elm's labelled figures on the whole valid split for one epoch's checkpoint."""
-    point = scoring_point(save, f"checkpoint{epoch}.pt", f"epoch{epoch}")
-    cached = point / "elm-whole.json"
-    if not cached.exists():
-        run_eval_elm(data, point, ["--batch-size", "8", "--json", str(cached.with_suffix(".tmp"))],
-                     "elm-whole.txt")
-        cached.with_suffix(".tmp").rename(cached)
-    return json.loads(cached.read_text())
+    return score_whole_split(data, scoring_point(save, f"checkpoint{epoch}.pt", f"epoch{epoch}"))
 
 
 def exact(data: Path, save: Path, checkpoint: str, point_name: str, blocks: int,

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compute_study import measure  # noqa: E402  (same folder)
 from heldout_study import CRITERIA, RESUMABLE, exact, fmt, train  # noqa: E402
 from replicate import BIN, CAUSAL, CAUSAL_ARCH, log_records  # noqa: E402
-from run_scoring import elm_bits, paired_clustered, read_records  # noqa: E402
+from run_scoring import elm_bits, paired_clustered, read_records, study_parser  # noqa: E402
 
 
 def valid_losses(log: Path) -> Dict[int, float]:
@@ -101,12 +101,7 @@ def table(out: Path, runs: Dict[str, int], seeds: List[int], base: Dict[int, flo
 
 
 def main(argv=None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser = study_parser(__doc__)  # --data, --out
     parser.add_argument("--stage", type=int, default=500, help="updates per base stage")
     parser.add_argument("--threshold", type=float, default=0.02,
                         help="plateau: a stage lowers the valid loss by less than this (bits)")
