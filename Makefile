@@ -10,7 +10,7 @@ FAIRSEQ_DIST ?= fairseq-fixed==0.12.3.1
 DEMO_DIR ?= demo
 DEMO_UPDATES ?= 900
 
-.PHONY: install demo test test-fast fairseq-tests gpu-check clean
+.PHONY: install demo lint test test-fast fairseq-tests gpu-check clean
 
 install: $(STAMP)
 
@@ -55,7 +55,12 @@ demo: $(STAMP) $(DEMO_DIR)/corpus/data-bin/dict.txt
 TEST_WORKERS ?= 2
 PYTEST := env OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-test: $(STAMP)
+# ruff with the rules in pyproject.toml: unused imports, conditions written twice, loop
+# variables caught late; `make test` runs it first
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: lint
 	$(PYTEST) tests
 
 test-fast: $(STAMP)

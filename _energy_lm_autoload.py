@@ -30,7 +30,8 @@ def _import_energy_lm() -> None:
         import warnings
 
         warnings.warn(f"energy_lm autoload failed ({err!r}); fairseq runs without "
-                      f"energy_lm. Set {DISABLE_ENV}=1 to silence this.", RuntimeWarning)
+                      f"energy_lm. Set {DISABLE_ENV}=1 to silence this.", RuntimeWarning,
+                      stacklevel=2)
 
 
 class _LoaderThenEnergyLM:

@@ -30,7 +30,6 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
 
@@ -337,7 +336,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
             since, at = marks.get("exact_done", (started, 0))
             left = (now - since) / (done - at) * (total_batches - done)
             phase = "estimate"
-        if done == 1 or done % 10 == 0 or done == total_batches or done == exact_batches:
+        if done == 1 or done % 10 == 0 or done in (total_batches, exact_batches):
             print(f"  batch {done}/{total_batches} ({phase}), {tokens} tokens, "
                   f"{now - started:.0f} s, ~{left:.0f} s left in this phase",
                   file=sys.stderr, flush=True)

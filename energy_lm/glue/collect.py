@@ -25,7 +25,6 @@ import logging
 import math
 import re
 import statistics
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 

@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, List, Optional

@@ -173,7 +173,7 @@ def candidate_attention_reference(q_c: Tensor, k_c: Tensor, v_c: Tensor, k: Tens
     for start in range(0, m, chunk):
         stop = min(m, start + chunk)
         mask = layout.derived(f"reference-candidates-{start}-{q_c.device}",
-                              lambda: candidate_mask(layout, start, stop))
+                              lambda start=start, stop=stop: candidate_mask(layout, start, stop))
         keys = torch.cat([k, k_c[:, :, start:stop]], dim=2)  # (B, H, N + c, D)
         values = torch.cat([v, v_c[:, :, start:stop]], dim=2)
         outs.append(attention(q_c[:, :, start:stop], keys, values, mask, False, dropout_p))

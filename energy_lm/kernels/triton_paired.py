@@ -60,7 +60,7 @@ Caveats:
   with candidates sorted by position (K per position, in order) get the most skipping.
 """
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import triton

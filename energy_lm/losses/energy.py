@@ -17,7 +17,7 @@ shapes), so the functions are safe on the training path.
 """
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F

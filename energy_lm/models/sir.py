@@ -111,7 +111,7 @@ def sir_sample(model, prefix: Union[Tensor, List[Tensor]], max_new_tokens: int,
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    prompts = list(prefix) if isinstance(prefix, Tensor) else list(prefix)
+    prompts = list(prefix)  # a (B, T) tensor's rows, or the given prompts
     if not prompts:
         return []
     model.eval()

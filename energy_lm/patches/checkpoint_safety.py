@@ -36,7 +36,6 @@ import os
 import re
 import shutil
 import tempfile
-from pathlib import Path
 from typing import Callable, List, Optional
 
 import torch

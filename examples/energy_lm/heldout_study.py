@@ -134,7 +134,7 @@ def corpus_tables(name: str, runs: Dict[str, Dict[int, Path]], epochs: int,
     for criterion in ("monarc", "nce"):
         for epoch in range(1, epochs + 1):
             cells = {"train": [], "valid": [], "gain": []}
-            for seed, save in runs.get(criterion, {}).items():
+            for save in runs.get(criterion, {}).values():
                 metrics = epoch_metrics(save).get(epoch, {})
                 if "train" in metrics:
                     cells["train"].append(float(metrics["train"]["train_energy_acc"]))

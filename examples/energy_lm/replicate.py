@@ -27,7 +27,6 @@ markdown table on stdout (mean ± std over seeds).
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys

@@ -125,7 +125,7 @@ def compare_with_naive(tensors, cand_pos, causal, mode, seg, pad, atol, rtol):
     for name, x, y in zip(names, [*got, *got_grads], [*want, *want_grads]):
         assert x.dtype == tensors[0].dtype and x.shape == y.shape, name
         torch.testing.assert_close(x.double(), y, atol=atol, rtol=rtol,
-                                   msg=lambda s: f"{name}: {s}")
+                                   msg=lambda s, name=name: f"{name}: {s}")
 
 
 @pytest.mark.parametrize("masks", MASKS)

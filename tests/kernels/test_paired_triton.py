@@ -136,7 +136,7 @@ def test_fp32_matches_reference_forward_and_all_grads(name, b, h, n, d, cand, ca
     for label, x, y in zip(NAMES, got, want):
         assert x.dtype == torch.float32 and x.shape == y.shape, label
         torch.testing.assert_close(x.double(), y, atol=2e-5, rtol=1e-4,
-                                   msg=lambda s: f"{label}: {s}")
+                                   msg=lambda s, label=label: f"{label}: {s}")
 
 
 LOW_CASES = CASES
@@ -185,7 +185,7 @@ def test_query_with_no_visible_key_returns_zero_without_nan(causal, mode):
         assert (out[0, :, :2] == 0).all() and (dq[0, :, :2] == 0).all()
     for label, x, y in zip(NAMES, got, want):
         torch.testing.assert_close(x.double(), y, atol=2e-5, rtol=1e-4,
-                                   msg=lambda s: f"{label}: {s}")
+                                   msg=lambda s, label=label: f"{label}: {s}")
 
 
 def test_strided_inputs_and_bf16_backward_are_deterministic():
@@ -234,7 +234,7 @@ def test_permuted_inputs_are_read_through_their_strides(fused):
                **keywords(2, True, "causal", seg, pad))
     for label, x, y in zip(NAMES, (out, out_c, *got), want):
         torch.testing.assert_close(x.detach().double(), y, atol=2e-5, rtol=1e-4,
-                                   msg=lambda s: f"{label}: {s}")
+                                   msg=lambda s, label=label: f"{label}: {s}")
 
 
 def test_dropout_raises_not_implemented():
@@ -277,7 +277,7 @@ def test_gpu_sweep(b, h, n, d, cand, causal, mode, masks, dtype):
                    **kwargs)
         for label, x, y in zip(NAMES, got, want):
             torch.testing.assert_close(x.double(), y, atol=2e-5, rtol=1e-4,
-                                       msg=lambda s: f"{label}: {s}")
+                                       msg=lambda s, label=label: f"{label}: {s}")
     else:
         ref32 = run(paired_attention_reference, [t.float() for t in six], cand_pos, upstream,
                     **kwargs)
@@ -371,4 +371,4 @@ def test_candidates_only_entry_matches_the_reference(name, b, h, n, d, cand, cau
     got = grads(triton_paired.candidate_attention_triton, [six[i] for i in order])
     want = grads(candidate_attention_reference, [six[i].double() for i in order])
     for label, x, y in zip(["out_c", "dq_c", "dk_c", "dv_c", "dk", "dv"], got, want):
-        torch.testing.assert_close(x, y, atol=2e-5, rtol=1e-4, msg=lambda s: f"{label}: {s}")
+        torch.testing.assert_close(x, y, atol=2e-5, rtol=1e-4, msg=lambda s, label=label: f"{label}: {s}")

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from energy_lm.modules.energy_head import EnergyHead
 
