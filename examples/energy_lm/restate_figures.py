@@ -41,8 +41,17 @@ def subset(records: Records, keys) -> Records:
 
 
 def compare(runs: Runs, fa: Callable, fb: Callable, resamples: int = 4000) -> dict:
-    """paired_clustered over the given (a, b) pairs, one pair per seed."""
-    return paired_clustered(runs, fa, fb, resamples=resamples)
+    """paired_clustered over the given (a, b) pairs, one pair per seed; where the tokens
+    come from two blocks or fewer (whose standard error has one degree of freedom at most),
+    also each block's mean ("per_block", in the records' order)."""
+    out = paired_clustered(runs, fa, fb, resamples=resamples)
+    if out["blocks"] <= 2:
+        out["per_block"] = []
+        for block in block_ids(runs[0][0]):
+            one = [(subset(a, [k for k in a if k[0] == block]),
+                    subset(b, [k for k in b if k[0] == block])) for a, b in runs]
+            out["per_block"].append(paired_clustered(one, fa, fb, resamples=2)["mean"])
+    return out
 
 
 def block_ids(records: Records) -> List[int]:
@@ -62,13 +71,14 @@ def render(title: str, rows: List[Row], note: str = "") -> str:
     if note:
         lines += [note, ""]
     lines += ["| comparison (bits) | mean | ± s.e. (blocks and seeds) | mean / s.e. | "
-              "s.e. blocks | s.e. seeds | blocks | tokens | seeds |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "s.e. blocks | s.e. seeds | blocks | tokens | seeds | mean per block (<= 2 blocks) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in rows:
         ratio = r["mean"] / r["stderr"] if r["stderr"] > 0 else float("inf")
         lines.append(f"| {label} | {r['mean']:+.4f} | {r['stderr']:.4f} | {ratio:+.1f} | "
                      f"{r['stderr_blocks']:.4f} | {r['stderr_seeds']:.4f} | {r['blocks']} | "
-                     f"{r['tokens']} | {r['seeds']} |")
+                     f"{r['tokens']} | {r['seeds']} | "
+                     + " / ".join(f"{m:+.4f}" for m in r.get("per_block", [])) + " |")
     return "\n".join(lines)
 
 

@@ -58,6 +58,7 @@ def test_known_answer_real_pairs_ce_on_the_mixed_runs_tokens(tmp_path):
     assert "blocks [7, 3]" in text
     # seed: handicap 1.0 + 0.5 / 2 = 1.25; gain 0.5 / 2 = 0.25; 20% recovered
     assert "| seed: handicap, LM (mixed q) - LM (CE) | +1.2500 |" in text
+    assert "| 2 | 10 | 1 | +1.5000 / +1.0000 |" in text  # two blocks: each block's mean
     assert "| seed: gain, LM (mixed q) - ELM (exact Z) | +0.2500 |" in text
     assert "seed 20%" in text
     assert restate.adaptation(tmp_path, resamples=50) is None
