@@ -10,7 +10,7 @@ a 16-token prompt, the time of:
 
     fairseq      fairseq's SequenceGenerator, --sampling --beam 1 (cached; the baseline)
     sir-gen K=8  the same generator with --sir-candidates 8 (what fairseq-generate runs)
-    cached K=1   energy_lm.models.sir.sir_sample, the key/value cache, one candidate
+    cached K=1   energy_lm.inference.sir_sampler.sir_sample, the key/value cache, one candidate
     cached K=8   the same, 8 candidates per token
     recompute K=8  sir_sample(cached=False): the whole prefix through the model every step
                  (today's SIR before the cache; by default only where it takes < a few
@@ -62,7 +62,7 @@ def samplers(model, task, batch: int, new: int) -> Dict[str, Callable[[], None]]
     from fairseq.dataclass.configs import GenerationConfig
     from omegaconf import OmegaConf, open_dict
 
-    from energy_lm.models.sir import sir_sample
+    from energy_lm.inference.sir_sampler import sir_sample
 
     d = task.source_dictionary
     g = torch.Generator().manual_seed(0)

@@ -66,7 +66,7 @@ def collect(data_bin: Path, path: Path, positions: int, block: int, chunk: int):
     from fairseq import checkpoint_utils
 
     from energy_lm.cli.eval_elm import task_config
-    from energy_lm.models.energy_pass import vocabulary_energies
+    from energy_lm.inference.log_z import vocabulary_energies
 
     models, _, task = checkpoint_utils.load_model_ensemble_and_task(
         [str(path)], arg_overrides={"data": str(data_bin)})

@@ -12,7 +12,8 @@ FLOORS = [
     {"kernels", "losses", "data", "configs"},  # pure functions, data, files
     {"sampling"},                               # samples of q, keyed uniforms
     {"modules"},                                # layers, heads, the paired pass
-    {"models"},                                 # archs, the scoring rule, generation
+    {"inference"},                              # the energy pass, log Z, SIR, fill-mask, hub
+    {"models"},                                 # the architectures and their options
     {"criterions", "tasks", "patches", "hf"},   # what fairseq is given or changed; the HF bridge
     {"cli"},                                    # console scripts
     {"glue", "harness"},                        # drivers built on the tools

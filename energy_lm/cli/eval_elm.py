@@ -37,9 +37,9 @@ import torch
 from torch import Tensor
 
 from energy_lm.cli.errors import run_reporting_errors
-from energy_lm.models.energy_pass import (ScoredBatch, exact_log_z_of, gather_tokens,
-                                          head_and_tail, score_batch)
-from energy_lm.models.scoring import is_masked_model
+from energy_lm.inference.log_z import exact_log_z_of, head_and_tail
+from energy_lm.inference.scored_batch import ScoredBatch, gather_tokens, score_batch
+from energy_lm.inference.protocol import is_masked_model, require
 
 LN2 = math.log(2)
 logger = logging.getLogger("energy_lm.cli.eval_elm")
@@ -203,10 +203,7 @@ def load(path: Path, data_bin: Path, split: str, tokens_per_sample: Optional[int
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
         [str(path)], arg_overrides=overrides)
     model = models[0]
-    if not getattr(model, "supports_candidate_stream", False):
-        raise ValueError(f"{path} is not an energy_lm model with an energy head "
-                         f"(transformer_lm_energy or roberta_energy family); got "
-                         f"{type(model).__name__}")
+    require(model, "energy", user=f"energy-lm-eval-elm ({path})")
     if tokens_per_sample:  # the evaluation block size (the model's positions are unchanged)
         if tokens_per_sample > model.max_positions():
             raise ValueError(f"--tokens-per-sample {tokens_per_sample} exceeds the model's "

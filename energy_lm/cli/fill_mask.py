@@ -58,7 +58,7 @@ def check_sentences(sentences: List[str]) -> None:
 
 
 def check_model(roberta, topk: int) -> None:
-    from energy_lm.models.scoring import is_masked_model
+    from energy_lm.inference.protocol import is_masked_model
 
     if not is_masked_model(roberta.model) or getattr(roberta.task, "mask_idx", None) is None:
         raise FillMaskError(f"the checkpoint is a {type(roberta.model).__name__} trained with "
@@ -109,9 +109,10 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     roberta = load_roberta(args.checkpoint_dir, args.data_bin, args.checkpoint_file)
     check_model(roberta, args.topk)
-    if args.scoring == "elm" and not hasattr(roberta.model, "energy_head"):
-        raise FillMaskError("--scoring elm needs a checkpoint with an energy head (an "
-                            "energy_lm RoBERTa arch)")
+    if args.scoring == "elm":
+        from energy_lm.inference.protocol import require
+
+        require(roberta.model, "masked", "energy", user="--scoring elm", error=FillMaskError)
     print(f"model: {type(roberta.model).__name__} ({args.checkpoint_dir / args.checkpoint_file})")
     if args.scoring == "elm":
         over = ("the whole vocabulary (exact)" if elm_candidates is None

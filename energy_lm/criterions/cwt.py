@@ -18,7 +18,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
 from energy_lm.losses import cwt_candidates, cwt_loss_from_rows
-from energy_lm.models.scoring import is_masked_model
+from energy_lm.inference.protocol import is_masked_model
 
 LN2 = math.log(2)
 

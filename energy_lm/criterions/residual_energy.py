@@ -6,13 +6,13 @@ of the LM's cross-entropy (docs/methods.md sections 4-5), for causal and masked 
 
 With K candidates per position the y-terms are averaged over the K samples. The
 arithmetic is in `energy_lm.losses`; this module is the fairseq adapter: it runs the
-model's energy pass (`energy_lm.models.scoring.energy_pass`: one call and one output
+model's energy pass (`energy_lm.inference.energy_pass.energy_pass`: one call and one output
 type for both families), masks padding, and logs, in base 2 as fairseq does:
   lm_loss    the LM's own cross-entropy
   ebm_loss   the true value of the energy term (not a surrogate)
   elm_loss   the ELM's NLL assuming Z = 1 (the seed's convention, not a bound): CE + E(x)
              over the same targets (every target, each in its own context: see
-             energy_lm.models.scoring); it can sit below lm_loss while the normalised ELM
+             energy_lm.inference.causal_pass); it can sit below lm_loss while the normalised ELM
              is above it, and overstated the gain 1.9x on the Debian corpus
              (docs/measurements.md)
   elm_est    validation only: the ELM's NLL with log Z estimated as energy-lm-eval-elm
@@ -43,7 +43,8 @@ from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
 from energy_lm.losses import monarc_terms, nce_terms
-from energy_lm.models.scoring import energy_pass
+from energy_lm.inference.energy_pass import energy_pass
+from energy_lm.inference.protocol import require
 from energy_lm.sampling.keyed_random import SampleKeys
 
 LN2 = math.log(2)
@@ -70,13 +71,6 @@ class ResidualEnergyConfig(FairseqDataclass):
                                           "(auto, reference, ...)"})
     seed: int = II("common.seed")
 
-
-def check_energy_model(model, criterion: str) -> None:
-    if not getattr(model, "supports_candidate_stream", False):
-        raise ValueError(
-            f"--criterion {criterion} needs a model with a candidate stream and an energy "
-            f"head (an energy_lm arch such as roberta_clap_tiny or transformer_lm_clap_tiny); "
-            f"got {type(model).__name__}")
 
 
 def check_energy_flags(cfg: ResidualEnergyConfig) -> None:
@@ -119,8 +113,7 @@ class ResidualEnergyCriterion(FairseqCriterion):
 
     def forward(self, model, sample, reduce=True):
         if not self._checked:
-            check_energy_model(model, self.name)
-            model.check_candidate_stream()
+            require(model, "energy", user=f"--criterion {self.name}")
             self._checked = True
         net_input = sample["net_input"]
         # causal: every target, its energy in the context the LM predicted it from;
@@ -143,7 +136,8 @@ class ResidualEnergyCriterion(FairseqCriterion):
         second pass: q's top-k summed exactly, samples of the tail; the samples seeded by
         --seed and the batch's first example, so a validation repeats itself)."""
         from energy_lm.losses import topk_tail_log_z
-        from energy_lm.models.energy_pass import gather_tokens, head_and_tail, score_batch
+        from energy_lm.inference.log_z import head_and_tail
+        from energy_lm.inference.scored_batch import gather_tokens, score_batch
 
         k, m = self.cfg.valid_topk, self.cfg.valid_tail_samples
         vocab = len(self.task.target_dictionary)

@@ -31,6 +31,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from energy_lm.harness.scoring import LOG_Z_MODES, score
+from energy_lm.inference.protocol import is_masked_model, require
 
 
 logger = logging.getLogger("energy_lm.harness")
@@ -77,13 +78,12 @@ class EnergyLMEval(LM):
         self.model.eval()
         self.dictionary = loaded["task"].source_dictionary
         # a masked checkpoint is scored by pseudo-log-likelihood: each token masked in turn
-        self.masked = hasattr(getattr(self.model, "encoder", None), "sentence_encoder")
+        self.masked = is_masked_model(self.model)
         self.mask_idx = getattr(loaded["task"], "mask_idx", None)
         if self.masked and self.mask_idx is None:
             raise HarnessArgumentError("path: a masked model whose task has no <mask> symbol")
-        if scoring == "elm" and not hasattr(self.model, "energy_head"):
-            raise HarnessArgumentError(f"scoring=elm needs an energy LM; "
-                                       f"{type(self.model).__name__} has no energy head")
+        if scoring == "elm":
+            require(self.model, "energy", user="scoring=elm", error=HarnessArgumentError)
         self.scoring, self.log_z = scoring, log_z
         self.sir_candidates = int(sir_candidates)
         self.topk, self.num_samples = int(topk), int(num_samples)

@@ -43,8 +43,8 @@ def score(model, src: Tensor, targets: Tensor, scoring: str = "lm", log_z: str =
     ELM over q's top-k (the estimate: a target outside q's top-k is not greedy). A row's
     figures do not depend on the other rows (padding never changes a target's score)."""
     from energy_lm.losses import exact_log_z, topk_tail_log_z
-    from energy_lm.models.energy_pass import (gather_tokens, head_and_tail, score_batch,
-                                              vocabulary_energies)
+    from energy_lm.inference.log_z import head_and_tail, vocabulary_energies
+    from energy_lm.inference.scored_batch import gather_tokens, score_batch
 
     if scoring not in ("lm", "elm"):
         raise ValueError(f"scoring must be 'lm' or 'elm', got {scoring!r}")

@@ -19,8 +19,9 @@ from typing import List, Optional
 import torch
 from torch import Tensor, nn
 
-from energy_lm.modules.energy_head import EnergyHead
+from energy_lm.inference.energy_pass import energy_pass
 from energy_lm.models.stock_conversion import adapt_stock_checkpoint
+from energy_lm.modules.energy_head import EnergyHead
 from energy_lm.modules.paired_pass import PairedPass
 from energy_lm.sampling.keyed_random import SampleKeys
 
@@ -86,9 +87,12 @@ def _data_parallel() -> bool:
 
 class EnergyModelMixin:
     """Mixed into a fairseq model class that has `self.energy_head` and implements
-    `_trunk()` (the encoder/decoder with `attention_pattern`, `candidate_features`)."""
+    `_trunk()` (the encoder/decoder with `attention_pattern`, `candidate_features`): what
+    makes it an `energy_lm.inference.protocol.EnergyLM`, the one interface scoring and
+    generation use. Each family sets `energy_family` (causal or masked)."""
 
     energy_head: EnergyHead
+    energy_family: str
 
     def _trunk(self):
         raise NotImplementedError
@@ -125,23 +129,23 @@ class EnergyModelMixin:
             out = (out[0] + 0.0 * anchor, *out[1:])
         return out
 
-    @property
-    def supports_candidate_stream(self) -> bool:
-        return True
-
-    def check_candidate_stream(self) -> None:
-        """One clear error for settings the candidate stream cannot serve."""
+    def candidate_stream_problem(self) -> Optional[str]:
+        """Why the candidate stream cannot run with this model's settings (one phrase),
+        or None (read by energy_lm.inference.protocol.require)."""
         trunk = self._trunk()
         if getattr(getattr(trunk, "args", None), "checkpoint_activations", False):
-            raise ValueError("the candidate stream (monarc/nce) does not work with "
-                             "--checkpoint-activations: checkpointed layers keep no graph for "
-                             "the recorded data keys/values")
+            return ("the candidate stream (monarc/nce) does not work with "
+                    "--checkpoint-activations: checkpointed layers keep no graph for the "
+                    "recorded data keys/values")
+        return None
 
     def paired_pass(self, src_tokens: Tensor, segment_ids: Optional[Tensor] = None, *,
                     backend: str = "auto",
                     sample_keys: Optional[SampleKeys] = None) -> PairedPass:
         """The description of one batch's paired forward (energy_lm.modules.paired_pass)."""
-        self.check_candidate_stream()
+        problem = self.candidate_stream_problem()
+        if problem is not None:
+            raise ValueError(problem)
         trunk = self._trunk()
         return PairedPass(owner=trunk.attention_pattern,
                           key_padding_mask=src_tokens.eq(trunk.padding_idx),
@@ -151,13 +155,11 @@ class EnergyModelMixin:
         """One batch of the family's task (src_tokens, targets (B, T)) scored in one call:
         at every scored position the LM's proposal, the data token's energy and the
         candidates' (given (B, K, S), chosen by a function of the proposal logits, or
-        num_samples draws from q). Returns an `energy_lm.models.scoring.EnergyOutput`,
-        the same type for both families; options as `energy_lm.models.scoring.energy_pass`
+        num_samples draws from q). Returns an `energy_lm.inference.energy_output.EnergyOutput`,
+        the same type for both families; options as `energy_lm.inference.energy_pass.energy_pass`
         (first_target f scores targets[:, f - 1:] only; segment_ids, packed documents,
         are an option of a causal model). A criterion calls that function with the model
         fairseq hands it instead (under DistributedDataParallel, the wrapper)."""
-        from energy_lm.models.scoring import energy_pass
-
         return energy_pass(self, src_tokens, targets, candidates, **options)
 
     def candidate_features(self, paired: PairedPass, src_tokens: Tensor, cand_tokens: Tensor,

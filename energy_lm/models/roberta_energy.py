@@ -22,6 +22,7 @@ from fairseq.models.transformer import TransformerConfig, TransformerEncoder
 from fairseq.modules.transformer_sentence_encoder import init_bert_params
 from fairseq.utils import safe_getattr, safe_hasattr
 
+from energy_lm.inference.protocol import MASKED
 from energy_lm.models.energy_model import EnergyModelMixin, attach_dictionary, check_task_length
 from energy_lm.models.energy_options import (
     EnergyOptions,
@@ -139,6 +140,8 @@ class RobertaEnergyEncoder(RobertaEncoder):
 @register_model("roberta_energy")
 class RobertaEnergyModel(EnergyModelMixin, RobertaModel):
     """RoBERTa + CLAP head / ALiBi + energy head; see the module docstring for the presets."""
+
+    energy_family = MASKED
 
     def __init__(self, args, encoder):
         super().__init__(args, encoder)  # ends with BERT's init of every parameter

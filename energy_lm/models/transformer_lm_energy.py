@@ -27,6 +27,9 @@ from fairseq.utils import safe_getattr
 from omegaconf import II
 from torch import Tensor, nn
 
+from energy_lm.inference.causal_pass import causal_energy_pass
+from energy_lm.inference.hub import EnergyLMHubInterface
+from energy_lm.inference.protocol import CAUSAL
 from energy_lm.models.energy_model import EnergyModelMixin, attach_dictionary, check_task_length
 from energy_lm.models.energy_options import EnergyOptions, presets, resolve_energy_options
 from energy_lm.kernels.alibi import ALIBI_MAX_POSITIONS, DECODER_ALIBI_CHOICES
@@ -187,6 +190,8 @@ class TransformerLMEnergyModel(EnergyModelMixin, TransformerLanguageModel):
     """Causal LM + CLAP head / causal ALiBi + energy head; see the module docstring for
     the presets."""
 
+    energy_family = CAUSAL
+
     def __init__(self, decoder):
         super().__init__(decoder)
         kind = str(decoder.args.energy_head)
@@ -213,10 +218,8 @@ class TransformerLMEnergyModel(EnergyModelMixin, TransformerLanguageModel):
         tokens[:, t] given tokens[:, :t]. Returns (lprobs (B, T, V) with lprobs[:, t] =
         log q(. | tokens[:, :t]), the proposal of the token at t (position 0 has none: a
         uniform q), energy (B, T) = E(x_t | x_<t), cand_energy (B, K, T)). See
-        energy_lm.models.scoring for position 0 and the rich head.
+        energy_lm.inference.causal_pass for position 0 and the rich head.
         """
-        from energy_lm.models.scoring import causal_energy_pass
-
         out = causal_energy_pass(self, tokens, candidates, start=0, segment_ids=segment_ids,
                                  backend=backend)
         return torch.log_softmax(out.logits.float(), dim=-1), out.energy, out.cand_energy
@@ -228,10 +231,8 @@ class TransformerLMEnergyModel(EnergyModelMixin, TransformerLanguageModel):
     @classmethod
     def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt",
                         data_name_or_path=".", **kwargs):
-        """fairseq's loader, returning `energy_lm.models.hub.EnergyLMHubInterface` (SIR sampling)."""
+        """fairseq's loader, returning `energy_lm.inference.hub.EnergyLMHubInterface` (SIR sampling)."""
         from fairseq import hub_utils
-
-        from energy_lm.models.hub import EnergyLMHubInterface
 
         x = hub_utils.from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path,
                                       archive_map=cls.hub_models(), **kwargs)

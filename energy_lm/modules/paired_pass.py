@@ -3,7 +3,7 @@
 
 One frozen `PairedPass` describes one batch's paired forward: its masks, the attention
 backend, the keys of the candidates' samples. It is built once where the pass starts
-(`model.paired_pass`, called by `energy_lm.models.scoring`) and runs in two stages, each
+(`model.paired_pass`, called by `energy_lm.inference`'s energy passes) and runs in two stages, each
 a `with` block:
 
     paired = model.paired_pass(src_tokens, segment_ids, backend=..., sample_keys=...)

@@ -3,7 +3,7 @@
 fairseq's RoBERTa hub interface ranks the fillings of `<mask>` by the MLM head; a masked
 energy model's energy is ignored there. The wrap adds two keywords to
 `RobertaHubInterface.fill_mask` (installed at import, idempotent): `scoring="lm"` (the
-default: fairseq's own method, unchanged) or `"elm"` (energy_lm.models.elm_fill: q's top
+default: fairseq's own method, unchanged) or `"elm"` (energy_lm.inference.elm_fill: q's top
 `elm_candidates` re-weighted by exp(-E) and renormalised over them; None: the whole
 vocabulary). The result keeps fairseq's format, (filled sentence, probability, token).
 """
@@ -37,7 +37,7 @@ def install() -> None:
             raise ValueError(f"scoring must be 'lm' or 'elm', got {scoring!r}")
         from fairseq import utils
 
-        from energy_lm.models.elm_fill import elm_fillings
+        from energy_lm.inference.elm_fill import elm_fillings
 
         tokens = _tokens(self, masked_input).to(self.device)
         index = int((tokens == self.task.mask_idx).nonzero()[0])

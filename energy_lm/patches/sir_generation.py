@@ -5,15 +5,15 @@ generator with `task.build_generator(models, cfg.generation)`; none has a hook f
 another sampler, and GenerationConfig has a fixed set of fields. Three wraps, installed
 at import (idempotent):
 
-- `fairseq.options.add_generation_args` also adds the two flags to the Generation group;
+- `fairseq.options.add_generation_args` also adds the three flags to the Generation group;
 - `fairseq.dataclass.utils.convert_namespace_to_omegaconf` carries them from the parsed
   arguments into `cfg.generation` (it keeps only GenerationConfig's own fields);
 - `FairseqTask.build_generator` builds energy_lm's SIR generator
-  (energy_lm.models.sir_generator) when K > 1, and fairseq's own otherwise: without
+  (energy_lm.inference.sir_generator) when K > 1, and fairseq's own otherwise: without
   the flag, or with K = 1, generation is exactly fairseq's.
 """
 
-SIR_FLAGS = ("sir_candidates", "sir_print_weights")
+SIR_FLAGS = ("sir_candidates", "sir_print_weights", "sir_attention_backend")
 
 
 def _add_flags(group) -> None:
@@ -24,6 +24,9 @@ def _add_flags(group) -> None:
     group.add_argument("--sir-print-weights", action="store_true",
                        help="with --sir-candidates: log each step's candidates, energies "
                             "and resampling weights")
+    group.add_argument("--sir-attention-backend", default="auto", metavar="NAME",
+                       help="with --sir-candidates: paired-attention backend of the "
+                            "candidates' forward (auto, reference, sdpa, flex, triton)")
 
 
 def install() -> None:
@@ -62,11 +65,12 @@ def install() -> None:
             return build_generator(self, models, args, seq_gen_cls=seq_gen_cls,
                                    extra_gen_cls_kwargs=extra_gen_cls_kwargs,
                                    prefix_allowed_tokens_fn=prefix_allowed_tokens_fn)
-        from energy_lm.models.sir_generator import SirSequenceGenerator, check_sir_args
+        from energy_lm.inference.sir_generator import SirSequenceGenerator, check_sir_args
 
         check_sir_args(models, args, k)
         extra = dict(extra_gen_cls_kwargs or {}, sir_candidates=k,
-                     sir_print_weights=bool(getattr(args, "sir_print_weights", False)))
+                     sir_print_weights=bool(getattr(args, "sir_print_weights", False)),
+                     sir_attention_backend=getattr(args, "sir_attention_backend", "auto"))
         return build_generator(self, models, args, seq_gen_cls=SirSequenceGenerator,
                                extra_gen_cls_kwargs=extra,
                                prefix_allowed_tokens_fn=prefix_allowed_tokens_fn)

@@ -9,8 +9,8 @@ import torch
 
 from conftest import LM_SMALL, build_model, error_line, run_cli
 from energy_lm.cli.eval_elm import evaluate, report
-from energy_lm.models.energy_pass import exact_log_z_of
-from energy_lm.models.sir import sir_sample
+from energy_lm.inference.log_z import exact_log_z_of
+from energy_lm.inference.sir_sampler import sir_sample
 
 
 def energy_lm(data_bin, seed=0, std=0.5):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from fairseq import criterions
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import energy_lm.models.scoring as scoring
+import energy_lm.inference.pass_parts as scoring
 from conftest import build_model
 
 
@@ -241,7 +241,7 @@ def test_samples_depend_on_the_example_not_on_the_batch_layout(data_bin, arch, t
 def test_energy_metrics_leave_ties_out_and_report_the_gap(data_bin, monkeypatch):
     """Half the samples equal the data token: they count in tie_share and nowhere else;
     energy_acc and energy_gap are over the other half."""
-    from energy_lm.models.scoring import causal_energy_pass
+    from energy_lm.inference.causal_pass import causal_energy_pass
 
     model, task = build_model(data_bin, "transformer_lm_alibi_tiny", task="language_modeling")
     model = with_energy(model)
@@ -271,7 +271,8 @@ def test_validation_logs_the_elm_estimate_eval_elm_gives(data_bin, name):
     """In validation the criterion logs elm_est, the ELM's NLL with log Z estimated as
     energy-lm-eval-elm estimates it: close to the exact-Z ELM on the same batch, where the
     Z = 1 figure (elm_loss) is not; in training it computes no such pass."""
-    from energy_lm.models.energy_pass import exact_log_z_of, gather_tokens, score_batch
+    from energy_lm.inference.log_z import exact_log_z_of
+    from energy_lm.inference.scored_batch import gather_tokens, score_batch
 
     model, task = build_model(data_bin, "transformer_lm_alibi_tiny", "--decoder-layers", "1",
                               task="language_modeling")

@@ -186,7 +186,7 @@ def masked_checkpoint(data_bin, tmp_path_factory):
 def test_masked_checkpoints_score_by_pseudo_log_likelihood(masked_checkpoint, data_bin):
     from lm_eval.api.instance import Instance
 
-    from energy_lm.models.scoring import masked_energy_pass
+    from energy_lm.inference.masked_pass import masked_energy_pass
 
     request = Instance(request_type="loglikelihood", doc={}, idx=0,
                        arguments=("Return the list of", " items"))

@@ -14,7 +14,7 @@ MLM_ARCHS = ["roberta_clap_tiny", "roberta_zero_clap_tiny", "roberta_alibi_tiny"
 
 def energy_model(data_bin, arch, *extra, task="language_modeling", seed=0):
     """The linear head unless `extra` names another: these invariances compare with the
-    plain forward's final state (the seed head's own: tests/models/test_scoring_rule.py)."""
+    plain forward's final state (the seed head's own: tests/inference/test_scoring_rule.py)."""
     model, task_obj = build_model(data_bin, arch, "--energy-head", "linear", *extra, task=task)
     torch.manual_seed(seed)
     for p in model.energy_head.parameters():  # a trained-looking, nonzero energy head

@@ -13,7 +13,7 @@ negligible, as it is for any trained LM (<pad> is never a target).
 
 Two ways to get the proposal and the energies, which make the same choices from the same
 random numbers: `cached=True` (the default) keeps the data stream's keys and values and
-runs one batched forward of the K candidates per step (energy_lm.models.decode_cache);
+runs one batched forward of the K candidates per step (decode_cache.py);
 `cached=False` reruns the model on the whole prefix at every step (the reference the
 cached sampler is tested against; O(T^2) per sequence).
 """
@@ -23,13 +23,14 @@ from typing import Dict, List, Optional, Union
 import torch
 from torch import Tensor
 
-from energy_lm.models import decode_cache
-from energy_lm.models.scoring import causal_energy_pass
+from energy_lm.inference import decode_cache
+from energy_lm.inference.causal_pass import causal_energy_pass
+from energy_lm.inference.sir_resample import draw_candidates, resample
 
 
 class _Cached:
-    def __init__(self, model, prompts: List[Tensor]):
-        self.model = model
+    def __init__(self, model, prompts: List[Tensor], backend: str):
+        self.model, self.backend = model, backend
         self.cache = decode_cache.prefill(model, prompts)
         self.step = None
 
@@ -38,7 +39,8 @@ class _Cached:
 
     def _forward(self, candidates: Tensor):
         if self.step is None or not torch.equal(self.step.candidates, candidates):
-            self.step = decode_cache.forward_candidates(self.model, self.cache, candidates)
+            self.step = decode_cache.forward_candidates(self.model, self.cache, candidates,
+                                                        self.backend)
         return self.step
 
     def energies(self, candidates: Tensor) -> Tensor:
@@ -53,8 +55,8 @@ class _Cached:
 class _Recompute:
     """The whole prefix through the model at every step (rows of one length at a time)."""
 
-    def __init__(self, model, prompts: List[Tensor]):
-        self.model = model
+    def __init__(self, model, prompts: List[Tensor], backend: str):
+        self.model, self.backend = model, backend
         self.rows = list(prompts)
 
     def _groups(self):
@@ -75,7 +77,7 @@ class _Recompute:
     def energies(self, candidates: Tensor) -> Tensor:
         out: List[Optional[Tensor]] = [None] * len(self.rows)
         for idx, tokens in self._groups():
-            energies = _step_energies(self.model, tokens, candidates[idx])
+            energies = _step_energies(self.model, tokens, candidates[idx], self.backend)
             for j, i in enumerate(idx):
                 out[i] = energies[j]
         return torch.stack(out)
@@ -85,13 +87,13 @@ class _Recompute:
         self.rows = [torch.cat([row, chosen[i:i + 1]]) for i, row in enumerate(self.rows)]
 
 
-def _step_energies(model, prefix: Tensor, candidates: Tensor) -> Tensor:
+def _step_energies(model, prefix: Tensor, candidates: Tensor, backend: str) -> Tensor:
     """Energies of candidates (B, K) standing at position T of prefix (B, T) -> (B, K)."""
     # the candidate position must exist in the data stream: extend the prefix by one
     # placeholder token; causal attention keeps it out of the candidates' view
     extended = torch.cat([prefix, candidates[:, :1]], dim=1)  # (B, T+1)
     out = causal_energy_pass(model, extended, candidates.unsqueeze(-1),
-                             start=extended.size(1) - 1)
+                             start=extended.size(1) - 1, backend=backend)
     return out.cand_energy.squeeze(-1)  # (B, K)
 
 
@@ -99,13 +101,14 @@ def _step_energies(model, prefix: Tensor, candidates: Tensor) -> Tensor:
 def sir_sample(model, prefix: Union[Tensor, List[Tensor]], max_new_tokens: int,
                num_candidates: int = 1, eos: Optional[int] = None, pad: Optional[int] = None,
                generator: Optional[torch.Generator] = None, *, cached: bool = True,
-               trace: Optional[List[dict]] = None) -> List[Tensor]:
+               trace: Optional[List[dict]] = None, backend: str = "auto") -> List[Tensor]:
     """Continue each prompt by up to max_new_tokens tokens.
 
     prefix: (B, T) tokens, or a list of B 1-D prompts of any lengths. Returns one 1-D
     tensor per row: the prompt and its continuation, up to and including the first eos
     (when given). trace, when given, receives one record per step: the candidates (B, K),
-    their energies (B, K; None for K = 1) and the chosen index (B,).
+    their energies (B, K; None for K = 1) and the chosen index (B,). backend: the
+    paired-attention backend of the candidates' forward (energy_lm.kernels.backends).
     """
     if num_candidates < 1:
         raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
@@ -115,7 +118,7 @@ def sir_sample(model, prefix: Union[Tensor, List[Tensor]], max_new_tokens: int,
     if not prompts:
         return []
     model.eval()
-    source = (_Cached if cached else _Recompute)(model, prompts)
+    source = (_Cached if cached else _Recompute)(model, prompts, backend)
     device = prompts[0].device
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     new: List[Tensor] = []
@@ -125,15 +128,13 @@ def sir_sample(model, prefix: Union[Tensor, List[Tensor]], max_new_tokens: int,
         if pad is not None:
             logits[:, pad] = float("-inf")
         probs = torch.softmax(logits, dim=-1)
-        candidates = torch.multinomial(probs, num_candidates, replacement=True,
-                                       generator=generator)  # (B, K)
+        candidates = draw_candidates(probs, num_candidates, generator)  # (B, K)
         energies = None
         if num_candidates == 1:
             pick = torch.zeros(len(prompts), dtype=torch.long, device=device)
         else:
             energies = source.energies(candidates)
-            weights = torch.softmax(-energies.to(probs.dtype), dim=-1)
-            pick = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (B,)
+            pick, _ = resample(energies, generator)  # (B,)
         chosen = candidates.gather(1, pick.unsqueeze(1)).squeeze(1)
         if trace is not None:
             trace.append({"candidates": candidates, "energies": energies, "pick": pick})

@@ -7,8 +7,8 @@ energy-based generation.
     lm.sample("The list", beam=1, sampling=True)                         # fairseq's own sampling
 
 Both SIR calls run fairseq's SequenceGenerator with `--sir-candidates` (the generator of
-fairseq-generate and fairseq-interactive, energy_lm.models.sir_generator; K = 1 is
-fairseq's own sampling); `sample_tokens` runs `energy_lm.models.sir.sir_sample` on token
+fairseq-generate and fairseq-interactive, energy_lm.inference.sir_generator; K = 1 is
+fairseq's own sampling); `sample_tokens` runs `energy_lm.inference.sir_sampler.sir_sample` on token
 ids with its own torch.Generator. Both serve the candidates from the key/value cache.
 """
 
@@ -17,7 +17,7 @@ from typing import List, Optional, Union
 import torch
 from fairseq.hub_utils import GeneratorHubInterface
 
-from energy_lm.models.sir import sir_sample
+from energy_lm.inference.sir_sampler import sir_sample
 
 
 class EnergyLMHubInterface(GeneratorHubInterface):
@@ -43,7 +43,7 @@ class EnergyLMHubInterface(GeneratorHubInterface):
     def sample_tokens(self, prompts: List[torch.LongTensor], num_candidates: int = 1,
                       max_new_tokens: int = 32, seed: Optional[int] = None) -> List[torch.LongTensor]:
         """Token-level SIR sampling of a batch of prompts of any lengths (cached: one
-        forward of the K candidates per step, energy_lm.models.decode_cache)."""
+        forward of the K candidates per step, energy_lm.inference.decode_cache)."""
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed if seed is not None else torch.initial_seed())
         rows = sir_sample(self.models[0], [p.to(self.device) for p in prompts], max_new_tokens,

@@ -1,4 +1,4 @@
-"""Cached SIR (energy_lm.models.decode_cache) against a full recompute: in float64 the
+"""Cached SIR (energy_lm.inference.decode_cache) against a full recompute: in float64 the
 same choices from the same random numbers, energies to 1e-12, for K = 1 and 8, a batch
 of prompts of different lengths, with and without </s> stopping; and against the
 scoring rule's own full pass on the sampled sequences."""
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import build_model
-from energy_lm.models.scoring import causal_energy_pass
-from energy_lm.models.sir import sir_sample
+from energy_lm.inference.causal_pass import causal_energy_pass
+from energy_lm.inference.sir_sampler import sir_sample
 
 ARCHS = ["transformer_lm_zero_clap_tiny", "transformer_lm_clap_tiny", "transformer_lm_alibi_tiny"]
 

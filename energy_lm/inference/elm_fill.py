@@ -12,6 +12,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from energy_lm.inference.masked_pass import masked_energy_pass
+from energy_lm.inference.protocol import MASKED, require
+
 
 @torch.no_grad()
 def elm_fillings(model, tokens: Tensor, masked_index: int, topk: int,
@@ -19,11 +22,7 @@ def elm_fillings(model, tokens: Tensor, masked_index: int, topk: int,
     """tokens (T,) with the mask symbol at masked_index. Returns (token ids (topk,), ELM
     probabilities (topk,) renormalised over the scored candidates, q's probabilities of
     the same tokens (topk,)), best first."""
-    from energy_lm.models.scoring import masked_energy_pass
-
-    if not hasattr(model, "energy_head"):
-        raise ValueError(f"scoring='elm' needs a masked model with an energy head (an "
-                         f"energy_lm RoBERTa checkpoint); {type(model).__name__} has none")
+    require(model, MASKED, "energy", user="scoring='elm'")
     src = tokens.unsqueeze(0)
     pad = model.trunk.padding_idx
     targets = torch.full_like(src, pad)

@@ -11,8 +11,8 @@ from fairseq.sequence_generator import SequenceGenerator
 from omegaconf import OmegaConf, open_dict
 
 from conftest import build_model
-from energy_lm.models.scoring import causal_energy_pass
-from energy_lm.models.sir_generator import SirSequenceGenerator
+from energy_lm.inference.causal_pass import causal_energy_pass
+from energy_lm.inference.sir_generator import SirSequenceGenerator
 
 
 def gen_args(**values):
@@ -90,3 +90,29 @@ def test_one_candidate_is_fairseqs_own_generator_and_bad_flags_fail_in_one_line(
         task.build_generator([model], gen_args(sir_candidates=4, sampling=False))
     with pytest.raises(ValueError, match="needs --beam 1"):
         task.build_generator([model], gen_args(sir_candidates=4, beam=2))
+
+
+def test_the_attention_backend_reaches_both_samplers(data_bin, monkeypatch):
+    """--sir-attention-backend (fairseq's generators) and sir_sample(backend=) run the
+    candidates' forward on the backend named; an unknown name fails in one line."""
+    from energy_lm.inference import decode_cache
+    from energy_lm.inference.sir_sampler import sir_sample
+
+    model, task = float64_lm(data_bin)
+    with pytest.raises(ValueError, match="--sir-attention-backend must be one of auto"):
+        task.build_generator([model], gen_args(sir_candidates=4, sir_attention_backend="fast"))
+    seen = []
+    forward = decode_cache.forward_candidates
+    monkeypatch.setattr(decode_cache, "forward_candidates",
+                        lambda *a, **kw: seen.append(a[3] if len(a) > 3 else kw.get("backend"))
+                        or forward(*a, **kw))
+    generator = task.build_generator([model], gen_args(sir_candidates=4,
+                                                       sir_attention_backend="reference"))
+    rows, prefix, sample = prompt_batch(task)
+    torch.manual_seed(4)
+    generator.generate([model], sample, prefix_tokens=prefix)
+    assert seen and set(seen) == {"reference"}
+    seen.clear()
+    sir_sample(model, rows, 3, num_candidates=4, backend="reference",
+               generator=torch.Generator().manual_seed(1))
+    assert seen and set(seen) == {"reference"}

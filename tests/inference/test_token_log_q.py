@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from energy_lm.models import scoring
+from energy_lm.inference import pass_parts
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5),
@@ -15,7 +15,7 @@ def test_log_q_equals_the_gathered_log_softmax(dtype, tol):
     # 3 x 50 = 150 rows: chunks of 64, 64 and 22 (a chunk boundary inside a row of B)
     logits = (4 * torch.randn(3, 50, 37, dtype=torch.float64)).to(dtype).requires_grad_()
     tokens = torch.randint(0, 37, (3, 5, 50))
-    got = scoring._token_log_q(logits, tokens)
+    got = pass_parts.token_log_q(logits, tokens)
     acc = torch.promote_types(dtype, torch.float32)
     full = F.log_softmax(logits.detach().to(torch.float64), dim=-1)
     want = full.unsqueeze(1).expand(-1, 5, -1, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
@@ -30,7 +30,7 @@ def test_chunked_rows_see_their_own_row():
     logits = torch.zeros(1, rows, 4)
     logits[0, :, 0] = torch.arange(rows, dtype=torch.float32)  # row r: [r, 0, 0, 0]
     tokens = torch.zeros(1, 1, rows, dtype=torch.long)
-    got = scoring._token_log_q(logits, tokens)[0, 0]
+    got = pass_parts.token_log_q(logits, tokens)[0, 0]
     r = torch.arange(rows, dtype=torch.float64)
     want = r - torch.log(torch.exp(r) + 3)
     assert torch.allclose(got.double(), want, atol=1e-5, rtol=0)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from energy_lm.models.scoring import _data_stream
+from energy_lm.inference.pass_parts import data_stream
 from energy_lm.modules.paired_pass import PairedPass
 
 IncrementalState = Dict[str, Dict[str, Optional[Tensor]]]
@@ -78,7 +78,7 @@ def prefill(model, prompts: List[Tensor]) -> DecodeCache:
         row = prompt.unsqueeze(0)
         paired = model.paired_pass(row)
         with paired.recording():
-            features, head_states = _data_stream(model, row, {})  # (1, T, C) each
+            features, head_states = data_stream(model, row)  # (1, T, C) each
         gap = width - prompt.numel()
         for i, attn in enumerate(attns):
             _, k, v = paired.records[attn]  # (1, H, T, D)

@@ -54,7 +54,7 @@ def lm_rows(docs, eos, pad, length=None):
 @pytest.mark.parametrize("arch", ALIBI_ARCHS + ["transformer_lm_clap_tiny"])
 @pytest.mark.parametrize("head", ["linear", "rich", "seed"])
 def test_every_target_of_a_padded_batch_is_scored_in_its_own_context(data_bin, arch, head):
-    from energy_lm.models.scoring import causal_energy_pass
+    from energy_lm.inference.causal_pass import causal_energy_pass
 
     model, d = energy_model(data_bin, arch, energy_head=head)
     docs = [[10, 11, 12, 13, 14, 15], [20, 21, 22], [30, 31, 32, 33, 34]]
@@ -82,7 +82,7 @@ def test_every_target_of_a_padded_batch_is_scored_in_its_own_context(data_bin, a
 def test_a_packed_block_scores_each_document_as_if_it_were_alone(data_bin, arch):
     """With document attention a packed block must give each document's targets, its
     closing </s> included, the LM log-probs and energies it gets alone."""
-    from energy_lm.models.scoring import causal_energy_pass
+    from energy_lm.inference.causal_pass import causal_energy_pass
 
     model, d = energy_model(data_bin, arch)
     eos = d.eos()
@@ -113,7 +113,7 @@ def test_a_packed_block_scores_each_document_as_if_it_were_alone(data_bin, arch)
 def test_a_learned_position_model_scores_the_last_target_of_a_full_block(data_bin):
     """A block of the model's full length: the last target's energy sits one position
     past the LM's positions, which the learned table holds as one extra row."""
-    from energy_lm.models.scoring import causal_energy_pass
+    from energy_lm.inference.causal_pass import causal_energy_pass
 
     model, d = energy_model(data_bin, "transformer_lm_clap_tiny", "--tokens-per-sample", "16")
     assert model.max_positions() == 16
@@ -143,7 +143,7 @@ def test_old_learned_position_checkpoints_gain_the_energy_position(data_bin):
 def test_scoring_from_a_first_target_gives_the_full_calls_figures_there(data_bin, arch, head):
     """first_target f: candidates and figures only at positions f..T (what the harness
     scores after a context), each equal to the full call's at that position."""
-    from energy_lm.models.scoring import causal_energy_pass
+    from energy_lm.inference.causal_pass import causal_energy_pass
 
     model, d = energy_model(data_bin, arch, energy_head=head)
     docs = [[10, 11, 12, 13, 14, 15], [20, 21, 22, 23, 24]]

@@ -9,8 +9,8 @@ from fairseq.models.roberta.hub_interface import RobertaHubInterface
 from omegaconf import OmegaConf
 
 from conftest import build_model
-from energy_lm.models.elm_fill import elm_fillings
-from energy_lm.models.scoring import masked_energy_pass
+from energy_lm.inference.elm_fill import elm_fillings
+from energy_lm.inference.masked_pass import masked_energy_pass
 
 SENTENCE = "Return the <mask> of the list."
 

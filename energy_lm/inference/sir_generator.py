@@ -10,7 +10,7 @@ the search for a token. Two pieces take part:
   SIR needs: the proposal's raw logits and the energy head's context at each row's last
   token. When the token fairseq appends is the candidate SIR chose, that candidate's keys
   and values (computed when it was scored) join the cache and its final state gives the
-  next proposal, without running the layers again (energy_lm.models.decode_cache).
+  next proposal, without running the layers again (decode_cache.py).
 - `SirSampling` (the search side) draws K candidates from the edited proposal exactly as
   fairseq's `Sampling` draws one (the same top-k / top-p support, torch's global RNG),
   scores them with the energy head in one batched forward, and keeps one with
@@ -32,15 +32,23 @@ from fairseq import search
 from fairseq.sequence_generator import EnsembleModel, SequenceGenerator
 from torch import Tensor
 
-from energy_lm.models import decode_cache
+from energy_lm.inference import decode_cache
+from energy_lm.inference.protocol import CAUSAL, require
+from energy_lm.inference.sir_resample import draw_candidates, resample
 
 logger = logging.getLogger("energy_lm.sir")
 
 
 def check_sir_args(models, args, k: int) -> None:
     """One clear line for settings SIR cannot serve."""
+    from energy_lm.kernels import backends
+
     if k < 1:
         raise ValueError(f"--sir-candidates must be >= 1, got {k}")
+    backend = getattr(args, "sir_attention_backend", "auto")
+    if backend not in ("auto", *backends.names()):
+        raise ValueError(f"--sir-attention-backend must be one of auto, "
+                         f"{', '.join(backends.names())}; got {backend!r}")
     if not getattr(args, "sampling", False):
         raise ValueError("--sir-candidates samples: add --sampling (and --beam 1)")
     if getattr(args, "beam", 1) != 1:
@@ -48,19 +56,16 @@ def check_sir_args(models, args, k: int) -> None:
                          f"--nbest and --beam {getattr(args, 'beam', 1)} are not supported)")
     if len(models) != 1:
         raise ValueError("--sir-candidates samples one energy model, not an ensemble")
-    model = models[0]
-    if not hasattr(model, "energy_head") or not hasattr(model, "_trunk") or \
-            hasattr(getattr(model, "encoder", None), "sentence_encoder"):
-        raise ValueError(f"--sir-candidates needs a causal energy LM (transformer_lm_energy "
-                         f"archs); {type(model).__name__} has no energy head to resample with")
+    require(models[0], CAUSAL, "energy", user="--sir-candidates")
 
 
 class SirEnsemble(EnsembleModel):
     """fairseq's EnsembleModel of one energy LM, with SIR's state (see the module
     docstring)."""
 
-    def __init__(self, models):
+    def __init__(self, models, backend: str = "auto"):
         super().__init__(models)
+        self.backend = backend  # the paired-attention backend of the candidates' forward
         self.cache: Optional[decode_cache.DecodeCache] = None
         self.pending: Optional[decode_cache.StepForward] = None
         self.pending_pick: Optional[Tensor] = None
@@ -97,7 +102,8 @@ class SirEnsemble(EnsembleModel):
         """Energies (B, K) of candidates at every row's next position; the candidates'
         forward is kept for the one chosen (`choose`)."""
         model = self.models[0]
-        self.pending = decode_cache.forward_candidates(model, self.cache, candidates)
+        self.pending = decode_cache.forward_candidates(model, self.cache, candidates,
+                                                       self.backend)
         return decode_cache.candidate_energies(model, self.cache, self.pending)
 
     def choose(self, pick: Optional[Tensor]) -> None:
@@ -150,14 +156,13 @@ class SirSampling(search.Sampling):
         else:
             probs, top_indices = lprobs.exp_(), None
         probs = probs.view(bsz, -1)
-        drawn = torch.multinomial(probs, self.num_candidates, replacement=True)  # (B, K)
+        drawn = draw_candidates(probs, self.num_candidates)  # (B, K), torch's global RNG
         candidates = drawn if top_indices is None else top_indices.view(bsz, -1).gather(1, drawn)
         free = probs.gt(0).sum(dim=1) > 1  # rows with more than one possible token
         energies = weights = None
         if bool(free.any()):
             energies = self.ensemble.score(candidates)
-            weights = torch.softmax(-energies.float(), dim=-1)
-            pick = torch.multinomial(weights, 1).squeeze(1)
+            pick, weights = resample(energies)
             pick = torch.where(free, pick, torch.zeros_like(pick))
         else:
             pick = torch.zeros(bsz, dtype=torch.long, device=candidates.device)
@@ -191,8 +196,10 @@ class SirSequenceGenerator(SequenceGenerator):
     SirSampling (built by FairseqTask.build_generator with --sir-candidates K > 1)."""
 
     def __init__(self, models, tgt_dict, search_strategy=None, sir_candidates: int = 2,
-                 sir_print_weights: bool = False, **kwargs):
-        ensemble = models if isinstance(models, SirEnsemble) else SirEnsemble(models)
+                 sir_print_weights: bool = False, sir_attention_backend: str = "auto",
+                 **kwargs):
+        ensemble = (models if isinstance(models, SirEnsemble)
+                    else SirEnsemble(models, sir_attention_backend))
         if not isinstance(search_strategy, search.Sampling):
             raise ValueError("--sir-candidates needs --sampling")
         sir = SirSampling(tgt_dict, ensemble, sir_candidates, search_strategy.sampling_topk,
