@@ -1,37 +1,13 @@
 """energy_lm: contrastive and energy-based language modelling for fairseq.
 
 Importing this package registers its architectures, tasks and criterions with fairseq
-(fairseq's `--user-dir` imports it the same way). It also applies the small set of
-fixes fairseq 0.12 needs on a modern stack (`energy_lm.patches.compat`).
+(fairseq's `--user-dir` imports it the same way). It also installs what it changes in
+fairseq, one ordered list: `energy_lm.patches.PATCHES`.
 """
 
-from energy_lm.patches import compat
+from energy_lm import patches
 
-compat.apply()
-
-from energy_lm.patches import (  # noqa: E402
-    checkpoint_errors,
-    checkpoint_safety,
-    data_checks,
-    elm_fill_mask,
-    epoch_workers,
-    optim_groups,
-    resume_batches,
-    shared_cpu,
-    sir_generation,
-    update_number,
-)
-
-checkpoint_errors.install()
-checkpoint_safety.install()
-data_checks.install()
-elm_fill_mask.install()
-epoch_workers.install()
-optim_groups.install()
-resume_batches.install()
-shared_cpu.install()
-sir_generation.install()
-update_number.install()
+patches.install_all()
 
 # fairseq's --user-dir auto-imports models/ and tasks/ but not criterions/, so the
 # package imports every component itself.

@@ -15,6 +15,8 @@ import functools
 import pickle
 import re
 
+from energy_lm.patches.replace import replace
+
 
 class CheckpointReadError(RuntimeError):
     pass
@@ -59,10 +61,10 @@ def install() -> None:
     `from_pretrained`, `fairseq-eval-lm` and `fairseq-generate` read checkpoints."""
     from fairseq import checkpoint_utils
 
-    load = checkpoint_utils.load_checkpoint_to_cpu
-    if getattr(load, "_energy_lm_wrapped", False):
-        return
+    replace(checkpoint_utils, "load_checkpoint_to_cpu", _naming_the_file)
 
+
+def _naming_the_file(load):
     @functools.wraps(load)
     def load_checkpoint_to_cpu(path, *args, **kwargs):
         try:
@@ -76,5 +78,4 @@ def install() -> None:
                 f"cannot read checkpoint {path}: the file is truncated, corrupt or not a "
                 f"PyTorch checkpoint ({_reason(err)})") from err
 
-    load_checkpoint_to_cpu._energy_lm_wrapped = True
-    checkpoint_utils.load_checkpoint_to_cpu = load_checkpoint_to_cpu
+    return load_checkpoint_to_cpu

@@ -40,6 +40,8 @@ from typing import Callable, List, Optional
 
 import torch
 
+from energy_lm.patches.replace import replace
+
 logger = logging.getLogger("energy_lm.checkpoints")
 
 TEMP_PREFIX = ".energy-lm-partial-"
@@ -47,6 +49,13 @@ TEMP_PREFIX = ".energy-lm-partial-"
 
 class CheckpointWriteError(OSError):
     pass
+
+
+class DivergedError(FloatingPointError):
+    """A non-finite loss or state, its message ending with the flags that matter (lr,
+    energy weight): raised by the save guard and by the trainer's wraps, which pass one
+    on unchanged rather than naming the flags twice (fairseq's train_step calls itself
+    again after an error)."""
 
 
 def _fsync_dir(folder: str) -> None:
@@ -232,7 +241,6 @@ def _load_with_fallback(original):
                 raise DictionaryMismatchError(f"checkpoint {filename}: {cause}") from None
             raise
 
-    load_checkpoint._energy_lm_wrapped = True
     return load_checkpoint
 
 
@@ -317,18 +325,18 @@ def check_state_before_save(trainer, val_loss) -> None:
     update = trainer.get_num_updates()
     where = f"refusing to save the checkpoint of update {update}"
     if val_loss is not None and not math.isfinite(float(val_loss)):
-        raise FloatingPointError(f"{where}: the validation loss is {val_loss} "
+        raise DivergedError(f"{where}: the validation loss is {val_loss} "
                                  f"({_flag_values(trainer)})")
     for name, param in trainer.model.named_parameters():
         if not bool(torch.isfinite(param).all()):
-            raise FloatingPointError(f"{where}: parameter {name} is not finite "
+            raise DivergedError(f"{where}: parameter {name} is not finite "
                                      f"({_flag_values(trainer)})")
     sample = getattr(trainer, "_energy_lm_last_sample", None)
     if sample is None:
         return
     loss = _probe_loss(trainer, sample)
     if loss is not None and not math.isfinite(loss):
-        raise FloatingPointError(f"{where}: the updated model's loss on the last training "
+        raise DivergedError(f"{where}: the updated model's loss on the last training "
                                  f"batch is {loss} ({_flag_values(trainer)}); the files on "
                                  f"disk keep the last finite state")
 
@@ -365,12 +373,11 @@ def _remember_last_sample(original):
             self._energy_lm_last_sample = samples[-1]
         try:
             return original(self, samples, *args, **kwargs)
+        except DivergedError:
+            raise
         except FloatingPointError as err:
-            if "lr=" in str(err):
-                raise
-            raise FloatingPointError(f"{err} ({_flag_values(self)})") from None
+            raise DivergedError(f"{err} ({_flag_values(self)})") from None
 
-    train_step._energy_lm_wrapped = True
     return train_step
 
 
@@ -380,10 +387,10 @@ def _names_the_flags(original):
     def valid_step(self, *args, **kwargs):
         try:
             return original(self, *args, **kwargs)
+        except DivergedError:
+            raise
         except FloatingPointError as err:
-            if "lr=" in str(err):
-                raise
-            raise FloatingPointError(f"{err} in validation ({_flag_values(self)})") from None
+            raise DivergedError(f"{err} in validation ({_flag_values(self)})") from None
 
     return valid_step
 
@@ -399,7 +406,6 @@ def _guarded_save(original):
             write_save_record(cfg.save_dir, "done", first, trainer.get_num_updates())
         return result
 
-    save_checkpoint._energy_lm_wrapped = True
     return save_checkpoint
 
 
@@ -433,23 +439,25 @@ def _ensemble_names_the_checkpoint(original):
     return load_model_ensemble_and_task
 
 
-_ORIGINAL = {}
+_ORIGINAL = {}  # fairseq's torch_persistent_save, for the async writes left to it
+
+
+def _keeping_fairseqs(original):
+    _ORIGINAL["torch_persistent_save"] = original
+    return atomic_torch_save
 
 
 def install() -> None:
-    """Apply the three wraps (idempotent)."""
+    """Apply the three wraps (idempotent): eight names of fairseq's checkpoint_utils and
+    Trainer (energy_lm.patches.PATCHES lists them)."""
     from fairseq import checkpoint_utils
     from fairseq.trainer import Trainer
 
-    if getattr(checkpoint_utils.save_checkpoint, "_energy_lm_wrapped", False):
-        return
-    _ORIGINAL["torch_persistent_save"] = checkpoint_utils.torch_persistent_save
-    checkpoint_utils.torch_persistent_save = atomic_torch_save
-    checkpoint_utils.PathManager = _AtomicPathManager(checkpoint_utils.PathManager)
-    checkpoint_utils.save_checkpoint = _guarded_save(checkpoint_utils.save_checkpoint)
-    Trainer.load_checkpoint = _load_with_fallback(Trainer.load_checkpoint)
-    Trainer.save_checkpoint = _records_the_first_file(Trainer.save_checkpoint)
-    checkpoint_utils.load_model_ensemble_and_task = _ensemble_names_the_checkpoint(
-        checkpoint_utils.load_model_ensemble_and_task)
-    Trainer.train_step = _remember_last_sample(Trainer.train_step)
-    Trainer.valid_step = _names_the_flags(Trainer.valid_step)
+    replace(checkpoint_utils, "torch_persistent_save", _keeping_fairseqs)
+    replace(checkpoint_utils, "PathManager", _AtomicPathManager)
+    replace(checkpoint_utils, "save_checkpoint", _guarded_save)
+    replace(checkpoint_utils, "load_model_ensemble_and_task", _ensemble_names_the_checkpoint)
+    replace(Trainer, "load_checkpoint", _load_with_fallback)
+    replace(Trainer, "save_checkpoint", _records_the_first_file)
+    replace(Trainer, "train_step", _remember_last_sample)
+    replace(Trainer, "valid_step", _names_the_flags)

@@ -16,6 +16,8 @@ import weakref
 import numpy as np
 import torch
 
+from energy_lm.patches.replace import MARK, record, replace
+
 
 def _numpy_safe_globals():
     """numpy objects that fairseq checkpoints hold in `extra_state` (e.g. the data
@@ -38,6 +40,7 @@ def allow_fairseq_checkpoint_globals() -> None:
     which the safe unpickler refuses ("Unsupported global: GLOBAL argparse.Namespace").
     Allow exactly those types. An omegaconf DictConfig is deliberately not allowed."""
     torch.serialization.add_safe_globals([argparse.Namespace] + _numpy_safe_globals())
+    record("torch.serialization.add_safe_globals")
 
 
 OPT_IN_ENV = "ENERGY_LM_ALLOW_OMEGACONF_CHECKPOINTS"
@@ -68,8 +71,8 @@ def allow_omegaconf_checkpoints() -> None:
 def restore_numpy_compat() -> None:
     """numpy 2 removed `np.compat`; fairseq's TokenBlockDataset (`--sample-break-mode
     eos`) and LanguagePairDataset call `np.compat.long`, which was Python's int."""
-    if "compat" not in vars(np):
-        np.compat = types.SimpleNamespace(long=int)
+    if "compat" not in vars(np) or getattr(np.compat, MARK, False):
+        replace(np, "compat", lambda _: types.SimpleNamespace(long=int))
 
 
 class CpuAwareDistributedDataParallel(torch.nn.parallel.DistributedDataParallel):
@@ -93,7 +96,8 @@ def ddp_on_cpu() -> None:
     """Make `--ddp-backend pytorch_ddp` (and its alias c10d) work with `--cpu` (gloo)."""
     from fairseq.models import distributed_fairseq_model
 
-    distributed_fairseq_model.DistributedDataParallel = CpuAwareDistributedDataParallel
+    replace(distributed_fairseq_model, "DistributedDataParallel",
+            lambda _: CpuAwareDistributedDataParallel)
 
 
 _PREFETCH_STOP = threading.Event()
@@ -147,11 +151,11 @@ def stop_prefetch_at_exit() -> None:
     from fairseq.data import iterators
 
     if iterators.BackgroundConsumer.run is not _stoppable_consumer_run:
-        iterators.BackgroundConsumer.run = _stoppable_consumer_run
         atexit.register(stop_prefetch_threads)
+    replace(iterators.BackgroundConsumer, "run", lambda _: _stoppable_consumer_run)
 
 
-def apply() -> None:
+def install() -> None:
     allow_fairseq_checkpoint_globals()
     if os.environ.get(OPT_IN_ENV, "") == "1":
         allow_omegaconf_checkpoints()

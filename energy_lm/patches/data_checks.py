@@ -15,6 +15,8 @@ import struct
 
 import numpy as np
 
+from energy_lm.patches.replace import replace
+
 _MMAP_MAGIC = b"MMIDIDX\x00\x00"
 _HEADER = len(_MMAP_MAGIC) + 8 + 1 + 8  # magic, version, dtype code, count
 
@@ -77,10 +79,10 @@ def install() -> None:
     """Wrap fairseq's `data_utils.load_indexed_dataset` (idempotent)."""
     from fairseq.data import data_utils
 
-    load = data_utils.load_indexed_dataset
-    if getattr(load, "_energy_lm_wrapped", False):
-        return
+    replace(data_utils, "load_indexed_dataset", _checked)
 
+
+def _checked(load):
     @functools.wraps(load)
     def load_indexed_dataset(path, dictionary=None, *args, **kwargs):
         if os.path.exists(path + ".idx"):
@@ -95,5 +97,4 @@ def install() -> None:
             _check_ids_fit(dataset, dictionary, path)
         return dataset
 
-    load_indexed_dataset._energy_lm_wrapped = True
-    data_utils.load_indexed_dataset = load_indexed_dataset
+    return load_indexed_dataset

@@ -8,6 +8,8 @@ default: fairseq's own method, unchanged) or `"elm"` (energy_lm.inference.elm_fi
 vocabulary). The result keeps fairseq's format, (filled sentence, probability, token).
 """
 
+from energy_lm.patches.replace import replace
+
 MASK = "<mask>"
 
 
@@ -25,10 +27,10 @@ def _tokens(hub, masked_input: str):
 def install() -> None:
     from fairseq.models.roberta.hub_interface import RobertaHubInterface
 
-    original = RobertaHubInterface.fill_mask
-    if getattr(original, "_energy_lm_wrapped", False):
-        return
+    replace(RobertaHubInterface, "fill_mask", _with_elm_scoring)
 
+
+def _with_elm_scoring(original):
     def fill_mask(self, masked_input: str, topk: int = 5, scoring: str = "lm",
                   elm_candidates=32):
         if scoring == "lm":
@@ -52,6 +54,5 @@ def install() -> None:
             out.append((filled, prob, word))
         return out
 
-    fill_mask._energy_lm_wrapped = True
     fill_mask.__doc__ = (original.__doc__ or "") + __doc__
-    RobertaHubInterface.fill_mask = fill_mask
+    return fill_mask

@@ -14,15 +14,17 @@ start from the dataset as set for that epoch: the same items with 0, 1 or N work
 The cost is starting the workers once per epoch (fairseq's `reuse_dataloader=False`).
 """
 
+from energy_lm.patches.replace import replace
+
 
 def install() -> None:
     """Wrap `EpochBatchIterator._get_iterator_for_epoch` (idempotent)."""
     from fairseq.data.iterators import EpochBatchIterator
 
-    original = EpochBatchIterator._get_iterator_for_epoch
-    if getattr(original, "_energy_lm_wrapped", False):
-        return
+    replace(EpochBatchIterator, "_get_iterator_for_epoch", _fresh_loader_per_epoch)
 
+
+def _fresh_loader_per_epoch(original):
     def _get_iterator_for_epoch(self, epoch, shuffle, fix_batches_to_gpus=False, offset=0):
         if self.num_workers > 0:
             # a reused loader's workers keep the dataset of the epoch they started in
@@ -30,5 +32,4 @@ def install() -> None:
         return original(self, epoch, shuffle, fix_batches_to_gpus=fix_batches_to_gpus,
                         offset=offset)
 
-    _get_iterator_for_epoch._energy_lm_wrapped = True
-    EpochBatchIterator._get_iterator_for_epoch = _get_iterator_for_epoch
+    return _get_iterator_for_epoch

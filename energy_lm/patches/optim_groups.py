@@ -13,13 +13,19 @@ there beta is decayed like any other weight.
 
 from energy_lm.modules.weight_decay import weight_decay_groups
 
+from energy_lm.patches.replace import replace
+
 
 def install() -> None:
     """Wrap `fairseq.optim.build_optimizer` (idempotent)."""
     import fairseq.optim as fairseq_optim
 
-    if getattr(fairseq_optim.build_optimizer, "_energy_lm_wrapped", False):
-        return
+    replace(fairseq_optim, "build_optimizer", _with_weight_decay_groups)
+
+
+def _with_weight_decay_groups(original):
+    import fairseq.optim as fairseq_optim
+
     build_from_registry = fairseq_optim._build_optimizer
 
     def build_optimizer(cfg, params, *extra_args, **extra_kwargs):
@@ -29,6 +35,5 @@ def install() -> None:
         params = [p for p in params if p.requires_grad]
         return build_from_registry(cfg, weight_decay_groups(params), *extra_args, **extra_kwargs)
 
-    build_optimizer._energy_lm_wrapped = True
-    build_optimizer.__doc__ = fairseq_optim.build_optimizer.__doc__
-    fairseq_optim.build_optimizer = build_optimizer
+    build_optimizer.__doc__ = original.__doc__
+    return build_optimizer

@@ -15,14 +15,17 @@ cache, `--rebuild-batches`) are built per epoch in every run, and are left alone
 
 import inspect
 
+from energy_lm.patches.replace import replace
+
 
 def install() -> None:
     """Wrap `FairseqTask.get_batch_iterator` (idempotent)."""
     from fairseq.tasks import FairseqTask
 
-    original = FairseqTask.get_batch_iterator
-    if getattr(original, "_energy_lm_wrapped", False):
-        return
+    replace(FairseqTask, "get_batch_iterator", _first_epochs_batches)
+
+
+def _first_epochs_batches(original):
     signature = inspect.signature(original)
 
     def get_batch_iterator(self, *args, **kwargs):
@@ -41,6 +44,5 @@ def install() -> None:
         itr.epoch = epoch  # it starts where the run is
         return itr
 
-    get_batch_iterator._energy_lm_wrapped = True
     get_batch_iterator.__doc__ = original.__doc__
-    FairseqTask.get_batch_iterator = get_batch_iterator
+    return get_batch_iterator

@@ -18,6 +18,8 @@ import os
 import time
 from typing import Dict, Optional, Sequence, Tuple
 
+from energy_lm.patches.replace import replace
+
 logger = logging.getLogger(__name__)
 _DONE = {"fitted": False}
 
@@ -81,10 +83,10 @@ def install() -> None:
     """Fit the threads when fairseq builds a Trainer on the CPU (idempotent)."""
     from fairseq.trainer import Trainer
 
-    original = Trainer.__init__
-    if getattr(original, "_energy_lm_wrapped", False):
-        return
+    replace(Trainer, "__init__", _fitting_threads)
 
+
+def _fitting_threads(original):
     def __init__(self, cfg, *args, **kwargs):
         import torch
 
@@ -92,6 +94,5 @@ def install() -> None:
             fit_threads()
         original(self, cfg, *args, **kwargs)
 
-    __init__._energy_lm_wrapped = True
     __init__.__doc__ = original.__doc__
-    Trainer.__init__ = __init__
+    return __init__

@@ -13,6 +13,8 @@ at import (idempotent):
   the flag, or with K = 1, generation is exactly fairseq's.
 """
 
+from energy_lm.patches.replace import replace
+
 SIR_FLAGS = ("sir_candidates", "sir_print_weights", "sir_attention_backend")
 
 
@@ -34,17 +36,22 @@ def install() -> None:
     from fairseq import options
     from fairseq.tasks.fairseq_task import FairseqTask
 
-    add_generation_args = options.add_generation_args
-    if getattr(add_generation_args, "_energy_lm_wrapped", False):
-        return
+    replace(options, "add_generation_args", _adding_the_flags)
+    replace(dataclass_utils, "convert_namespace_to_omegaconf", _carrying_the_flags)
+    replace(FairseqTask, "build_generator", _building_sir)
 
+
+def _adding_the_flags(add_generation_args):
     def add_generation_args_sir(parser):
         group = add_generation_args(parser)
         _add_flags(group)
         return group
 
-    convert = dataclass_utils.convert_namespace_to_omegaconf
+    add_generation_args_sir.__doc__ = add_generation_args.__doc__
+    return add_generation_args_sir
 
+
+def _carrying_the_flags(convert):
     def convert_namespace_to_omegaconf(args):
         cfg = convert(args)
         if any(hasattr(args, name) for name in SIR_FLAGS) and cfg.get("generation") is not None:
@@ -56,8 +63,11 @@ def install() -> None:
                         cfg.generation[name] = getattr(args, name)
         return cfg
 
-    build_generator = FairseqTask.build_generator
+    convert_namespace_to_omegaconf.__doc__ = convert.__doc__
+    return convert_namespace_to_omegaconf
 
+
+def _building_sir(build_generator):
     def build_generator_sir(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None,
                             prefix_allowed_tokens_fn=None):
         k = int(getattr(args, "sir_candidates", 1) or 1)
@@ -75,11 +85,5 @@ def install() -> None:
                                extra_gen_cls_kwargs=extra,
                                prefix_allowed_tokens_fn=prefix_allowed_tokens_fn)
 
-    for fn in (add_generation_args_sir, convert_namespace_to_omegaconf, build_generator_sir):
-        fn._energy_lm_wrapped = True
-    add_generation_args_sir.__doc__ = add_generation_args.__doc__
-    convert_namespace_to_omegaconf.__doc__ = convert.__doc__
     build_generator_sir.__doc__ = build_generator.__doc__
-    options.add_generation_args = add_generation_args_sir
-    dataclass_utils.convert_namespace_to_omegaconf = convert_namespace_to_omegaconf
-    FairseqTask.build_generator = build_generator_sir
+    return build_generator_sir

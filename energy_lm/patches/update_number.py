@@ -8,21 +8,22 @@ checkpoint is loaded), so a criterion that defines `set_num_updates` receives ea
 there: the same number the model receives at the next train step.
 """
 
+from energy_lm.patches.replace import replace
+
 
 def install() -> None:
     """Wrap `fairseq.trainer.Trainer.set_num_updates` (idempotent)."""
     from fairseq.trainer import Trainer
 
-    original = Trainer.set_num_updates
-    if getattr(original, "_energy_lm_wrapped", False):
-        return
+    replace(Trainer, "set_num_updates", _telling_the_criterion)
 
+
+def _telling_the_criterion(original):
     def set_num_updates(self, num_updates):
         original(self, num_updates)
         hook = getattr(self._criterion, "set_num_updates", None)  # the unwrapped criterion
         if callable(hook):
             hook(num_updates)
 
-    set_num_updates._energy_lm_wrapped = True
     set_num_updates.__doc__ = original.__doc__
-    Trainer.set_num_updates = set_num_updates
+    return set_num_updates
