@@ -16,6 +16,10 @@ model's block (the task's --tokens-per-sample) is cut from the left, as fairseq-
 cuts its --context-window. `loglikelihood_rolling` scores a text in disjoint windows of
 that block, each after one token of context: the windows of a split in
 `fairseq-eval-lm` / `energy-lm-eval-elm` blocks.
+
+The model is a `TemplateLM`: the harness splits each request into context and
+continuation tokens (its `_encode_pair`: spaces ending the context go with the
+continuation) and hands them to `_loglikelihood_tokens`, which scores them in windows.
 """
 
 import logging
@@ -26,7 +30,7 @@ from typing import List, Optional, Tuple
 import torch
 from tqdm import tqdm
 
-from lm_eval.api.model import LM
+from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
@@ -46,7 +50,7 @@ def _flag(value) -> str:
 
 
 @register_model("energy_lm")
-class EnergyLMEval(LM):
+class EnergyLMEval(TemplateLM):
     def __init__(self, path: str = None, data: str = None, scoring: str = "lm",
                  log_z: str = "exact", topk: int = 16, num_samples: int = 16,
                  batch_size: int = 1, max_batch_size: Optional[int] = None,
@@ -87,7 +91,16 @@ class EnergyLMEval(LM):
         self.scoring, self.log_z = scoring, log_z
         self.sir_candidates = int(sir_candidates)
         self.topk, self.num_samples = int(topk), int(num_samples)
-        self.batch_size = 1 if str(batch_size).startswith("auto") else int(batch_size)
+        if str(batch_size).startswith("auto") or max_batch_size is not None:
+            raise HarnessArgumentError(
+                f"batch_size={batch_size}"
+                f"{'' if max_batch_size is None else f', max_batch_size={max_batch_size}'}: "
+                f"give batch_size=N, the windows scored together (no automatic size: a "
+                f"CPU run has no memory limit to probe, and a window's figures do not "
+                f"depend on its batch)")
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise HarnessArgumentError(f"batch_size must be >= 1, got {batch_size}")
         self.generator = torch.Generator().manual_seed(int(seed))
         task_cfg = loaded["args"].task
         self.max_length = int(getattr(task_cfg, "tokens_per_sample", 0) or
@@ -111,23 +124,21 @@ class EnergyLMEval(LM):
         return self._device
 
     # ---------------------------------------------------------------- tokens
-    def tok_encode(self, text: str) -> List[int]:
+    @property
+    def eot_token_id(self) -> int:
+        """</s>: a document of the binarized data starts after it (the harness's prefix
+        before an empty context)."""
+        return self.dictionary.eos()
+
+    def tok_encode(self, text: str, add_special_tokens: Optional[bool] = None,
+                   **kwargs) -> List[int]:
+        """The checkpoint's BPE and dictionary, no special symbols (a window adds its
+        </s> itself)."""
         if not text:
             return []
         bpe = self.hub.bpe.encode(text) if self.hub.bpe is not None else text
         return self.dictionary.encode_line(bpe, append_eos=False,
                                            add_if_not_exist=False).long().tolist()
-
-    def _encode_pair(self, context: str, continuation: str) -> Tuple[List[int], List[int]]:
-        """As the harness's own models: spaces that end the context go with the
-        continuation, and the continuation's tokens are those of the whole text after
-        the context's."""
-        spaces = len(context) - len(context.rstrip())
-        if spaces:
-            context, continuation = context[:-spaces], context[-spaces:] + continuation
-        whole = self.tok_encode(context + continuation)
-        ctx = self.tok_encode(context)
-        return ctx, whole[len(ctx):]
 
     def _window(self, context: List[int], continuation: List[int]) -> Tuple[List[int], List[int]]:
         """(src, targets) of one scored window: </s> + context + continuation, cut from
@@ -202,8 +213,16 @@ class EnergyLMEval(LM):
         return [(value, greedy) for value, greedy in totals]
 
     # ---------------------------------------------------------------- harness API
-    def loglikelihood(self, requests, disable_tqdm: bool = False) -> List[Tuple[float, bool]]:
-        pieces = [self._pieces(*self._encode_pair(*request.args)) for request in requests]
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False,
+                              **kwargs) -> List[Tuple[float, bool]]:
+        """requests: ((context, continuation), context tokens, continuation tokens), as
+        TemplateLM.loglikelihood makes them. An empty context comes as the prefix token
+        (</s>), which every window starts with already."""
+        pieces = []
+        for (context, _), context_enc, continuation_enc in requests:
+            if not context and context_enc == [self.eot_token_id]:
+                context_enc = []
+            pieces.append(self._pieces(list(context_enc), list(continuation_enc)))
         return self._requests(pieces, "loglikelihood", disable_tqdm)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> List[float]:

@@ -77,12 +77,25 @@ def test_a_continuation_scores_as_computed_directly(checkpoint, data_bin):
     lm = harness_model(checkpoint, data_bin, scoring="lm")
     (ll_lm, _), = lm.loglikelihood([request], disable_tqdm=True)
     assert ll_lm != pytest.approx(ll, abs=1e-6)
+    # an empty context: the harness's prefix token is the </s> every window starts with,
+    # so the text scores as a document's first tokens (not after two </s>)
+    empty = Instance(request_type="loglikelihood", doc={}, idx=0, arguments=("", "Return the"))
+    (ll_empty, _), = lm.loglikelihood([empty], disable_tqdm=True)
+    tokens = lm.tok_encode("Return the")
+    seq = torch.tensor([lm.dictionary.eos()] + tokens)
+    with torch.no_grad():
+        lq = torch.log_softmax(lm.model(seq[None])[0][0].double(), -1)  # (T, V)
+    assert ll_empty == pytest.approx(float(lq[:-1].gather(1, seq[1:, None]).sum()), abs=1e-9)
 
 
 @pytest.mark.parametrize("kw,message", [
     (dict(scoring="energy"), "scoring must be lm or elm"),
     (dict(log_z="guess"), "log_z must be exact or estimate"),
     (dict(path="/nowhere/ckpt.pt"), "path: checkpoint not found"),
+    (dict(batch_size="auto"), "batch_size=auto: give batch_size=N"),
+    (dict(batch_size="auto:4"), "batch_size=auto:4: give batch_size=N"),
+    (dict(batch_size=2, max_batch_size=8), "batch_size=2, max_batch_size=8: give batch_size=N"),
+    (dict(batch_size=0), "batch_size must be >= 1"),
 ])
 def test_bad_model_args_fail_in_one_line(checkpoint, data_bin, kw, message):
     from energy_lm.harness.model import EnergyLMEval, HarnessArgumentError
