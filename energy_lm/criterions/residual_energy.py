@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
@@ -124,8 +123,10 @@ class ResidualEnergyCriterion(FairseqCriterion):
                           segment_ids=net_input.get("segment_ids"),
                           backend=self.cfg.attention_backend,
                           sample_keys=self._sample_keys(sample))
-        ce = F.cross_entropy(out.logits.float().flatten(0, 1), out.tokens.flatten(),
-                             ignore_index=self.padding_idx, reduction="sum")
+        # the LM's cross-entropy from the pass's logsumexp (computed once, for the
+        # energy head's log q too): sum over scored targets of logsumexp - logit(x)
+        picked = out.logits.gather(-1, out.tokens.unsqueeze(-1)).squeeze(-1).to(out.logsumexp)
+        ce = torch.where(out.scored, out.logsumexp - picked, torch.zeros_like(picked)).sum()
         loss, sample_size, logging_output = self._finish(ce, out, out.scored.sum(), sample)
         if not model.training and self.cfg.valid_tail_samples:
             logging_output.update(self._elm_estimate(model, sample))

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from energy_lm.inference.energy_output import EnergyOutput
 from energy_lm.inference.pass_parts import (
-    check_candidates, choose_candidates, data_stream, left_aligned, token_log_q)
+    check_candidates, choose_candidates, data_stream, left_aligned, proposal_logsumexp,
+    token_log_q)
 from energy_lm.kernels.visibility import candidate_document
 from energy_lm.sampling.keyed_random import SampleKeys
 
@@ -75,19 +75,19 @@ def causal_slots(src_tokens: Tensor, targets: Optional[Tensor], start: int, firs
                        fix_slots, fix_valid, fix_tokens, positions[fix_slots])
 
 
-def _head_inputs(slots: CausalSlots, head_states: Tensor, logits: Tensor,
-                 proposer: Optional[Tensor], candidates: Tensor):
+def _head_inputs(slots: CausalSlots, head_states: Tensor, proposal: Tensor, lse: Tensor,
+                 candidates: Tensor):
     """The energy head's context (B, P, C) and log q of the data token (B, P) and of the
-    candidates (B, K, P); all None for a head that reads only the token's state."""
+    candidates (B, K, P); a head that reads only the token's state needs none of them."""
     start, end = slots.start, slots.end
     both = torch.cat([slots.tokens.unsqueeze(1), candidates], dim=1)  # (B, 1 + K, P)
+    all_log_q = token_log_q(proposal, both, lse)
     if start > 0:
         context = head_states[:, start - 1:end - 1]
-        all_log_q = token_log_q(proposer, both)
-    else:  # position 0: zero context and log q
+    else:  # position 0 proposes nothing: zero context and log q there
         context = head_states.new_zeros(head_states.size(0), end, head_states.size(-1))
         context[:, 1:] = head_states[:, :end - 1]
-        all_log_q = F.pad(token_log_q(logits[:, :end - 1], both[:, :, 1:]), (1, 0))
+        all_log_q[:, :, 0] = 0
     return context, all_log_q[:, 0], all_log_q[:, 1:]
 
 
@@ -131,8 +131,12 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates=None, *,
     with paired.recording():
         features, head_states = data_stream(model, src_tokens, segment_ids)  # (B, T, C) each
     logits = model.output_layer(features)  # (B, T, V)
-    # the proposal of position p is logits[:, p - 1] (a view); position 0 has none
+    # the proposal of position p is logits[:, p - 1] (a view); position 0 has none (zero
+    # logits stand there in the output: a uniform q)
     proposer = logits[:, start - 1:end - 1] if start > 0 else None  # (B, P, V)
+    proposal = proposer if proposer is not None else torch.cat(
+        [logits.new_zeros(bsz, 1, logits.size(-1)), logits[:, :end - 1]], 1)
+    lse = proposal_logsumexp(proposal)  # (B, P): the head's log q and the LM's loss
     candidates = choose_candidates(candidates, proposer, slots.positions, num_samples,
                                    paired.sample_keys)
     check_candidates(candidates, bsz, num_pos)
@@ -145,13 +149,11 @@ def causal_energy_pass(model, src_tokens: Tensor, candidates=None, *,
                                              pre_norm=head.reads_pre_norm)
     context = log_q = cand_log_q = None
     if head.needs_context:
-        context, log_q, cand_log_q = _head_inputs(slots, head_states, logits, proposer,
+        context, log_q, cand_log_q = _head_inputs(slots, head_states, proposal, lse,
                                                   candidates)
     energy = _data_energies(head, slots, head_states, cand_features[:, k * num_pos:],
                             context, log_q)
     cand_energy = head(cand_features[:, :k * num_pos].view(bsz, k, num_pos, -1),
                        None if context is None else context.unsqueeze(1), cand_log_q)
-    if proposer is None:  # position 0 proposes nothing: zero logits there
-        proposer = torch.cat([logits.new_zeros(bsz, 1, logits.size(-1)), logits[:, :end - 1]], 1)
-    return EnergyOutput(slots.positions.expand(bsz, -1), slots.scored, slots.tokens, proposer,
-                        energy, candidates, cand_energy)
+    return EnergyOutput(slots.positions.expand(bsz, -1), slots.scored, slots.tokens, proposal,
+                        lse, energy, candidates, cand_energy)

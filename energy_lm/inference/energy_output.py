@@ -15,6 +15,8 @@ class EnergyOutput:
     tokens: Tensor       # (B, S) the data token scored there (pad where not scored)
     logits: Tensor       # (B, S, V) the LM's proposal for that token (causal position 0,
                          # which has none: zeros, a uniform q)
+    logsumexp: Tensor    # (B, S) fp32 logsumexp of logits, with its graph: log q(y) =
+                         # logits[y] - logsumexp (the LM's cross-entropy reads it)
     energy: Tensor       # (B, S) fp32: E(x | its context)
     cand_tokens: Tensor  # (B, K, S)
     cand_energy: Tensor  # (B, K, S) fp32: E(y | the same context)

@@ -9,7 +9,8 @@ from torch import Tensor
 
 from energy_lm.inference.energy_output import EnergyOutput
 from energy_lm.inference.pass_parts import (
-    check_candidates, choose_candidates, data_stream, left_aligned, token_log_q)
+    check_candidates, choose_candidates, data_stream, left_aligned, proposal_logsumexp,
+    token_log_q)
 from energy_lm.sampling.keyed_random import SampleKeys
 
 
@@ -40,6 +41,7 @@ def masked_energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates=No
     where = positions.unsqueeze(-1).expand(-1, -1, features.size(-1))
     state = features.gather(1, where)  # (B, S, C): the MLM state at each masked position
     logits = model.output_layer(state)  # (B, S, V)
+    lse = proposal_logsumexp(logits)  # (B, S)
     candidates = choose_candidates(candidates, logits, positions, num_samples,
                                    paired.sample_keys)
     check_candidates(candidates, bsz, slots)
@@ -54,7 +56,7 @@ def masked_energy_pass(model, src_tokens: Tensor, targets: Tensor, candidates=No
     context = log_q = None
     if head.needs_context:  # the state whose MLM head proposed (B, 1, S, C)
         context = (head_states.gather(1, where) if head.reads_pre_norm else state).unsqueeze(1)
-        log_q = token_log_q(logits, cand_tokens)
+        log_q = token_log_q(logits, cand_tokens, lse)
     energies = head(cand_features, context, log_q)  # (B, 1+K, S)
-    return EnergyOutput(positions, valid, data_tokens, logits, energies[:, 0], candidates,
+    return EnergyOutput(positions, valid, data_tokens, logits, lse, energies[:, 0], candidates,
                         energies[:, 1:])

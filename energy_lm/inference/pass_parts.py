@@ -9,21 +9,29 @@ from torch import Tensor
 from energy_lm.sampling.keyed_random import SampleKeys, keyed_uniform
 from energy_lm.sampling.proposal import sample_tokens
 
-_LOG_Q_ROWS = 64  # rows per logsumexp chunk: a (64, V) fp32 temporary, not (B, S, V)
+_LSE_ROWS = 64  # rows per logsumexp chunk without autograd: a (64, V) fp32 temporary
 
 
-def token_log_q(logits: Tensor, tokens: Tensor) -> Tensor:
-    """logits (B, S, V), tokens (B, K, S) -> (B, K, S) detached log q(token), in fp32
-    (float64 stays). Taken as logit - logsumexp with the logsumexp over chunks of rows:
-    a full log-softmax would write a (B, S, V) fp32 tensor per batch (200 MiB at 1,024
-    tokens of a 50k vocabulary) to read K + 1 numbers per row from it."""
+def proposal_logsumexp(logits: Tensor) -> Tensor:
+    """logits (B, S, V) -> (B, S) logsumexp in fp32 (float64 stays): log q(y) = logit(y)
+    minus it. Computed once per pass, for the energy head's log q and for the LM's
+    cross-entropy (which reads it with its graph). Without a graph it runs over chunks of
+    rows: a full fp32 copy of bf16 logits is (B, S, V) (200 MiB at 1,024 tokens of a 50k
+    vocabulary) to read one number per row."""
     acc = torch.promote_types(logits.dtype, torch.float32)
-    logits = logits.detach()
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return torch.logsumexp(logits.to(acc), dim=-1)
     flat = logits.reshape(-1, logits.size(-1))
-    lse = torch.cat([torch.logsumexp(flat[i:i + _LOG_Q_ROWS].to(acc), dim=-1)
-                     for i in range(0, flat.size(0), _LOG_Q_ROWS)])
-    picked = logits.gather(-1, tokens.transpose(1, 2)).to(acc)  # (B, S, K)
-    return (picked - lse.view(logits.shape[:-1]).unsqueeze(-1)).transpose(1, 2)
+    lse = torch.cat([torch.logsumexp(flat[i:i + _LSE_ROWS].to(acc), dim=-1)
+                     for i in range(0, flat.size(0), _LSE_ROWS)])
+    return lse.view(logits.shape[:-1])
+
+
+def token_log_q(logits: Tensor, tokens: Tensor, lse: Tensor) -> Tensor:
+    """logits (B, S, V), tokens (B, K, S), lse (B, S) their `proposal_logsumexp` ->
+    (B, K, S) detached log q(token) in lse's dtype."""
+    picked = logits.detach().gather(-1, tokens.transpose(1, 2)).to(lse.dtype)  # (B, S, K)
+    return (picked - lse.detach().unsqueeze(-1)).transpose(1, 2)
 
 
 def left_aligned(flags: Tensor, min_slots: int = 0):
