@@ -31,7 +31,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -270,9 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def check_args(parser: argparse.ArgumentParser, args) -> None:
+    """One line (argparse's error) for values no run can use."""
     for flag in ("num_samples", "topk", "batch_size", "vocab_chunk"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -284,45 +283,39 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     for required, what in ((args.path, "checkpoint"), (args.data_bin / "dict.txt", "dictionary")):
         if not required.exists():
             parser.error(f"{what} not found: {required}")
-    logging.getLogger("fairseq").setLevel(logging.WARNING)
-    torch.manual_seed(args.seed)
-    model, task = load(args.path, args.data_bin, args.split, args.tokens_per_sample, args.cpu,
-                       args.seed)
+
+
+def batch_plan(args, model, task) -> Tuple[list, int, int]:
+    """(the batches in order, how many are scored, how many of those with exact Z): the
+    split's first --max-batches batches, or --blocks random blocks."""
     dataset = task.dataset(args.split)
-    iterator = task.get_batch_iterator(dataset=dataset, max_sentences=args.batch_size,
-                                       max_positions=task_config(task).tokens_per_sample,
-                                       seed=args.seed
-                                       ).next_epoch_itr(shuffle=False)
-    total_batches = len(iterator) if not args.max_batches else min(args.max_batches, len(iterator))
-    device = next(model.parameters()).device
-    exact_batches = 0
     if args.blocks:  # N random blocks (all with exact Z under --exact-z)
-        iterator = random_blocks(dataset, args.blocks, args.block_seed, args.batch_size)
-        total_batches = len(iterator)
+        batches = random_blocks(dataset, args.blocks, args.block_seed, args.batch_size)
+        total = len(batches)
+    else:
+        batches = task.get_batch_iterator(
+            dataset=dataset, max_sentences=args.batch_size,
+            max_positions=task_config(task).tokens_per_sample, seed=args.seed,
+        ).next_epoch_itr(shuffle=False)
+        total = len(batches) if not args.max_batches else min(args.max_batches, len(batches))
+    exact = 0
     if args.exact_z:
-        exact_batches = total_batches if not args.exact_z_batches else min(
-            args.exact_z_batches, total_batches)
+        exact = total if not args.exact_z_batches else min(args.exact_z_batches, total)
         vocab = model.trunk.embed_tokens.num_embeddings
         print(f"exact Z: {vocab} vocabulary entries scored at every position of "
-              f"{exact_batches} batch(es) of {args.batch_size}, "
+              f"{exact} batch(es) of {args.batch_size}, "
               f"{math.ceil(vocab / args.vocab_chunk)} passes each; the first batch's time "
               f"gives the estimate", file=sys.stderr, flush=True)
+    return batches, total, exact
 
-    from fairseq import utils
 
-    def batches():
-        for i, sample in enumerate(iterator):
-            if i >= total_batches:
-                return
-            yield utils.move_to_cuda(sample) if device.type == "cuda" else sample
-
+def progress_printer(total_batches: int, exact_batches: int) -> Callable[[int, int], None]:
+    """progress(done, tokens): elapsed time and what is left, to stderr; the exact-Z
+    batches and the others are timed apart (they differ by the vocabulary's size)."""
     started = time.monotonic()
-
     marks = {}
 
     def progress(done: int, tokens: int) -> None:
-        """Elapsed time and what is left; the exact-Z batches and the others are timed
-        apart (they differ by the vocabulary's size)."""
         now = time.monotonic()
         if done == exact_batches:
             marks["exact_done"] = (now, done)
@@ -338,15 +331,44 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
                   f"{now - started:.0f} s, ~{left:.0f} s left in this phase",
                   file=sys.stderr, flush=True)
 
+    return progress
+
+
+def write_whole(path: Path, text: str) -> None:
+    """path holds text whole or not at all."""
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    logging.getLogger("fairseq").setLevel(logging.WARNING)
+    torch.manual_seed(args.seed)
+    model, task = load(args.path, args.data_bin, args.split, args.tokens_per_sample, args.cpu,
+                       args.seed)
+    batches, total_batches, exact_batches = batch_plan(args, model, task)
+    device = next(model.parameters()).device
+
+    from fairseq import utils
+
+    def scored_batches():
+        for i, sample in enumerate(batches):
+            if i >= total_batches:
+                return
+            yield utils.move_to_cuda(sample) if device.type == "cuda" else sample
+
     generator = torch.Generator(device=device).manual_seed(args.seed)
     per_token: Optional[List[dict]] = [] if args.per_token is not None else None
-    result = evaluate(model, batches(), args.num_samples, args.topk,
+    result = evaluate(model, scored_batches(), args.num_samples, args.topk,
                       exact_z_batches=exact_batches, generator=generator,
-                      chunk=args.vocab_chunk, progress=progress, per_token=per_token)
+                      chunk=args.vocab_chunk,
+                      progress=progress_printer(total_batches, exact_batches),
+                      per_token=per_token)
     if per_token is not None:
-        partial = args.per_token.with_name(args.per_token.name + ".tmp")
-        partial.write_text("".join(json.dumps(row) + "\n" for row in per_token))
-        partial.replace(args.per_token)  # whole or absent
+        write_whole(args.per_token, "".join(json.dumps(row) + "\n" for row in per_token))
     family = "masked" if is_masked_model(model) else "causal"
     print(report(result, args.split, family, args.topk, args.num_samples))
     if args.json is not None:

@@ -80,10 +80,7 @@ def check_energy_flags(cfg: ResidualEnergyConfig) -> None:
         raise ValueError(f"--energy-weight must be finite and >= 0, got {cfg.energy_weight}")
     from energy_lm.kernels import backends
 
-    if cfg.attention_backend not in ("auto", *backends.names()):
-        raise ValueError(f"--attention-backend must be one of auto, "
-                         f"{', '.join(backends.names())}; "
-                         f"got {cfg.attention_backend!r}")
+    backends.check_name(cfg.attention_backend, "--attention-backend")
     if cfg.valid_tail_samples and (cfg.valid_tail_samples < 2 or cfg.valid_topk < 1):
         raise ValueError(f"--valid-tail-samples must be 0 (off) or >= 2 and --valid-topk >= 1, "
                          f"got {cfg.valid_tail_samples} and {cfg.valid_topk}")

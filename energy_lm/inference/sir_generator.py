@@ -45,10 +45,7 @@ def check_sir_args(models, args, k: int) -> None:
 
     if k < 1:
         raise ValueError(f"--sir-candidates must be >= 1, got {k}")
-    backend = getattr(args, "sir_attention_backend", "auto")
-    if backend not in ("auto", *backends.names()):
-        raise ValueError(f"--sir-attention-backend must be one of auto, "
-                         f"{', '.join(backends.names())}; got {backend!r}")
+    backends.check_name(getattr(args, "sir_attention_backend", "auto"), "--sir-attention-backend")
     if not getattr(args, "sampling", False):
         raise ValueError("--sir-candidates samples: add --sampling (and --beam 1)")
     if getattr(args, "beam", 1) != 1:

@@ -57,6 +57,13 @@ def names() -> Tuple[str, ...]:
     return tuple(BACKENDS)
 
 
+def check_name(name: str, flag: str) -> None:
+    """One line when a flag names no backend (a criterion's --attention-backend,
+    generation's --sir-attention-backend)."""
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"{flag} must be one of auto, {', '.join(BACKENDS)}; got {name!r}")
+
+
 def auto_choice(device_type: str, dtype: torch.dtype, dropout_p: float) -> Tuple[str, str]:
     """(backend, why) that "auto" stands for: the first backend that declares it runs
     these tensors, else the exact reference (CPU, float64, attention dropout, a backend
@@ -106,4 +113,5 @@ register(Backend("triton", _triton, _triton_candidates, auto_device_types=("cuda
 # on a GPU)
 register(Backend("flex", _flex, dropout=False))
 
-__all__ = ["Backend", "BACKENDS", "PairedLayout", "auto_choice", "get", "names", "register"]
+__all__ = ["Backend", "BACKENDS", "PairedLayout", "auto_choice", "check_name", "get", "names",
+           "register"]
