@@ -1,5 +1,5 @@
 """Issue 37: every paired per-token figure that docs/measurements.md quotes from issue 20's
-records (docs/dev/issue-20-data/), restated with run_scoring.paired_clustered: the mean
+records (docs/studies/), restated with run_scoring.paired_clustered: the mean
 over seeds and tokens, its standard error bootstrapped over evaluation blocks and seeds
 (the figure to quote), and its two parts (block-clustered: the test set's error alone;
 over seeds: the training randomness alone), with the number of blocks, tokens and seeds.
@@ -9,7 +9,7 @@ id = the evaluation block, position, token, lm, energy, log_z in bits). Nothing 
 trained or scored: this reads the committed files and prints one markdown table per
 section of docs/measurements.md.
 
-    python examples/energy_lm/restate_figures.py [--data docs/dev/issue-20-data]
+    python examples/energy_lm/restate_figures.py [--data docs/studies]
 """
 
 import argparse
@@ -23,7 +23,13 @@ from run_scoring import Key, elm_bits, paired_clustered, read_records  # noqa: E
 Records = Dict[Key, dict]
 Runs = List[Tuple[Records, Records]]
 SEEDS = (1, 2, 3)
-DATA = Path(__file__).resolve().parents[2] / "docs" / "dev" / "issue-20-data"
+DATA = Path(__file__).resolve().parents[2] / "docs" / "studies"
+# each study's folder under DATA (docs/studies/README.md)
+NCE_RUNS = "decision-runs/final"          # the NCE decision runs and the CE runs
+MONARC_RUNS = "decision-runs/final_monarc"
+KNOWN_ANSWER = "known-answer-real-text"
+ADAPTATION = "adaptation"
+GRID = "energy-head-grid/second-pass"
 
 
 def lm(record: dict) -> float:
@@ -93,10 +99,10 @@ def seed_rows(label: str, runs: Runs, fa, fb, resamples: int) -> List[Row]:
 def known_answer_real(data: Path, resamples: int) -> str:
     """The handicap (LM with q mixed half with uniform - the decision run's CE LM, seed 1,
     on the same tokens) and the gain (that LM - its exact-Z ELM), per head, one seed."""
-    ce = load(data / "final" / "ce_seed1")
+    ce = load(data / NCE_RUNS / "ce_seed1")
     rows, recovered, blocks = [], [], []
     for head in ("linear", "rich", "seed"):
-        mixed = load(data / "known_answer_real" / f"{head}-mix0.5_seed1")
+        mixed = load(data / KNOWN_ANSWER / f"{head}-mix0.5_seed1")
         handicap = compare([(mixed, subset(ce, mixed))], lm, lm, resamples)
         gain = compare([(mixed, mixed)], lm, elm_bits, resamples)
         rows += [(f"{head}: handicap, LM (mixed q) - LM (CE)", handicap),
@@ -118,7 +124,7 @@ def energy_vs_ce(energy: List[Records], ce: List[Records], resamples: int) -> Li
 
 
 def adaptation(data: Path, resamples: int) -> Optional[str]:
-    folder = data / "adaptation"
+    folder = data / ADAPTATION
     if not (folder / "monarc_seed1" / "tokens.jsonl").exists():
         return None
     energy = [load(folder / f"monarc_seed{s}") for s in SEEDS]
@@ -129,10 +135,10 @@ def adaptation(data: Path, resamples: int) -> Optional[str]:
 
 
 def decision(data: Path, resamples: int) -> str:
-    ce = [load(data / "final" / f"ce_seed{s}") for s in SEEDS]
+    ce = [load(data / NCE_RUNS / f"ce_seed{s}") for s in SEEDS]
     out = []
-    for name, folder, run in (("NCE", "final", "seed-nce-w2-k1"),
-                              ("MonArc", "final_monarc", "seed-monarc-w2-k1")):
+    for name, folder, run in (("NCE", NCE_RUNS, "seed-nce-w2-k1"),
+                              ("MonArc", MONARC_RUNS, "seed-monarc-w2-k1")):
         energy = [load(data / folder / f"{run}_seed{s}") for s in SEEDS]
         out.append(render(f"Decision runs, {name} ({folder}/{run}_seed1-3 vs final/ce_seed1-3)",
                           energy_vs_ce(energy, ce, resamples),
@@ -142,14 +148,14 @@ def decision(data: Path, resamples: int) -> str:
 
 def curve(data: Path, resamples: int) -> Optional[str]:
     """MonArc seed 1 rescored every 100 updates: ELM - LM (one seed), with its LM bits."""
-    folder = data / "final_monarc" / "seed-monarc-w2-k1_seed1_curve"
+    folder = data / MONARC_RUNS / "seed-monarc-w2-k1_seed1_curve"
     if not folder.exists():
         return None
     rows = []
     for update in (100, 200, 300, 400):
         path = folder / f"update{update}"
         if update == 400:  # the run itself: the curve's rerun ends on the same checkpoint
-            path = data / "final_monarc" / "seed-monarc-w2-k1_seed1"
+            path = data / MONARC_RUNS / "seed-monarc-w2-k1_seed1"
         if not (path / "tokens.jsonl").exists():
             continue
         r = load(path)
@@ -162,7 +168,7 @@ def curve(data: Path, resamples: int) -> Optional[str]:
 def grid(data: Path, resamples: int) -> Optional[str]:
     """The seed head's weights and candidates (one seed, 100 updates from one base):
     ELM - LM, and each setting's ELM - the ELM of the same loss at weight 2, one candidate."""
-    folder = data / "grid-seed"
+    folder = data / GRID
     if not folder.exists():
         return None
     rows = []
@@ -181,7 +187,7 @@ def grid(data: Path, resamples: int) -> Optional[str]:
 
 
 def batch(data: Path, resamples: int) -> Optional[str]:
-    folder = data / "grid-seed"
+    folder = data / GRID
     names = {"16 x 128, 100 updates": "seed-nce-w2-k1", "64 x 128, 100 updates": "seed-nce-w2-k1-uf4",
              "16 x 128, 400 updates": "seed-nce-w2-k1-u400"}
     if not all((folder / f"{n}_seed1" / "tokens.jsonl").exists() for n in names.values()):
@@ -205,9 +211,9 @@ def estimate(data: Path, resamples: int) -> str:
     """eval-elm's log Z estimate against exact Z on the same tokens, for the seed head
     (the default): ELM estimate - ELM exact (negative: the estimate reads optimistic)."""
     rows = []
-    for label, folder, run in (("decision NCE", "final", "seed-nce-w2-k1_seed"),
-                               ("decision MonArc", "final_monarc", "seed-monarc-w2-k1_seed"),
-                               ("adaptation MonArc", "adaptation", "monarc_seed")):
+    for label, folder, run in (("decision NCE", NCE_RUNS, "seed-nce-w2-k1_seed"),
+                               ("decision MonArc", MONARC_RUNS, "seed-monarc-w2-k1_seed"),
+                               ("adaptation MonArc", ADAPTATION, "monarc_seed")):
         runs = [load(data / folder / f"{run}{s}") for s in SEEDS]
         rows.append((f"{label}: ELM estimate - ELM exact, 3 seeds",
                      compare([(r, r) for r in runs], elm_estimate, elm_bits, resamples)))

@@ -49,9 +49,9 @@ def test_energy_vs_ce_known_means_and_one_seed_error():
 
 
 def test_known_answer_real_pairs_ce_on_the_mixed_runs_tokens(tmp_path):
-    write(tmp_path / "final" / "ce_seed1", records([7, 3, 9], 5, lambda b, p: 4.0))
+    write(tmp_path / restate.NCE_RUNS / "ce_seed1", records([7, 3, 9], 5, lambda b, p: 4.0))
     for head, shift in (("linear", 0.2), ("rich", 0.4), ("seed", 0.5)):
-        write(tmp_path / "known_answer_real" / f"{head}-mix0.5_seed1",
+        write(tmp_path / restate.KNOWN_ANSWER / f"{head}-mix0.5_seed1",
               records([7, 3], 5, lambda b, p, s=shift: 5.0 + s * (b == 7),
                       lambda b, p, s=shift: -s * (b == 3)))
     text = restate.known_answer_real(tmp_path, resamples=50)
