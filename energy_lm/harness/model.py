@@ -64,6 +64,16 @@ class EnergyLMEval(TemplateLM):
             raise HarnessArgumentError(f"scoring must be lm or elm, got {scoring!r}")
         if log_z not in LOG_Z_MODES:
             raise HarnessArgumentError(f"log_z must be exact or estimate, got {log_z!r}")
+        if str(batch_size).startswith("auto") or max_batch_size is not None:
+            raise HarnessArgumentError(
+                f"batch_size={batch_size}"
+                f"{'' if max_batch_size is None else f', max_batch_size={max_batch_size}'}: "
+                f"give batch_size=N, the windows scored together (no automatic size: a "
+                f"CPU run has no memory limit to probe, and a window's figures do not "
+                f"depend on its batch)")
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise HarnessArgumentError(f"batch_size must be >= 1, got {batch_size}")
         checkpoint = Path(path)
         if not checkpoint.is_file():
             raise HarnessArgumentError(f"path: checkpoint not found: {checkpoint}")
@@ -91,16 +101,6 @@ class EnergyLMEval(TemplateLM):
         self.scoring, self.log_z = scoring, log_z
         self.sir_candidates = int(sir_candidates)
         self.topk, self.num_samples = int(topk), int(num_samples)
-        if str(batch_size).startswith("auto") or max_batch_size is not None:
-            raise HarnessArgumentError(
-                f"batch_size={batch_size}"
-                f"{'' if max_batch_size is None else f', max_batch_size={max_batch_size}'}: "
-                f"give batch_size=N, the windows scored together (no automatic size: a "
-                f"CPU run has no memory limit to probe, and a window's figures do not "
-                f"depend on its batch)")
-        self.batch_size = int(batch_size)
-        if self.batch_size < 1:
-            raise HarnessArgumentError(f"batch_size must be >= 1, got {batch_size}")
         self.generator = torch.Generator().manual_seed(int(seed))
         task_cfg = loaded["args"].task
         self.max_length = int(getattr(task_cfg, "tokens_per_sample", 0) or

@@ -1,13 +1,13 @@
 """No energy head blows up the LM it is added to (issue 20's stability test).
 
 A CE-trained transformer_lm_alibi_tiny (blocks of 128, batch 16: the study's settings)
-continues for 50 updates under MonArc with `--energy-head rich --energy-weight 4
+continues for 30 updates under MonArc with `--energy-head rich --energy-weight 4
 --num-candidates 4` at lr 1e-3 with no warmup, the flags that, before the bilinear term
 was scaled by 1/sqrt(d), took z to 16 and the LM loss 0.19 bits up within 25 updates on
 this corpus from a 100-update base (5.5 and 0.5 bits on the Debian corpus), and at 1/sqrt(d) still swung z from
 3.9 to 0.35 and the LM 0.13 bits up in 15 updates. Now z stays within [0.5, 2] and the
 LM loss within 0.05 bits of its start (the first log record, updates 1-5) at every log
-point of the first 50 updates.
+point of the first 30 updates (the blow-ups above came within 25).
 """
 
 import json
@@ -26,8 +26,8 @@ STUDY = ["--task", "language_modeling", "--arch", "transformer_lm_alibi_tiny",
          "--no-epoch-checkpoints", "--no-last-checkpoints", "--log-format", "json",
          "--log-interval", "5", "--num-workers", "0", "--seed", "1"]
 CONTINUE = ["--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader",
-            "--reset-meters", "--warmup-updates", "0", "--max-update", "50",
-            "--total-num-update", "50"]
+            "--reset-meters", "--warmup-updates", "0", "--max-update", "30",
+            "--total-num-update", "30"]
 
 
 def train_records(result) -> list:
@@ -51,7 +51,7 @@ def test_the_rich_head_continuation_keeps_z_and_the_lm_loss_where_they_start(dat
                      "--restore-file", base / "checkpoint_best.pt", *CONTINUE,
                      "--save-dir", tmp_path / "rich")
     rich = {int(r["num_updates"]): r for r in train_records(result)}
-    assert sorted(rich) == list(range(5, 51, 5))
+    assert sorted(rich) == list(range(5, 31, 5))
     curve = "\n".join(f"{u}: lm {r['lm_loss']} z {r['z']} gnorm {r['gnorm']}"
                        for u, r in sorted(rich.items()))
     start = float(rich[5]["lm_loss"])
