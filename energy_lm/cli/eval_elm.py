@@ -187,7 +187,24 @@ def report(result: Dict[str, float], split: str, family: str, topk: int, num_sam
         lines.append(f"  {'  elm - lm, paired per token':<28}{result['elm_minus_lm_exact']:+9.4f}"
                      f"{'':>10}  exact +- {result['elm_minus_lm_exact_stderr']:.4f} (std error "
                      f"of the mean over the {result['exact_tokens']} tokens)")
+    lines += [f"  warning: {w}" for w in energy_warnings(result)]
     return "\n".join(lines)
+
+
+def energy_warnings(result: Dict[str, float]) -> List[str]:
+    """What the figures say against using the ELM: above its LM beyond twice the
+    standard error (of the log Z estimate; of the exact paired mean over tokens)."""
+    out = []
+    gain = result["elm_est"] - result["lm"]
+    if gain > 2 * result["elm_est_stderr"]:
+        out.append(f"the ELM estimate is {gain:+.4f} bits above the LM on this split (+- "
+                   f"{result['elm_est_stderr']:.4f}): the energy does not help on this text")
+    if "exact_tokens" in result and \
+            result["elm_minus_lm_exact"] > 2 * result["elm_minus_lm_exact_stderr"]:
+        out.append(f"with exact Z the ELM is {result['elm_minus_lm_exact']:+.4f} +- "
+                   f"{result['elm_minus_lm_exact_stderr']:.4f} bits above the LM on the "
+                   f"{result['exact_tokens']} exact-Z tokens")
+    return out
 
 
 def task_config(task):

@@ -31,6 +31,7 @@ the batch layout (1 or N processes, its place in the batch), and a resumed run d
 what the uninterrupted one drew. A sample without ids falls back to torch's RNG.
 """
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -46,6 +47,7 @@ from energy_lm.inference.energy_pass import energy_pass
 from energy_lm.inference.protocol import require
 from energy_lm.sampling.keyed_random import SampleKeys
 
+logger = logging.getLogger("energy_lm.criterions")
 LN2 = math.log(2)
 
 
@@ -88,6 +90,33 @@ def check_energy_flags(cfg: ResidualEnergyConfig) -> None:
         raise ValueError(f"--energy-guard must be finite and > 0 (the exponent above which "
                          f"exp(-E) continues linearly), got {cfg.energy_guard}")
 
+
+def elm_est_stderr(meters) -> float:
+    """The standard error (bits per token) of the validation's elm_est, from the log Z
+    estimate's variance: elm_est_bias averages var / (2 N ln 2) over the N scored
+    tokens, so the variance of the split's sum is 2 ln 2 N bias."""
+    count = max(float(meters["elm_est"].count), 1.0)
+    return math.sqrt(max(2 * LN2 * count * float(meters["elm_est_bias"].avg), 0.0)) / count / LN2
+
+
+def elm_gain(meters) -> float:
+    """The ELM's estimated NLL minus the LM's (bits per token; negative: the energy
+    helps), logged in validation as `elm_gain`."""
+    return float(meters["elm_est"].avg) - float(meters["lm_loss"].avg)  # meters hold tensors
+
+
+def warn_if_the_energy_hurts(stats) -> None:
+    """One warning when a validation's elm_gain is above 0 by more than twice its
+    standard error (energy_lm.patches.valid_warning calls it with fairseq-train's figures of
+    a validation, once per validation)."""
+    gain, stderr = stats.get("elm_gain"), stats.get("elm_est_se")
+    if gain is None or stderr is None or float(gain) <= 2 * float(stderr):
+        return
+    logger.warning(
+        "valid: the ELM is %.4f bits per token above its LM on this split (log Z estimated, "
+        "+- %.4f): the energy does not help on this held-out text; score with the LM, or "
+        "keep the checkpoint where the ELM is best (--best-checkpoint-metric elm_est)",
+        float(gain), float(stderr))
 
 class ResidualEnergyCriterion(FairseqCriterion):
     name = "residual_energy"
@@ -230,6 +259,8 @@ class ResidualEnergyCriterion(FairseqCriterion):
             metrics.log_scalar("elm_est", total("elm_est") / n_est / LN2, n_est, round=4)
             metrics.log_scalar("elm_est_bias", total("elm_est_var") / 2 / n_est / LN2, n_est,
                                round=5)
+            metrics.log_derived("elm_gain", lambda meters: round(elm_gain(meters), 4))
+            metrics.log_derived("elm_est_se", lambda meters: round(elm_est_stderr(meters), 5))
         metrics.log_scalar("z", total("z") / n_scored_safe, n_scored, round=4)
         n_untied = total("n_untied")
         n_untied_safe = max(float(n_untied), 1e-9)

@@ -65,6 +65,8 @@ PATCHES: Tuple[Patch, ...] = (
         "fairseq.tasks.fairseq_task.FairseqTask.build_generator"),
         "--sir-candidates, --sir-print-weights, --sir-attention-backend in fairseq's "
         "generators"),
+    Patch("valid_warning", FEATURE, ("fairseq.tasks.fairseq_task.FairseqTask.post_validate",),
+        "one warning when a validation's ELM is above its LM beyond its error"),
     Patch("elm_fill_mask", FEATURE, (
         "fairseq.models.roberta.hub_interface.RobertaHubInterface.fill_mask",),
         "fill_mask(..., scoring='elm') ranks fillings by the ELM"),

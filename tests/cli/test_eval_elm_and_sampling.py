@@ -106,6 +106,22 @@ def test_a_figure_below_zero_bits_prints_no_perplexity():
     assert "n/a" in line and "impossible" in line
 
 
+def test_the_report_warns_when_the_elm_is_above_its_lm_beyond_its_error():
+    base = {"tokens": 100, "lm": 6.0, "elm_z1": 5.9, "elm_est_stderr": 0.001,
+            "elm_lower": 5.8}
+    quiet = report(dict(base, elm_est=6.0015), "valid", "causal", 4, 8)  # within 2 s.e.
+    assert "warning" not in quiet
+    loud = report(dict(base, elm_est=6.01), "valid", "causal", 4, 8)
+    warnings = [line for line in loud.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "+0.0100 bits above the LM" in warnings[0]
+    exact = dict(base, elm_est=5.99, exact_tokens=50, lm_on_exact=6.1, elm_exact=6.13,
+                 elm_est_on_exact=6.12, elm_est_stderr_on_exact=0.002, elm_lower_on_exact=6.0,
+                 elm_minus_lm_exact=0.03, elm_minus_lm_exact_stderr=0.01)
+    warnings = [line for line in report(exact, "valid", "causal", 4, 8).splitlines()
+                if "warning" in line]
+    assert len(warnings) == 1 and "with exact Z the ELM is +0.0300" in warnings[0]
+
+
 def test_eval_counts_do_not_depend_on_batch_size_or_padding(data_bin):
     """One eos-mode split (right-padded rows of different lengths) scored at batch size 1
     and 3: the same tokens and the same exact figures."""

@@ -147,3 +147,6 @@ def test_the_logged_valid_elm_estimate_agrees_with_eval_elm(data_bin, tmp_path):
     stderr = evaluated["elm_est_stderr"]
     assert abs(logged_gain - measured_gain) < 4 * math.sqrt(2) * stderr + 2e-3
     assert abs(z1_gain - measured_gain) > abs(logged_gain - measured_gain)
+    # the log's own figure of it
+    # (lm_loss is logged to 3 decimals, elm_est and elm_gain to 4)
+    assert float(valid["valid_elm_gain"]) == pytest.approx(logged_gain, abs=7e-4)

@@ -295,3 +295,31 @@ def test_validation_logs_the_elm_estimate_eval_elm_gives(data_bin, name):
     model.train()
     _, _, log = crit(model, sample)
     assert "elm_est" not in log
+
+
+def test_the_valid_elm_gain_warns_only_beyond_twice_its_error(caplog):
+    """elm_gain = elm_est - lm_loss and its standard error sqrt(2 ln 2 N bias) / (N ln 2)
+    from the meters; one warning from a validation's stats when the gain is above 0 by
+    more than twice that."""
+    import logging
+
+    from fairseq.logging.meters import AverageMeter
+
+    from energy_lm.criterions.residual_energy import (elm_est_stderr, elm_gain,
+                                                      warn_if_the_energy_hurts)
+
+    meters = {"elm_est": AverageMeter(), "lm_loss": AverageMeter(), "elm_est_bias": AverageMeter()}
+    meters["elm_est"].update(torch.tensor(6.001), 1000)
+    meters["lm_loss"].update(torch.tensor(6.0), 1000)
+    meters["elm_est_bias"].update(torch.tensor(1e-5), 1000)
+    stderr = math.sqrt(2 * math.log(2) * 1000 * 1e-5) / 1000 / math.log(2)  # 1.70e-4 bits
+    assert elm_gain(meters) == pytest.approx(0.001, abs=1e-6)
+    assert elm_est_stderr(meters) == pytest.approx(stderr, rel=1e-6)
+    with caplog.at_level(logging.WARNING, logger="energy_lm.criterions"):
+        warn_if_the_energy_hurts({"elm_gain": 1.5 * stderr, "elm_est_se": stderr})
+        warn_if_the_energy_hurts({"elm_gain": -0.01, "elm_est_se": stderr})
+        warn_if_the_energy_hurts({"loss": 6.0})  # a criterion without the estimate
+        assert not caplog.records
+        warn_if_the_energy_hurts({"elm_gain": 0.001, "elm_est_se": stderr})
+    assert len(caplog.records) == 1
+    assert "the ELM is 0.0010 bits per token above its LM" in caplog.records[0].getMessage()
