@@ -8,8 +8,9 @@ PyPI carries tests/*.py, though not the tests/utils.py helper that 14 of them im
 tools/fairseq_test_helpers.py stands in for the part that test_reproducibility.py and
 test_checkpoint_utils.py need, and the files that need the rest fail to import in both
 runs and are counted apart). Both runs use this
-interpreter; the bare one sets ENERGY_LM_NO_AUTOLOAD=1, so fairseq runs without any of
-the package's registrations or patches. Exit 1, naming them, if a test passes bare and
+interpreter, side by side in two copies of the tests; the bare one sets
+ENERGY_LM_NO_AUTOLOAD=1, so fairseq runs without any of the package's registrations or
+patches. Exit 1, naming them, if a test passes bare and
 fails with the package, or one of MUST_PASS (fairseq's reproducibility tests, which fail
 bare on this stack) fails with it; the summary line gives both counts and the seconds.
 """
@@ -55,17 +56,21 @@ def fetch_tests(into: Path) -> Path:
     return tests
 
 
-def outcomes(tests: Path, bare: bool, report: Path) -> Dict[str, str]:
-    """{test id: passed | failed | skipped} of one pytest run over the folder."""
+def start_run(tests: Path, bare: bool, report: Path) -> subprocess.Popen:
+    """One pytest run over the folder, started in the background (one thread)."""
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     env.pop("ENERGY_LM_NO_AUTOLOAD", None)
     if bare:
         env["ENERGY_LM_NO_AUTOLOAD"] = "1"
-    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                    "--continue-on-collection-errors", f"--junitxml={report}",
-                    *(f"--ignore=tests/{name}" for name in NOT_COLLECTED), "tests"],
-                   cwd=tests.parent, env=env, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "--continue-on-collection-errors", f"--junitxml={report}",
+                             *(f"--ignore=tests/{name}" for name in NOT_COLLECTED), "tests"],
+                            cwd=tests.parent, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def outcomes(report: Path) -> Dict[str, str]:
+    """{test id: passed | failed | skipped} of a finished run's junit report."""
     result = {}
     for case in ET.parse(report).getroot().iter("testcase"):
         name = f"{case.get('classname')}::{case.get('name')}"
@@ -89,9 +94,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        tests = fetch_tests(work)
-        bare = outcomes(tests, True, work / "bare.xml")
-        ours = outcomes(tests, False, work / "energy_lm.xml")
+        # the two runs side by side (one thread each, two cores), each in its own copy
+        # of the tests: a test that writes beside itself cannot meet the other run
+        runs = [start_run(fetch_tests(work / name), bare, work / f"{name}.xml")
+                for name, bare in (("bare", True), ("energy_lm", False))]
+        for run in runs:
+            run.wait()
+        bare, ours = outcomes(work / "bare.xml"), outcomes(work / "energy_lm.xml")
     broken = compare(bare, ours)
     passed = sum(o == "passed" for o in bare.values())
     print(f"fairseq's own tests: {passed} pass bare, "
