@@ -129,7 +129,8 @@ def test_the_logged_valid_elm_estimate_agrees_with_eval_elm(data_bin, tmp_path):
     result = run_cli("fairseq-train", data_bin, "--task", "language_modeling", "--arch",
                      "transformer_lm_alibi_tiny", *LM_SMALL, "--criterion", "monarc",
                      "--max-update", "20", "--save-dir", tmp_path, "--log-format", "json",
-                     "--valid-topk", "8", "--valid-tail-samples", "8")
+                     "--valid-topk", "8", "--valid-tail-samples", "8",
+                     "--best-checkpoint-metric", "elm_est")  # early stopping on the ELM
     valid = [json.loads(line[line.index("{"):]) for line in result.stdout.splitlines()
              if '"valid_elm_est"' in line][-1]
     out = tmp_path / "eval.json"
@@ -147,6 +148,11 @@ def test_the_logged_valid_elm_estimate_agrees_with_eval_elm(data_bin, tmp_path):
     stderr = evaluated["elm_est_stderr"]
     assert abs(logged_gain - measured_gain) < 4 * math.sqrt(2) * stderr + 2e-3
     assert abs(z1_gain - measured_gain) > abs(logged_gain - measured_gain)
+    # the checkpoints are scored by the ELM's estimate (what checkpoint_best follows)
+    import re
+
+    scores = re.findall(r"Saved checkpoint .*score ([0-9.]+)\)", result.stdout + result.stderr)
+    assert scores and float(scores[-1]) == pytest.approx(float(valid["valid_elm_est"]), abs=1e-3)
     # the log's own figure of it
     # (lm_loss is logged to 3 decimals, elm_est and elm_gain to 4)
     assert float(valid["valid_elm_gain"]) == pytest.approx(logged_gain, abs=7e-4)
