@@ -21,6 +21,10 @@ Figures per scored token, in bits, each labelled for what it is:
                                 studies' errors count)
   elm - lm        exact +- s.e. on those tokens, the mean of the per-token (E + log Z)/ln 2
                                 with the standard error of that mean
+  elm (scale a)   estimate /    with --fit-scale-on SPLIT: the ELM q exp(-a E) / Z_a with
+                  exact         the scale a >= 0 that minimises the estimated NLL on SPLIT
+                                (fitted there, reported on --split: a = 0 is the LM, so on
+                                the split it is fitted on it is never above the LM)
 --per-token FILE writes each scored token's figures (JSON lines) to pair two checkpoints.
 """
 
@@ -37,7 +41,7 @@ import torch
 from torch import Tensor
 
 from energy_lm.cli.errors import run_reporting_errors
-from energy_lm.inference.log_z import exact_log_z_of, head_and_tail
+from energy_lm.inference.log_z import head_and_tail, vocabulary_energies
 from energy_lm.inference.scored_batch import ScoredBatch, gather_tokens, score_batch
 from energy_lm.inference.protocol import is_masked_model, require
 
@@ -49,7 +53,8 @@ class Totals:
     """Sums over scored tokens (nats) of each figure, on the whole run and on the
     exact-Z subset."""
 
-    KEYS = ("nll", "energy", "log_z_est", "log_z_var", "log_z_lower", "log_z", "gain_sq")
+    KEYS = ("nll", "energy", "log_z_est", "log_z_var", "log_z_lower", "log_z", "gain_sq",
+            "energy_scaled", "log_z_est_scaled", "log_z_scaled", "gain_scaled_sq")
 
     def __init__(self):
         self.all = dict.fromkeys(self.KEYS, 0.0)
@@ -81,11 +86,14 @@ def per_token_rows(sample, out: ScoredBatch, figures: Dict[str, Optional[Tensor]
 def evaluate(model, batches: Iterable, num_samples: int = 16, topk: int = 16,
              exact_z_batches: int = 0, generator: Optional[torch.Generator] = None,
              chunk: int = 256, progress: Optional[Callable[[int, int], None]] = None,
-             per_token: Optional[List[dict]] = None) -> Dict[str, float]:
+             per_token: Optional[List[dict]] = None, scale: Optional[float] = None,
+             fit_rows: Optional[List[tuple]] = None) -> Dict[str, float]:
     """Figures in bits per scored token (see the module docstring); `exact_z_batches`:
     how many leading batches also get the exact Z (-1: all). `per_token`, where given,
-    receives one record per scored token (`per_token_rows`)."""
-    from energy_lm.losses import topk_tail_log_z
+    receives one record per scored token (`per_token_rows`). `scale`: also the figures
+    of the ELM with the energy scaled by it. `fit_rows`, where given, receives what
+    `fit_energy_scale` reads, one tuple of tensors per batch (its scored tokens only)."""
+    from energy_lm.losses import exact_log_z, topk_tail_log_z
 
     vocab = model.trunk.embed_tokens.num_embeddings
     if not 1 <= topk < vocab - 1:
@@ -104,15 +112,31 @@ def evaluate(model, batches: Iterable, num_samples: int = 16, topk: int = 16,
             log_z, stderr, lower = topk_tail_log_z(
                 head_log_q, out.cand_energy[:, :topk].permute(0, 2, 1),
                 tail_energy.permute(0, 2, 1))
+            head_energy = out.cand_energy[:, :topk].permute(0, 2, 1)  # (B, P, k)
             figures = dict(nll=-gather_tokens(out.lprobs, out.tokens), energy=out.energy,
                            log_z_est=log_z, log_z_var=stderr ** 2, log_z_lower=lower)
+            if scale is not None:
+                figures["energy_scaled"] = scale * out.energy
+                figures["log_z_est_scaled"] = topk_tail_log_z(
+                    head_log_q, scale * head_energy, scale * tail_energy.permute(0, 2, 1))[0]
+            if fit_rows is not None:
+                keep = out.scored
+                fit_rows.append((figures["nll"][keep], out.energy[keep], head_log_q[keep],
+                                 head_energy[keep], tail_energy.permute(0, 2, 1)[keep]))
             totals.add(totals.all, out.scored, **figures)
             totals.count += int(out.scored.sum())
             log_z = None
             if exact_z_batches < 0 or i < exact_z_batches:
-                log_z = exact_log_z_of(model, sample, chunk)
+                vocab_out, energies = vocabulary_energies(model, sample, chunk)
+                log_z = exact_log_z(vocab_out.lprobs, energies)
                 gain = out.energy + log_z  # ELM - LM at this token (nats), paired by construction
-                totals.add(totals.exact, out.scored, log_z=log_z, gain_sq=gain * gain, **figures)
+                exact = dict(log_z=log_z, gain_sq=gain * gain)
+                if scale is not None:
+                    log_z_scaled = exact_log_z(vocab_out.lprobs, scale * energies)
+                    gain_scaled = scale * out.energy + log_z_scaled
+                    exact.update(log_z_scaled=log_z_scaled,
+                                 gain_scaled_sq=gain_scaled * gain_scaled)
+                totals.add(totals.exact, out.scored, **exact, **figures)
                 totals.exact_count += int(out.scored.sum())
             if per_token is not None:
                 per_token.extend(per_token_rows(sample, out, dict(
@@ -123,10 +147,10 @@ def evaluate(model, batches: Iterable, num_samples: int = 16, topk: int = 16,
     if totals.count == 0:
         raise ValueError("no token to score: the split is empty (or, for a masked model, "
                          "no position was masked)")
-    return summarize(totals)
+    return summarize(totals, scale)
 
 
-def summarize(totals: Totals) -> Dict[str, float]:
+def summarize(totals: Totals, scale: Optional[float] = None) -> Dict[str, float]:
     def bits(sums: dict, count: int, *keys: str) -> float:
         return sum(sums[k] for k in keys) / count / LN2
 
@@ -153,6 +177,17 @@ def summarize(totals: Totals) -> Dict[str, float]:
             "elm_minus_lm_exact": gain / LN2,
             "elm_minus_lm_exact_stderr": math.sqrt(spread / m) / LN2,
         })
+    if scale is not None:
+        result.update({"scale": scale,
+                       "elm_scaled_est": bits(a, n, "nll", "energy_scaled", "log_z_est_scaled")})
+        if m:
+            gain = (e["energy_scaled"] + e["log_z_scaled"]) / m
+            spread = max(e["gain_scaled_sq"] / m - gain * gain, 0.0) * m / max(m - 1, 1)
+            result.update({
+                "elm_scaled_exact": bits(e, m, "nll", "energy_scaled", "log_z_scaled"),
+                "elm_scaled_minus_lm_exact": gain / LN2,
+                "elm_scaled_minus_lm_exact_stderr": math.sqrt(spread / m) / LN2,
+            })
     return result
 
 
@@ -187,6 +222,15 @@ def report(result: Dict[str, float], split: str, family: str, topk: int, num_sam
         lines.append(f"  {'  elm - lm, paired per token':<28}{result['elm_minus_lm_exact']:+9.4f}"
                      f"{'':>10}  exact +- {result['elm_minus_lm_exact_stderr']:.4f} (std error "
                      f"of the mean over the {result['exact_tokens']} tokens)")
+    if "scale" in result:
+        fitted = f"a = {result['scale']:.3f} fitted on {result.get('scale_split', 'another split')}"
+        row(f"elm (scale a, top-{topk} + tail)", result["elm_scaled_est"],
+            f"estimate; {fitted} (a = 0: the LM)")
+        if "elm_scaled_exact" in result:
+            row("  elm (scale a, exact Z)", result["elm_scaled_exact"], f"exact; {fitted}")
+            lines.append(f"  {'  elm (scale a) - lm':<28}{result['elm_scaled_minus_lm_exact']:+9.4f}"
+                         f"{'':>10}  exact +- {result['elm_scaled_minus_lm_exact_stderr']:.4f} "
+                         f"(std error of the mean over the {result['exact_tokens']} tokens)")
     lines += [f"  warning: {w}" for w in energy_warnings(result)]
     return "\n".join(lines)
 
@@ -280,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the figures (bits) to this file as JSON")
+    parser.add_argument("--fit-scale-on", default=None, metavar="SPLIT",
+                        help="fit the energy's scale a >= 0 on SPLIT (its estimated NLL, "
+                             "the same --topk / --num-samples) and report the ELM with it on "
+                             "--split too: a = 0 is the LM (fit on another split than --split)")
+    parser.add_argument("--max-scale", type=float, default=4.0,
+                        help="with --fit-scale-on: the largest scale tried (default 4)")
     parser.add_argument("--per-token", type=Path, default=None,
                         help="write one JSON line per scored token (id, position, token, lm, "
                              "energy, log_z_est and, on the exact-Z batches, log_z; bits) "
@@ -297,6 +347,11 @@ def check_args(parser: argparse.ArgumentParser, args) -> None:
     if args.blocks and (args.max_batches or args.exact_z_batches):
         parser.error("--blocks chooses the blocks itself (all of them with --exact-z): drop "
                      "--max-batches and --exact-z-batches")
+    if args.fit_scale_on is not None and args.fit_scale_on == args.split:
+        parser.error(f"--fit-scale-on {args.fit_scale_on} is --split: fit the scale on another "
+                     f"split than the one it is reported on")
+    if not args.max_scale > 0:
+        parser.error(f"--max-scale must be > 0, got {args.max_scale}")
     for required, what in ((args.path, "checkpoint"), (args.data_bin / "dict.txt", "dictionary")):
         if not required.exists():
             parser.error(f"{what} not found: {required}")
@@ -358,6 +413,36 @@ def write_whole(path: Path, text: str) -> None:
     partial.replace(path)
 
 
+def fit_scale(args, model, task) -> float:
+    """The energy scale fitted on --fit-scale-on (its --max-batches first batches, or all),
+    with the tail samples of their own generator: the figures of --split do not change
+    with it. Prints the fit's figures (estimated NLL on that split, bits)."""
+    from fairseq import utils
+
+    from energy_lm.losses import fit_energy_scale, scaled_nll
+
+    split = args.fit_scale_on
+    task.load_dataset(split)
+    batches = task.get_batch_iterator(
+        dataset=task.dataset(split), max_sentences=args.batch_size,
+        max_positions=task_config(task).tokens_per_sample, seed=args.seed,
+    ).next_epoch_itr(shuffle=False)
+    device = next(model.parameters()).device
+    limit = args.max_batches or len(batches)
+    rows: List[tuple] = []
+    evaluate(model, (utils.move_to_cuda(s) if device.type == "cuda" else s
+                     for i, s in zip(range(limit), batches)),
+             args.num_samples, args.topk,
+             generator=torch.Generator(device=device).manual_seed(args.seed + 1), fit_rows=rows)
+    data = [torch.cat(parts) for parts in zip(*rows)]
+    scale = fit_energy_scale(*data, max_scale=args.max_scale)
+    lm, elm, fitted = (scaled_nll(a, *data) / LN2 for a in (0.0, 1.0, scale))
+    print(f"energy scale fitted on {split} ({data[0].numel()} tokens, top-{args.topk} + "
+          f"tail estimate): a = {scale:.3f}; there lm {lm:.4f}, elm (a = 1) {elm:.4f}, "
+          f"elm (a) {fitted:.4f} bits", file=sys.stderr, flush=True)
+    return scale
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -366,6 +451,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     torch.manual_seed(args.seed)
     model, task = load(args.path, args.data_bin, args.split, args.tokens_per_sample, args.cpu,
                        args.seed)
+    scale = fit_scale(args, model, task) if args.fit_scale_on is not None else None
     batches, total_batches, exact_batches = batch_plan(args, model, task)
     device = next(model.parameters()).device
 
@@ -383,7 +469,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
                       exact_z_batches=exact_batches, generator=generator,
                       chunk=args.vocab_chunk,
                       progress=progress_printer(total_batches, exact_batches),
-                      per_token=per_token)
+                      per_token=per_token, scale=scale)
+    if scale is not None:
+        result["scale_split"] = args.fit_scale_on
     if per_token is not None:
         write_whole(args.per_token, "".join(json.dumps(row) + "\n" for row in per_token))
     family = "masked" if is_masked_model(model) else "causal"

@@ -297,3 +297,49 @@ def test_exact_z_on_random_blocks_scores_only_those(monarc_lm_checkpoint, data_b
     refused = run_cli("energy-lm-eval-elm", data_bin, "--path", monarc_lm_checkpoint,
                       "--blocks", "3", "--max-batches", "2", check=False)
     assert refused.returncode != 0 and "drop --max-batches" in refused.stderr
+
+
+def test_the_scaled_elm_is_the_elm_at_one_and_the_lm_at_zero(data_bin):
+    """--fit-scale-on's figures: with the energy scaled by 1 they are the ELM's, by 0 the
+    LM's (estimate and exact Z alike; float32 model: within 1e-6 bits), and between they
+    are the ELM q exp(-a E) / Z_a."""
+    model, task = energy_lm(data_bin)
+    torch.manual_seed(3)
+    src = torch.randint(4, 300, (2, 6))
+    target = torch.cat([src[:, 1:], torch.randint(4, 300, (2, 1))], dim=1)
+    batch = lm_batch(src, target)
+
+    def run(scale):
+        return evaluate(model, [batch], num_samples=8, topk=8, exact_z_batches=1,
+                        generator=torch.Generator().manual_seed(0), scale=scale)
+
+    one, zero, half = run(1.0), run(0.0), run(0.5)
+    assert one["elm_scaled_est"] == pytest.approx(one["elm_est"], abs=1e-6)
+    assert one["elm_scaled_exact"] == pytest.approx(one["elm_exact"], abs=1e-6)
+    assert zero["elm_scaled_est"] == pytest.approx(zero["lm"], abs=1e-6)
+    assert zero["elm_scaled_exact"] == pytest.approx(zero["lm_on_exact"], abs=1e-6)
+    assert zero["elm_scaled_minus_lm_exact"] == pytest.approx(0.0, abs=1e-6)
+    assert half["elm_est"] == one["elm_est"]  # the unscaled figures do not move
+    assert min(half["elm_scaled_exact"], one["elm_exact"], half["lm_on_exact"]) < \
+        max(half["elm_scaled_exact"], one["elm_exact"], half["lm_on_exact"])
+    text = report(dict(half, scale_split="valid"), "test", "causal", 8, 8)
+    assert "a = 0.500 fitted on valid" in text and "elm (scale a) - lm" in text
+
+
+def test_fit_scale_on_another_split(monarc_lm_checkpoint, data_bin, tmp_path):
+    """The scale is fitted on --fit-scale-on and reported on --split; the same split for
+    both is refused in one line; --split's own figures do not change with the fit."""
+    out, plain = tmp_path / "fit.json", tmp_path / "plain.json"
+    common = ["--path", monarc_lm_checkpoint, "--split", "test", "--max-batches", "2",
+              "--batch-size", "2", "--topk", "4", "--num-samples", "4"]
+    fitted = run_cli("energy-lm-eval-elm", data_bin, *common, "--fit-scale-on", "valid",
+                     "--json", out)
+    run_cli("energy-lm-eval-elm", data_bin, *common, "--json", plain)
+    result, base = json.loads(out.read_text()), json.loads(plain.read_text())
+    assert 0.0 <= result["scale"] <= 4.0 and result["scale_split"] == "valid"
+    assert "energy scale fitted on valid" in fitted.stderr
+    assert "fitted on valid" in fitted.stdout
+    assert result["elm_est"] == base["elm_est"] and result["lm"] == base["lm"]
+    refused = run_cli("energy-lm-eval-elm", data_bin, *common, "--fit-scale-on", "test",
+                      check=False)
+    assert refused.returncode != 0 and "fit the scale on another split" in refused.stderr
