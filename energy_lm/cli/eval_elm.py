@@ -355,6 +355,9 @@ def check_args(parser: argparse.ArgumentParser, args) -> None:
     for required, what in ((args.path, "checkpoint"), (args.data_bin / "dict.txt", "dictionary")):
         if not required.exists():
             parser.error(f"{what} not found: {required}")
+    for split in filter(None, (args.split, args.fit_scale_on)):
+        if args.data_bin.is_dir() and not (args.data_bin / f"{split}.idx").exists():
+            parser.error(f"no split {split!r} in {args.data_bin} ({split}.idx / {split}.bin)")
 
 
 def batch_plan(args, model, task) -> Tuple[list, int, int]:

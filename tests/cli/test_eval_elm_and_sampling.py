@@ -343,3 +343,6 @@ def test_fit_scale_on_another_split(monarc_lm_checkpoint, data_bin, tmp_path):
     refused = run_cli("energy-lm-eval-elm", data_bin, *common, "--fit-scale-on", "test",
                       check=False)
     assert refused.returncode != 0 and "fit the scale on another split" in refused.stderr
+    missing = run_cli("energy-lm-eval-elm", data_bin, *common, "--fit-scale-on", "nosuch",
+                      check=False)
+    assert missing.returncode != 0 and "no split 'nosuch'" in missing.stderr.strip().splitlines()[-1]
