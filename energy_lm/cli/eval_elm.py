@@ -410,10 +410,10 @@ def progress_printer(total_batches: int, exact_batches: int) -> Callable[[int, i
 
 
 def write_whole(path: Path, text: str) -> None:
-    """path holds text whole or not at all."""
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(text)
-    partial.replace(path)
+    """path holds text whole or not at all (the checkpoints' atomic write)."""
+    from energy_lm.patches.checkpoint_safety import atomic_write
+
+    atomic_write(str(path), lambda f: f.write(text.encode("utf-8")))
 
 
 def fit_scale(args, model, task) -> float:
@@ -480,8 +480,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     family = "masked" if is_masked_model(model) else "causal"
     print(report(result, args.split, family, args.topk, args.num_samples))
     if args.json is not None:
-        args.json.write_text(json.dumps(dict(result, family=family, topk=args.topk,
-                                             num_samples=args.num_samples), indent=1))
+        write_whole(args.json, json.dumps(dict(result, family=family, topk=args.topk,
+                                               num_samples=args.num_samples), indent=1))
     return result
 
 
