@@ -151,17 +151,20 @@ def layout_of(cand_pos, num_data: int, causal: bool, alibi_slopes=None, alibi_mo
 
 
 def paired_tensors(b: int, h: int, n: int, d: int, cand_pos, masks: str = "none",
-                   dtype=None, seed: int = 0, segment_rate: float = 0.3, generator=None):
+                   dtype=None, seed: int = 0, segment_rate: float = 0.3, generator=None,
+                   kv_heads: int = 0):
     """Six random (B, H, ., D) tensors (q, k, v over N data positions; q_c, k_c, v_c over
-    M = cand_pos.size(1) candidates) and the optional masks: masks in none, padding
-    (a quarter of the keys), segments (a new document with probability segment_rate at
-    each position), both. Returns (six, segment_ids or None, key_padding_mask or None)."""
+    M = cand_pos.size(1) candidates; keys and values with kv_heads heads when given) and
+    the optional masks: masks in none, padding (a quarter of the keys), segments (a new
+    document with probability segment_rate at each position), both. Returns (six,
+    segment_ids or None, key_padding_mask or None)."""
     import torch
 
     g = generator if generator is not None else torch.Generator().manual_seed(seed)
     m = cand_pos.size(1)
-    six = [torch.randn(b, h, length, d, generator=g).to(dtype or torch.float32)
-           for length in (n, n, n, m, m, m)]
+    kv = kv_heads or h
+    six = [torch.randn(b, heads, length, d, generator=g).to(dtype or torch.float32)
+           for heads, length in ((h, n), (kv, n), (kv, n), (h, m), (kv, m), (kv, m))]
     pad = torch.rand(b, n, generator=g) < 0.25 if masks in ("padding", "both") else None
     seg = ((torch.rand(b, n, generator=g) < segment_rate).cumsum(1)
            if masks in ("segments", "both") else None)

@@ -109,8 +109,12 @@ def forward_candidates(model, cache: DecodeCache, candidates: Tensor,
     width = hidden.size(1)
     _check_positions(trunk, int(cache.lengths.max()) + 1)
     # the paired kernel's candidates need only the data keys/values (the data queries
-    # are not used without the data output): the cache stands in for a recorded stream
-    records = {attn: (b["prev_key"], b["prev_key"], b["prev_value"])
+    # are not used without the data output, so a zero-stride stand-in of their shape
+    # takes no memory): the cache stands in for a recorded stream
+    def no_queries(attn, k):
+        return k.new_zeros(()).expand(k.size(0), attn.num_heads, k.size(2), k.size(3))
+
+    records = {attn: (no_queries(attn, b["prev_key"]), b["prev_key"], b["prev_value"])
                for attn, b in zip(attns, buffers)}
     paired = PairedPass(owner=trunk.attention_pattern, key_padding_mask=hidden,
                         backend=backend, records=records)
@@ -118,7 +122,7 @@ def forward_candidates(model, cache: DecodeCache, candidates: Tensor,
     cand_pos = torch.full((bsz, k), width, dtype=torch.long, device=candidates.device)
     embed_pos = cache.lengths[:, None].expand(bsz, k)  # the row's own position
     probe = candidates.new_zeros(1, int(cache.lengths.max()))  # the position table's extent
-    with paired.candidates(cand_pos, keep_kv=True) as stage:
+    with paired.candidates(cand_pos, keep_kv=True, rotary_pos=embed_pos) as stage:
         pre_norm = trunk.candidate_features(probe, candidates, cand_pos, pre_norm=True,
                                             embed_pos=embed_pos)  # (B, K, C)
     final = trunk.final_states(pre_norm)

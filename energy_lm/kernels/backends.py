@@ -34,6 +34,7 @@ class Backend:
     auto_device_types: Tuple[str, ...] = ()
     auto_dtypes: Tuple[torch.dtype, ...] = ()
     dropout: bool = True
+    grouped_heads: bool = False  # keys/values with fewer heads than the queries (GQA)
     requires: Optional[str] = None  # a module that must be importable
 
 
@@ -64,10 +65,11 @@ def check_name(name: str, flag: str) -> None:
         raise ValueError(f"{flag} must be one of auto, {', '.join(BACKENDS)}; got {name!r}")
 
 
-def auto_choice(device_type: str, dtype: torch.dtype, dropout_p: float) -> Tuple[str, str]:
+def auto_choice(device_type: str, dtype: torch.dtype, dropout_p: float,
+                grouped: bool = False) -> Tuple[str, str]:
     """(backend, why) that "auto" stands for: the first backend that declares it runs
-    these tensors, else the exact reference (CPU, float64, attention dropout, a backend
-    whose module is missing)."""
+    these tensors, else the exact reference (CPU, float64, attention dropout, grouped
+    heads a kernel lacks, a backend whose module is missing)."""
     why = f"{device_type} tensors"
     for backend in BACKENDS.values():
         if device_type not in backend.auto_device_types:
@@ -76,6 +78,8 @@ def auto_choice(device_type: str, dtype: torch.dtype, dropout_p: float) -> Tuple
             why = f"{dtype} is not a {backend.name.capitalize()} kernel dtype"
         elif dropout_p > 0.0 and not backend.dropout:
             why = f"attention dropout (the {backend.name.capitalize()} kernel has none)"
+        elif grouped and not backend.grouped_heads:
+            why = f"grouped key/value heads (the {backend.name.capitalize()} kernel has none)"
         elif backend.requires and importlib.util.find_spec(backend.requires) is None:
             why = f"{backend.requires} is not installed"
         else:
@@ -105,7 +109,8 @@ def _flex(*args):
     return paired_attention_flex(*args)
 
 
-register(Backend("reference", paired_attention_reference, candidate_attention_reference))
+register(Backend("reference", paired_attention_reference, candidate_attention_reference,
+                 grouped_heads=True))
 register(Backend("triton", _triton, _triton_candidates, auto_device_types=("cuda",),
                  auto_dtypes=(torch.float32, torch.bfloat16, torch.float16), dropout=False,
                  requires="triton"))

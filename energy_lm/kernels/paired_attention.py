@@ -20,13 +20,17 @@ logger = logging.getLogger("energy_lm.kernels")
 _logged_choices: Set[Tuple[str, str]] = set()
 
 
-def resolve_backend(backend: str, q: Tensor, dropout_p: float) -> backends.Backend:
-    """The backend a call runs: the one asked for (unchecked), or what "auto" stands for
-    on q's device and dtype (the choice is logged once)."""
+def resolve_backend(backend: str, q: Tensor, dropout_p: float,
+                    grouped: bool = False) -> backends.Backend:
+    """The backend a call runs: the one asked for (unchecked but for grouped heads), or
+    what "auto" stands for on q's device and dtype (the choice is logged once)."""
     if backend != "auto":
         chosen, why = backends.get(backend).name, "asked for"
+        if grouped and not backends.get(backend).grouped_heads:
+            raise LayoutError(f"the {backend} backend has no grouped key/value heads "
+                              f"(--kv-heads); use the reference (auto picks it)")
     else:
-        chosen, why = backends.auto_choice(q.device.type, q.dtype, dropout_p)
+        chosen, why = backends.auto_choice(q.device.type, q.dtype, dropout_p, grouped)
         if chosen != "reference":
             entry = backends.get(chosen)
             if not self_check.backend_agrees(chosen, entry.full, entry.candidates, q.device,
@@ -40,16 +44,24 @@ def resolve_backend(backend: str, q: Tensor, dropout_p: float) -> backends.Backe
 
 def _check_tensors(q, k, v, q_c, k_c, v_c, layout: PairedLayout, dropout_p: float) -> None:
     """One LayoutError line per bad tensor (shapes, dtypes, devices, dropout)."""
-    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise LayoutError(f"q, k, v must share one (B, H, N, D) shape, got {tuple(q.shape)}, "
-                          f"{tuple(k.shape)}, {tuple(v.shape)}")
-    if q_c.dim() != 4 or k_c.shape != q_c.shape or v_c.shape != q_c.shape:
-        raise LayoutError(f"q_c, k_c, v_c must share one (B, H, M, D) shape, got "
-                          f"{tuple(q_c.shape)}, {tuple(k_c.shape)}, {tuple(v_c.shape)}")
+    def grouped(q_shape, kv_shape) -> bool:  # (B, Hk, ., D) with Hk dividing H
+        return (kv_shape[0] == q_shape[0] and kv_shape[3] == q_shape[3] and kv_shape[1] > 0
+                and q_shape[1] % kv_shape[1] == 0)
+
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape or k.size(2) != q.size(2) or \
+            not grouped(q.shape, k.shape):
+        raise LayoutError(f"q, k, v must be (B, H, N, D), (B, Hk, N, D), (B, Hk, N, D) with "
+                          f"Hk dividing H, got {tuple(q.shape)}, {tuple(k.shape)}, "
+                          f"{tuple(v.shape)}")
+    if q_c.dim() != 4 or k_c.dim() != 4 or v_c.shape != k_c.shape or \
+            k_c.size(2) != q_c.size(2) or not grouped(q_c.shape, k_c.shape):
+        raise LayoutError(f"q_c, k_c, v_c must be (B, H, M, D), (B, Hk, M, D), (B, Hk, M, D), "
+                          f"got {tuple(q_c.shape)}, {tuple(k_c.shape)}, {tuple(v_c.shape)}")
     b, h, _, d = q.shape
-    if (q_c.size(0), q_c.size(1), q_c.size(3)) != (b, h, d):
-        raise LayoutError(f"candidates {tuple(q_c.shape)} must match the data stream "
-                          f"{tuple(q.shape)} in B, H and D")
+    if (q_c.size(0), q_c.size(1), q_c.size(3), k_c.size(1)) != (b, h, d, k.size(1)):
+        raise LayoutError(f"candidates {tuple(q_c.shape)}, keys {tuple(k_c.shape)} must match "
+                          f"the data stream {tuple(q.shape)}, keys {tuple(k.shape)} in B, H, "
+                          f"Hk and D")
     tensors = (k, v, q_c, k_c, v_c)
     if any(t.dtype != q.dtype or t.device != q.device for t in tensors):
         raise LayoutError("q, k, v, q_c, k_c, v_c must share one dtype and device, got "
@@ -70,7 +82,9 @@ def paired_attention(
 ) -> Tuple[Optional[Tensor], Tensor]:
     """Attention of a data stream and of candidates standing at data positions.
 
-    q, k, v: (B, H, N, D) data stream; q_c, k_c, v_c: (B, H, M, D) candidates; layout:
+    q, k, v: (B, H, N, D) data stream; q_c, k_c, v_c: (B, H, M, D) candidates (keys and
+    values may have Hk heads, Hk dividing H: grouped-query attention, query head h reading
+    key head h // (H / Hk), never repeated in memory); layout:
     the `PairedLayout` of the batch (cand_pos (B, M), causal, ALiBi, segments, padding).
     Scores are q.k * D ** -0.5, plus the layout's ALiBi bias when it has one.
 
@@ -92,10 +106,12 @@ def paired_attention(
     has passed its self-check against the reference (`energy_lm.kernels.self_check`),
     else the reference; the choice is logged once) or a name of `backends.names()`.
     """
+    _check_tensors(q, k, v, q_c, k_c, v_c, layout, dropout_p)
+    grouped = k.size(1) != q.size(1)
     # once per layout: every layer of a candidate stage runs the backend the first chose
     chosen = layout.derived(f"backend {backend} {q.device} {q.dtype} {q.size(-1)} "
-                            f"{dropout_p > 0}", lambda: resolve_backend(backend, q, dropout_p))
-    _check_tensors(q, k, v, q_c, k_c, v_c, layout, dropout_p)
+                            f"{dropout_p > 0} {grouped}",
+                            lambda: resolve_backend(backend, q, dropout_p, grouped))
     if not need_data_out:
         if chosen.candidates is not None:
             return None, chosen.candidates(q_c, k_c, v_c, k, v, layout, dropout_p)

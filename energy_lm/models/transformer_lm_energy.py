@@ -4,6 +4,8 @@ Registered as model `transformer_lm_energy`, with presets for each size (tiny/ba
   transformer_lm_clap_*       learned positions + CLAP head
   transformer_lm_alibi_*      causal ALiBi (no position embeddings) + tied softmax head
   transformer_lm_zero_clap_*  causal ALiBi + CLAP head
+  transformer_lm_llama_*      Llama's trunk: rotary, RMSNorm, SwiGLU, grouped-query
+                              attention, no biases (tiny/base)
 The decoder accepts `segment_ids` (B, T) so that packed documents attend only within
 themselves (`--task energy_language_modeling --document-attention`).
 """
@@ -31,17 +33,33 @@ from energy_lm.inference.causal_pass import causal_energy_pass
 from energy_lm.inference.hub import EnergyLMHubInterface
 from energy_lm.inference.protocol import CAUSAL
 from energy_lm.models.energy_model import EnergyModelMixin, attach_dictionary, check_task_length
-from energy_lm.models.energy_options import EnergyOptions, presets, resolve_energy_options
+from energy_lm.models.energy_options import (
+    PRESET_SIZES,
+    EnergyOptions,
+    presets,
+    resolve_energy_options,
+)
 from energy_lm.kernels.alibi import ALIBI_MAX_POSITIONS, DECODER_ALIBI_CHOICES
 from energy_lm.modules.attention import AttentionPattern
 from energy_lm.modules.candidate_embedding import embed_candidates
 from energy_lm.modules.clap import ClapEmbedding, ClapHead
 from energy_lm.modules.energy_head import EnergyHead
-from energy_lm.modules.layers import DecoderLayer, set_layer_norm_eps, wrap_layer
+from energy_lm.modules.layers import (
+    GATE_ACTIVATIONS,
+    DecoderLayer,
+    LayerShape,
+    set_layer_norm_eps,
+    wrap_layer,
+)
+from energy_lm.modules.rms_norm import build_norm
+from energy_lm.modules.rotary import Rotary, rotary_dims
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_MASK_CHOICES = ("none", "specials")
+NORM_CHOICES = ("layer", "rms")
+GATED_FFN_CHOICES = ("none", *GATE_ACTIVATIONS)
+ATTENTION_BIAS_CHOICES = ("all", "qkv", "none")
 # fairseq's symbols that no imported vocabulary has (`</s>` stands for the source's
 # end-of-text token, so it is not among them); fairseq-preprocess pads a dictionary
 # with `madeupwordNNNN` fillers
@@ -72,6 +90,32 @@ class TransformerLMEnergyConfig(TransformerLanguageModelConfig, EnergyOptions):
     proposal_uniform_mix: float = field(
         default=0.0, metadata={"help": "handicap the LM on purpose: q = (1 - m) softmax + m "
                                        "uniform (a known-answer test of the energy path; 0: off)"})
+    # the architecture of today's causal LMs (Llama, Qwen2, GPT-NeoX, StableLM)
+    rotary_fraction: float = field(
+        default=0.0, metadata={"help": "rotary positions (RoPE, rotate-half) on this fraction "
+                                       "of each head's dims (1: Llama, 0.25: Pythia); replaces "
+                                       "position embeddings; 0 (default): off"})
+    rotary_base: float = field(
+        default=10000.0, metadata={"help": "rotary base (theta; default 10000)"})
+    norm: ChoiceEnum(NORM_CHOICES) = field(
+        default="layer", metadata={"help": "the trunk's norms: layer (fairseq's LayerNorm, "
+                                           "default) or rms (RMSNorm, no bias); eps: "
+                                           "--layer-norm-eps"})
+    gated_ffn: ChoiceEnum(GATED_FFN_CHOICES) = field(
+        default="none", metadata={"help": "silu: a gated FFN fc2(silu(gate x) * up x) "
+                                          "(SwiGLU; --activation-fn is then unused); none "
+                                          "(default): fairseq's fc2(act(fc1 x))"})
+    kv_heads: int = field(
+        default=0, metadata={"help": "key/value heads, dividing --decoder-attention-heads "
+                                     "(grouped-query attention); 0 (default): one per head"})
+    attention_bias: ChoiceEnum(ATTENTION_BIAS_CHOICES) = field(
+        default="all", metadata={"help": "biases of the attention projections: all (default, "
+                                         "fairseq's), qkv (Qwen2: q, k, v only) or none"})
+    no_ffn_bias: bool = field(
+        default=False, metadata={"help": "no biases in the FFN's projections (Llama)"})
+    parallel_residual: bool = field(
+        default=False, metadata={"help": "x + attn(norm1 x) + ffn(norm2 x) (GPT-NeoX); needs "
+                                         "pre-norm layers"})
 
 
 class EnergyTransformerDecoder(TransformerDecoder):
@@ -83,6 +127,11 @@ class EnergyTransformerDecoder(TransformerDecoder):
         if isinstance(self.embed_positions, LearnedPositionalEmbedding):
             self.embed_positions = with_energy_position(self.embed_positions)
         set_layer_norm_eps(self, args.layer_norm_eps)
+        if args.norm != "layer":  # the final norm (and an embedding norm) of that kind too
+            for name in ("layer_norm", "layernorm_embedding"):
+                if getattr(self, name, None) is not None:
+                    setattr(self, name, build_norm(args.norm, self.embed_dim,
+                                                   args.layer_norm_eps))
         # derived from the dictionary, not saved: a checkpoint loads into any build
         self.register_buffer("unused_symbols", unused_symbol_mask(dictionary)
                              if str(safe_getattr(args, "output_mask", "none")) == "specials"
@@ -124,7 +173,11 @@ class EnergyTransformerDecoder(TransformerDecoder):
         if "attention_pattern" not in self._modules:  # first layer: one pattern for all
             self.attention_pattern = AttentionPattern(
                 cfg.decoder.attention_heads, causal=True, alibi=str(self.args.alibi))
-        return wrap_layer(DecoderLayer(cfg, no_encoder_attn), cfg, self.attention_pattern)
+            fraction = float(self.args.rotary_fraction)
+            self.rotary = (Rotary(cfg.decoder.embed_dim // cfg.decoder.attention_heads,
+                                  fraction, self.args.rotary_base) if fraction else None)
+        layer = DecoderLayer(cfg, no_encoder_attn, layer_shape(self.args))
+        return wrap_layer(layer, cfg, self.attention_pattern, self.rotary)
 
     def build_output_projection(self, cfg, dictionary, embed_tokens):
         super().build_output_projection(cfg, dictionary, embed_tokens)
@@ -297,6 +350,35 @@ def upgrade_energy_position(state_dict, prefix: str, own: nn.Module) -> None:
                     "position)", key, saved.size(0))
 
 
+def layer_shape(args) -> LayerShape:
+    return LayerShape(norm=str(args.norm), eps=float(args.layer_norm_eps),
+                      kv_heads=int(args.kv_heads),
+                      qkv_bias=str(args.attention_bias) != "none",
+                      out_bias=str(args.attention_bias) == "all",
+                      ffn_bias=not args.no_ffn_bias, gated_ffn=str(args.gated_ffn),
+                      parallel_residual=bool(args.parallel_residual))
+
+
+def _check_architecture(args) -> None:
+    """One line for each flag of the new architecture that does not combine."""
+    heads = args.decoder_attention_heads
+    if args.kv_heads < 0 or (args.kv_heads and heads % args.kv_heads):
+        raise ValueError(f"--kv-heads {args.kv_heads} must divide --decoder-attention-heads "
+                         f"{heads}")
+    if args.rotary_fraction:
+        if str(args.alibi) != "none":
+            raise ValueError("--rotary-fraction and --alibi are two position encodings; "
+                             "choose one")
+        rotary_dims(args.decoder_embed_dim // heads, float(args.rotary_fraction))
+        if not float(args.rotary_base) > 1.0:
+            raise ValueError(f"--rotary-base must be > 1, got {args.rotary_base}")
+    if args.parallel_residual and not args.decoder_normalize_before:
+        raise ValueError("--parallel-residual needs pre-norm layers "
+                         "(--decoder-normalize-before)")
+    if str(args.gated_ffn) != "none" and safe_getattr(args, "quant_noise_pq", 0):
+        raise ValueError("--quant-noise-pq does not apply to a gated FFN (--gated-ffn)")
+
+
 def transformer_lm_energy_architecture(args):
     """Fill, derive and check every energy_lm field; fairseq's own fields keep the
     config's values (the bare name: stock transformer_lm's defaults)."""
@@ -305,6 +387,9 @@ def transformer_lm_energy_architecture(args):
     if not 0.0 <= args.proposal_uniform_mix < 1.0:
         raise ValueError(f"--proposal-uniform-mix must be in [0, 1), got "
                          f"{args.proposal_uniform_mix}")
+    _check_architecture(args)
+    if args.rotary_fraction:  # rotary replaces position embeddings
+        args.no_token_positional_embeddings = True
     if args.untied_head:
         args.share_decoder_input_output_embed = False
     if args.clap_head:  # a CLAP head is the input embedding, whatever the tying flag said
@@ -333,12 +418,39 @@ def _preset_config(class_name: str, values: dict) -> type:
     return make_dataclass(class_name, fields, bases=(TransformerLMEnergyConfig,))
 
 
+# Llama's architecture (SmolLM's and Qwen2's small models alike): rotary positions on
+# every dim, RMSNorm, SwiGLU, grouped-query attention (half as many key/value heads),
+# no biases, no embedding scale, tied embeddings (as the small ones); the FFN width is
+# 8/3 d rounded up to a multiple of 64, the gated FFN's usual size
+_LLAMA_STYLE = dict(
+    decoder_normalize_before=True, decoder_learned_pos=False,
+    share_decoder_input_output_embed=True, no_scale_embedding=True,
+    rotary_fraction=1.0, norm="rms", gated_ffn="silu", attention_bias="none",
+    no_ffn_bias=True,
+    decoder_input_dim=II("model.decoder_embed_dim"),
+    decoder_output_dim=II("model.decoder_embed_dim"),
+)
+LLAMA_SIZES = ("tiny", "base")
+
+
+def llama_presets():
+    """(name, values) of the transformer_lm_llama_* presets."""
+    for size in LLAMA_SIZES:
+        layers, dim, _, heads = PRESET_SIZES[size]
+        ffn = -(-8 * dim // 3 // 64) * 64
+        yield f"transformer_lm_llama_{size}", dict(
+            _LLAMA_STYLE, decoder_layers=layers, decoder_embed_dim=dim,
+            decoder_ffn_embed_dim=ffn, decoder_attention_heads=heads, kv_heads=heads // 2)
+
+
 def _register_presets():
-    for name, values in presets("transformer_lm", "decoder", alibi_mode="causal"):
+    named = [(name, dict(_GPT_STYLE, **values))
+             for name, values in presets("transformer_lm", "decoder", alibi_mode="causal")]
+    for name, values in [*named, *llama_presets()]:
         stem = "".join(part.title() for part in name.split("_")).replace("Lm", "LM")
         # a subclass per preset: fairseq keeps a model's dataclass on its class
         model_cls = type(stem, (TransformerLMEnergyModel,), {"__module__": __name__})
-        config = _preset_config(stem + "Config", dict(_GPT_STYLE, **values))
+        config = _preset_config(stem + "Config", values)
         register_model(name, dataclass=config)(model_cls)
 
 

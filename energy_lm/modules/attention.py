@@ -11,6 +11,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 from fairseq.modules import MultiheadAttention
+from fairseq.modules.quant_noise import quant_noise
 from torch import Tensor, nn
 
 from energy_lm.kernels import Alibi, PairedLayout, paired_attention
@@ -18,6 +19,7 @@ from energy_lm.kernels.alibi import alibi_bias, alibi_slopes, check_alibi_mode
 from energy_lm.kernels.sdpa import attention
 from energy_lm.kernels.visibility import position_visible
 from energy_lm.modules.paired_pass import CandidateStage, DataStage, current_stage
+from energy_lm.modules.rotary import Rotary
 
 _MAX_CACHED_MASKS = 8
 
@@ -122,9 +124,42 @@ class SelfAttention(MultiheadAttention):
     Inside a paired pass built for its model the layer records its data
     queries/keys/values, then serves the candidate stream from them
     (`energy_lm.modules.paired_pass`).
+
+    Beyond fairseq's: `kv_heads` < num_heads (grouped-query attention: k_proj, v_proj
+    project to kv_heads heads, each shared by num_heads / kv_heads query heads and never
+    repeated in memory), the biases of q/k/v and of out_proj on or off, and `rotary`
+    (a model's shared `Rotary`, set like `pattern`; None without rotary positions).
     """
 
     pattern: AttentionPattern
+    rotary: Optional[Rotary]  # set to None in __init__: a class default would hide the module
+
+    def __init__(self, embed_dim: int, num_heads: int, *, kv_heads: Optional[int] = None,
+                 qkv_bias: bool = True, out_bias: bool = True, q_noise: float = 0.0,
+                 qn_block_size: int = 8, **kwargs):
+        super().__init__(embed_dim, num_heads, q_noise=q_noise, qn_block_size=qn_block_size,
+                         **kwargs)
+        self.rotary = None
+        self.kv_heads = kv_heads or num_heads
+        if num_heads % self.kv_heads:
+            raise ValueError(f"--kv-heads {self.kv_heads} must divide the {num_heads} "
+                             f"attention heads")
+        kv_dim = self.kv_heads * self.head_dim
+        if kv_dim != embed_dim or not qkv_bias:
+            def linear(out_dim: int, bias: bool) -> nn.Module:
+                return quant_noise(nn.Linear(embed_dim, out_dim, bias=bias), q_noise,
+                                   qn_block_size)
+
+            self.q_proj = linear(embed_dim, qkv_bias)
+            self.k_proj = linear(kv_dim, qkv_bias)
+            self.v_proj = linear(kv_dim, qkv_bias)
+        if not out_bias:
+            self.out_proj = quant_noise(nn.Linear(embed_dim, embed_dim, bias=False), q_noise,
+                                        qn_block_size)
+        self.reset_parameters()  # fairseq's initialisation of the rebuilt projections
+
+    def extra_repr(self) -> str:
+        return f"kv_heads={self.kv_heads}" if self.kv_heads != self.num_heads else ""
 
     def forward(
         self,
@@ -144,16 +179,25 @@ class SelfAttention(MultiheadAttention):
                 "energy_lm SelfAttention does not return attention weights or scores"
             )
         tq, bsz, embed_dim = query.size()  # (T, B, C)
-        heads, head_dim = self.num_heads, self.head_dim
+        head_dim = self.head_dim
 
-        def split_heads(x: Tensor) -> Tensor:  # (T, B, C) -> (B, H, T, D)
+        def split_heads(x: Tensor, heads: int) -> Tensor:  # (T, B, h D) -> (B, h, T, D)
             return x.view(x.size(0), bsz, heads, head_dim).permute(1, 2, 0, 3)
 
-        q = split_heads(self.q_proj(query))
-        k = split_heads(self.k_proj(query))
-        v = split_heads(self.v_proj(query))
+        q = split_heads(self.q_proj(query), self.num_heads)
+        k = split_heads(self.k_proj(query), self.kv_heads)
+        v = split_heads(self.v_proj(query), self.kv_heads)
 
         stage = current_stage(self.pattern) if incremental_state is None else None
+        saved = self._get_input_buffer(incremental_state) if incremental_state is not None else {}
+        if self.rotary is not None:
+            if isinstance(stage, CandidateStage):
+                positions = stage.rotary_pos  # (B, M)
+            else:  # this call's tokens follow the cached ones (row index, padding counted)
+                start = saved["prev_key"].size(2) if "prev_key" in saved else 0
+                positions = torch.arange(start, start + tq, device=q.device)
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
+
         if isinstance(stage, CandidateStage):  # query is the candidate stream (M, B, C)
             stage.keep(self, k, v)
             out_c = self._candidate_attention(q, k, v, stage)  # (B, H, M, D)
@@ -163,7 +207,6 @@ class SelfAttention(MultiheadAttention):
             stage.record(self, q, k, v)
 
         if incremental_state is not None:
-            saved = self._get_input_buffer(incremental_state)
             if "prev_key" in saved:
                 k = torch.cat([saved["prev_key"], k], dim=2)  # (B, H, S, D)
                 v = torch.cat([saved["prev_value"], v], dim=2)

@@ -58,16 +58,21 @@ class PairedPass:
             yield stage
 
     @contextmanager
-    def candidates(self, cand_pos: Tensor, keep_kv: bool = False) -> Iterator["CandidateStage"]:
+    def candidates(self, cand_pos: Tensor, keep_kv: bool = False,
+                   rotary_pos: Optional[Tensor] = None) -> Iterator["CandidateStage"]:
         """cand_pos (B, M): the data position each candidate stands at. With keep_kv,
         every layer leaves the candidates' own keys and values in `stage.kept` (cached
-        sampling appends the chosen one's to the data stream's cache)."""
+        sampling appends the chosen one's to the data stream's cache). rotary_pos (B, M):
+        the position a rotary model rotates each candidate at, where it is not cand_pos
+        (a cache whose rows were rotated from their own first token, not the pad)."""
         if not self.records:
             raise RuntimeError("paired pass: no data stream was recorded; run the model's "
                                "forward inside `with paired.recording():` first")
         layout = self.owner.paired_layout(cand_pos, self.key_padding_mask.size(1),
                                           self.segment_ids, self.key_padding_mask)
-        with _entered(CandidateStage(self, layout, kept={} if keep_kv else None)) as stage:
+        stage = CandidateStage(self, layout, kept={} if keep_kv else None,
+                               rotary_pos=cand_pos if rotary_pos is None else rotary_pos)
+        with _entered(stage):
             yield stage
 
 
@@ -88,6 +93,9 @@ class CandidateStage:
     layout: PairedLayout
     # per layer, the candidates' own (k, v), each (B, H, M, D), when asked for; else None
     kept: Optional[Dict[nn.Module, Tuple[Tensor, Tensor]]] = field(default=None, repr=False)
+    # (B, M) where a rotary model rotates the candidates: the position of the data token
+    # each stands in for, counted as that row's data keys were rotated
+    rotary_pos: Optional[Tensor] = field(default=None, repr=False)
 
     @property
     def cand_pos(self) -> Tensor:  # (B, M)

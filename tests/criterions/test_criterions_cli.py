@@ -17,9 +17,10 @@ CRITERIONS = ["monarc", "nce", "cwt"]
 def train(data_bin, save_dir, family, criterion, *extra, updates=3, check=True):
     if family == "masked":
         base = ["--task", "masked_lm", "--arch", "roberta_zero_clap_tiny", *TRAIN_SMALL]
-    else:
+    else:  # "causal", or "llama": rotary, RMSNorm, SwiGLU, grouped heads
+        arch = "transformer_lm_llama_tiny" if family == "llama" else "transformer_lm_alibi_tiny"
         base = ["--task", "energy_language_modeling", "--document-attention",
-                "--arch", "transformer_lm_alibi_tiny", *LM_SMALL]
+                "--arch", arch, *LM_SMALL]
     return run_cli("fairseq-train", data_bin, *base, "--criterion", criterion,
                    "--max-update", updates, "--save-dir", save_dir, *extra, check=check)
 
@@ -31,7 +32,7 @@ def logged(result, key):
     return [float(m) for line in lines for m in re.findall(rf"[ ,]{key}=([-0-9.e+]+|nan|inf)", line)]
 
 
-@pytest.mark.parametrize("family", ["causal", "masked"])
+@pytest.mark.parametrize("family", ["causal", "masked", "llama"])
 @pytest.mark.parametrize("criterion", CRITERIONS)
 def test_each_criterion_trains_each_family(data_bin, tmp_path, family, criterion):
     result = train(data_bin, tmp_path, family, criterion)
@@ -44,6 +45,12 @@ def test_each_criterion_trains_each_family(data_bin, tmp_path, family, criterion
             assert logged(result, key), key
         assert abs(logged(result, "z")[0] - 1.0) < 1e-3
     assert (tmp_path / "checkpoint_last.pt").exists()
+
+
+def test_the_llama_preset_trains_with_cross_entropy(data_bin, tmp_path):
+    result = train(data_bin, tmp_path, "llama", "cross_entropy")
+    losses = logged(result, "loss")
+    assert len(losses) >= 3 and all(x == x and 0 < x < 1e3 for x in losses)
 
 
 @pytest.mark.parametrize("family", ["causal", "masked"])

@@ -10,7 +10,8 @@ from conftest import build_model
 from energy_lm.inference.causal_pass import causal_energy_pass
 from energy_lm.inference.sir_sampler import sir_sample
 
-ARCHS = ["transformer_lm_zero_clap_tiny", "transformer_lm_clap_tiny", "transformer_lm_alibi_tiny"]
+ARCHS = ["transformer_lm_zero_clap_tiny", "transformer_lm_clap_tiny", "transformer_lm_alibi_tiny",
+         "transformer_lm_llama_tiny"]  # the last: rotary angles and grouped heads in the cache
 
 
 def float64_lm(data_bin, arch, head, seed=0):
@@ -51,7 +52,7 @@ def test_cached_sir_makes_the_choices_of_a_full_recompute(data_bin, arch, head):
                 assert a["energies"].abs().max() > 1e-3  # the energies are not all 0
 
 
-@pytest.mark.parametrize("arch", ARCHS[:2])
+@pytest.mark.parametrize("arch", [*ARCHS[:2], ARCHS[-1]])
 def test_cached_energies_are_the_scoring_rules_on_the_sampled_sequences(data_bin, arch):
     model, task = float64_lm(data_bin, arch, "seed")
     rows, trace = run(model, prompts(), 8, cached=True, pad=task.source_dictionary.pad())

@@ -33,20 +33,25 @@ MASKS = ["none", "padding", "segments", "both"]
 
 
 def make_case(shape: str, masks: str = "none", dtype=torch.float32, seed: int = 0,
-              causal: bool = False):
-    """Six random (B, H, ., D) tensors, cand_pos, and the optional masks. Causal "m5"
-    puts its last candidates at p = N (the target after a block's last token)."""
+              causal: bool = False, heads: int = HEADS, kv_heads: int = 0):
+    """Six random (B, H, ., D) tensors (keys and values with kv_heads heads when given),
+    cand_pos, and the optional masks. Causal "m5" puts its last candidates at p = N (the
+    target after a block's last token)."""
     b, n, d = SHAPES[shape]
     cand_pos = positions(shape)
     if causal and shape == "m5":
         cand_pos[:, -1] = n
-    six, seg, pad = paired_tensors(b, HEADS, n, d, cand_pos, masks, dtype, seed)
+    six, seg, pad = paired_tensors(b, heads, n, d, cand_pos, masks, dtype, seed,
+                                   kv_heads=kv_heads)
     return six, cand_pos, seg, pad
 
 
 def naive_paired(q, k, v, q_c, k_c, v_c, cand_pos, causal, mode, seg, pad):
-    """float64, one query at a time over a hand-listed set of keys (H vectorised)."""
+    """float64, one query at a time over a hand-listed set of keys (H vectorised); grouped
+    key/value heads are repeated here (query head h reads key head h // group)."""
     q, k, v, q_c, k_c, v_c = (t.double() for t in (q, k, v, q_c, k_c, v_c))
+    group = q.size(1) // k.size(1)
+    k, v, k_c, v_c = (t.repeat_interleave(group, dim=1) for t in (k, v, k_c, v_c))
     b_size, h, n, d = q.shape
     slopes = alibi_slopes(h).double()
 
@@ -103,21 +108,25 @@ def outputs_and_grads(fn, tensors, upstream):
     return (out, out_c), grads
 
 
-def compare_with_naive(tensors, cand_pos, causal, mode, seg, pad, atol, rtol):
-    slopes = alibi_slopes(HEADS) if mode is not None else None
+def compare_with_naive(tensors, cand_pos, causal, mode, seg, pad, atol, rtol,
+                       candidates_only: bool = False):
+    slopes = alibi_slopes(tensors[0].size(1)) if mode is not None else None
     g = torch.Generator().manual_seed(1)
     upstream = (torch.randn(tensors[0].shape, generator=g, dtype=torch.float64),
                 torch.randn(tensors[3].shape, generator=g, dtype=torch.float64))
+    if candidates_only:  # the data output is not asked for: compare it as zeros
+        upstream = (torch.zeros_like(upstream[0]), upstream[1])
 
     def ours(*six):
-        return paired_attention(*six,
-                                layout_of(cand_pos, six[0].size(2), causal=causal,
-                                          alibi_slopes=slopes, alibi_mode=mode or "causal",
-                                          segment_ids=seg, key_padding_mask=pad),
-                                backend="reference")
+        layout = layout_of(cand_pos, six[0].size(2), causal=causal, alibi_slopes=slopes,
+                           alibi_mode=mode or "causal", segment_ids=seg, key_padding_mask=pad)
+        out, out_c = paired_attention(*six, layout, backend="reference",
+                                      need_data_out=not candidates_only)
+        return (torch.zeros_like(six[0]) if out is None else out), out_c
 
     def naive(*six):
-        return naive_paired(*six, cand_pos, causal, mode, seg, pad)
+        out, out_c = naive_paired(*six, cand_pos, causal, mode, seg, pad)
+        return (out * 0 if candidates_only else out), out_c
 
     got, got_grads = outputs_and_grads(ours, tensors, upstream)
     want, want_grads = outputs_and_grads(naive, [t.double() for t in tensors], upstream)
@@ -134,6 +143,28 @@ def compare_with_naive(tensors, cand_pos, causal, mode, seg, pad, atol, rtol):
 def test_fp32_matches_naive_forward_and_grads(causal, mode, shape, masks):
     tensors, cand_pos, seg, pad = make_case(shape, masks, causal=causal)
     compare_with_naive(tensors, cand_pos, causal, mode, seg, pad, atol=1e-5, rtol=1e-5)
+
+
+# grouped-query attention: 6 query heads reading 2 (or 1) key/value heads, never repeated
+# in the reference; the naive version repeats them. Same tolerances as above.
+@pytest.mark.parametrize("kv_heads", [2, 1])
+@pytest.mark.parametrize("candidates_only", [False, True])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("causal,mode", MODES, ids=MODE_IDS)
+def test_grouped_heads_match_naive_forward_and_grads(causal, mode, dtype, tol, candidates_only,
+                                                      kv_heads):
+    tensors, cand_pos, seg, pad = make_case("m5", "both", dtype=dtype, causal=causal, heads=6,
+                                            kv_heads=kv_heads)
+    compare_with_naive(tensors, cand_pos, causal, mode, seg, pad, atol=tol, rtol=tol,
+                       candidates_only=candidates_only)
+
+
+@pytest.mark.parametrize("backend", ["flex", "triton"])
+def test_a_backend_without_grouped_heads_refuses_them_in_one_line(backend):
+    tensors, cand_pos, seg, pad = make_case("m5", "none", heads=6, kv_heads=2)
+    layout = layout_of(cand_pos, tensors[0].size(2), causal=False)
+    with pytest.raises(ValueError, match=f"the {backend} backend has no grouped key/value heads"):
+        paired_attention(*tensors, layout, backend=backend)
 
 
 # bf16 inputs: the reference keeps scores and softmax in fp32 only on the ALiBi path
@@ -326,13 +357,17 @@ def _bad_inputs():
         return dict(ok, layout=dict(ok["layout"], **changes))
 
     return [
-        ("data shapes", with_arg(1, k[:, :, :-1]), r"q, k, v must share"),
-        ("data not 4-D", with_arg(0, q[0]), r"q, k, v must share"),
-        ("candidate shapes", with_arg(5, v_c[..., :-1]), r"q_c, k_c, v_c must share"),
+        ("data shapes", with_arg(1, k[:, :, :-1]), r"q, k, v must be"),
+        ("data not 4-D", with_arg(0, q[0]), r"q, k, v must be"),
+        ("key heads not dividing", dict(ok, args=[q, k[:, :2], v[:, :2], q_c, k_c, v_c]),
+         r"Hk dividing H"),
+        ("candidate shapes", with_arg(5, v_c[..., :-1]), r"q_c, k_c, v_c must be"),
         ("candidate head dim", dict(ok, args=[q, k, v, q_c[..., :-1], k_c[..., :-1],
-                                              v_c[..., :-1]]), r"in B, H and D"),
+                                              v_c[..., :-1]]), r"in B, H, Hk and D"),
         ("candidate batch", dict(ok, args=[q, k, v, q_c[:1], k_c[:1], v_c[:1]]),
-         r"in B, H and D"),
+         r"in B, H, Hk and D"),
+        ("candidate key heads", dict(ok, args=[q, k, v, q_c, k_c[:, :1], v_c[:, :1]]),
+         r"in B, H, Hk and D"),
         ("dtype", with_arg(2, v.double()), r"one dtype and device"),
         ("cand_pos shape", dict(ok, cand_pos=cand_pos[:, :-1]), r"of the layout \(cand_pos\)"),
         ("cand_pos 1-D", dict(ok, cand_pos=cand_pos[0]), r"cand_pos must be a \(B, M\)"),

@@ -8,7 +8,8 @@ import torch
 
 from conftest import build_model
 
-LM_ARCHS = ["transformer_lm_clap_tiny", "transformer_lm_zero_clap_tiny", "transformer_lm_alibi_tiny"]
+LM_ARCHS = ["transformer_lm_clap_tiny", "transformer_lm_zero_clap_tiny", "transformer_lm_alibi_tiny",
+            "transformer_lm_llama_tiny"]
 MLM_ARCHS = ["roberta_clap_tiny", "roberta_zero_clap_tiny", "roberta_alibi_tiny"]
 
 
