@@ -21,7 +21,7 @@ from typing import Dict
 
 import torch
 
-from energy_lm.hf import agreement, fairseq_checkpoint, gpt2, roberta
+from energy_lm.hf import agreement, fairseq_checkpoint, gpt2, llama, roberta
 from energy_lm.hf.dependency import require
 from energy_lm.hf.energy_head_file import ENERGY_KEY, ENERGY_POSITION, read_energy_head
 from energy_lm.hf.errors import BridgeError
@@ -32,7 +32,7 @@ from energy_lm.hf.tokenizer_files import (
     read_tokenizer,
     tokenizer_folder,
 )
-from energy_lm.hf.unsupported import architecture_of
+from energy_lm.hf.unsupported import SUPPORTED, architecture_of
 
 logger = logging.getLogger("energy_lm.from_hf")
 TRAIN_ARGS = "train-args.txt"
@@ -80,7 +80,8 @@ def convert(src: str, out: Path, force: bool = False) -> Dict:
     except (OSError, ValueError, KeyError) as err:
         raise BridgeError(f"{folder}/config.json: {str(err).splitlines()[0]}") from None
     arch = architecture_of(config)
-    family = gpt2 if arch == "GPT2LMHeadModel" else roberta
+    family = {"gpt2": gpt2, "llama": llama, "roberta": roberta}[SUPPORTED[arch]]
+    causal = family is not roberta
     family.check_config(config)
     energy = getattr(config, ENERGY_KEY, None)
     with staged_folder(Path(out), force) as stage:
@@ -99,13 +100,13 @@ def convert(src: str, out: Path, force: bool = False) -> Dict:
             ("seed", None)  # the default head, starting at E = 0
         args += ["--energy-head", kind]
         source = _load_source(folder, arch)
-        if family is gpt2:
-            length, rows = gpt2.positions_of(config)
+        if causal:
+            length, rows = family.positions_of(config)
             model, cfg = fairseq_checkpoint.build(stage, "language_modeling", args, length,
                                                   BPE_ARGS)
             index = vocab.fairseq_index(model.decoder.dictionary)
-            state = gpt2.to_fairseq(source.state_dict(), config, index,
-                                    len(model.decoder.dictionary), rows)
+            state = family.to_fairseq(source.state_dict(), config, index,
+                                      len(model.decoder.dictionary), rows)
         else:
             length = roberta.max_positions(config)
             model, cfg = fairseq_checkpoint.build(stage, "masked_lm", args, length, BPE_ARGS)
@@ -122,12 +123,13 @@ def convert(src: str, out: Path, force: bool = False) -> Dict:
                                arch, beside)
         if energy_state is not None:
             position = energy_state.pop(ENERGY_POSITION, None)
-            if position is not None and family is gpt2:  # the energy's own position row
+            if position is not None and "decoder.embed_positions.weight" in state:
+                # the energy's own position row (learned positions only)
                 state["decoder.embed_positions.weight"][-position.size(0):] = position
             state.update({"energy_head." + k: v for k, v in energy_state.items()})
         fairseq_checkpoint.load_converted(model, state)
         ids = agreement.probe_ids(tokenizer, vocab.size)
-        if family is gpt2:
+        if causal:
             measured = agreement.causal(model, source, ids, vocab.specials["</s>"], index)
         else:
             measured = agreement.masked(model, source, ids, vocab.specials["<s>"],

@@ -4,6 +4,7 @@ downloaded (the README's walk-through and the tests).
 
     python -m energy_lm.hf.tiny_models gpt2 tiny-gpt2
     python -m energy_lm.hf.tiny_models roberta tiny-roberta
+    python -m energy_lm.hf.tiny_models llama tiny-llama      (or qwen2)
 
 Every 1-d parameter (norm weights and biases, biases) is moved off its initial value and
 RoBERTa's token-type row is not zero, so that a converter which drops one, or maps it to
@@ -72,6 +73,43 @@ def save_gpt2(folder: Path, eos_first: bool = True, seed: int = 0, **config):
     return model
 
 
+def save_llama(folder: Path, qwen2: bool = False, seed: int = 0, **config):
+    """A LlamaForCausalLM (untied head, Llama's <unk> <s> </s> first) or, with qwen2, a
+    Qwen2ForCausalLM (tied, one end-of-text token last): grouped-query attention (2
+    key/value heads for 4), a rope base unlike the default; config: fields to override."""
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    if qwen2:
+        eot = "<|endoftext|>"
+        tok = _bpe([], (eot,))
+        bos = eos = tok.token_to_id(eot)
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, eos_token=eot,
+                                       pad_token=eot)
+    else:
+        tok = _bpe(["<unk>", "<s>", "</s>"])
+        bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, bos_token="<s>",
+                                       eos_token="</s>", unk_token="<unk>")
+    fields = dict(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=48,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=64, rms_norm_eps=1e-5, initializer_range=INIT_RANGE,
+                  rope_parameters={"rope_type": "default", "rope_theta": 500.0},
+                  bos_token_id=bos, eos_token_id=eos, tie_word_embeddings=qwen2)
+    fields.update(config)
+    cfg = (Qwen2Config if qwen2 else LlamaConfig)(**fields)
+    torch.manual_seed(seed)
+    model = perturb((Qwen2ForCausalLM if qwen2 else LlamaForCausalLM)(cfg), seed).eval()
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return model
+
+
 def save_roberta(folder: Path, with_head: bool = True, seed: int = 0, **config):
     """A RobertaForMaskedLM (or, without head, a RobertaModel) with RoBERTa's special
     tokens: <s> <pad> </s> <unk> first, <mask> last."""
@@ -98,7 +136,7 @@ def save_roberta(folder: Path, with_head: bool = True, seed: int = 0, **config):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m energy_lm.hf.tiny_models",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("family", choices=("gpt2", "roberta"))
+    parser.add_argument("family", choices=("gpt2", "roberta", "llama", "qwen2"))
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -111,7 +149,10 @@ def main(argv=None) -> None:
         require()
     except BridgeError as err:
         parser.error(str(err))
-    (save_gpt2 if args.family == "gpt2" else save_roberta)(args.out, seed=args.seed)
+    if args.family in ("llama", "qwen2"):
+        save_llama(args.out, qwen2=args.family == "qwen2", seed=args.seed)
+    else:
+        (save_gpt2 if args.family == "gpt2" else save_roberta)(args.out, seed=args.seed)
     print(f"a tiny random {args.family} in {args.out}")
 
 

@@ -7,6 +7,9 @@ log-probs; the energy head beside it (energy_lm.hf.energy_head_file).
   what GPT-2 does not have is folded exactly: the sqrt(d) embedding scale and the
   embeddings' L2 norm into the input rows, a CLAP head (beta * normalize(E)) into an
   untied `lm_head`;
+- causal LMs with rotary positions, RMSNorm and a SwiGLU FFN (transformer_lm_llama_*,
+  or a model imported from one) -> `LlamaForCausalLM`, or `Qwen2ForCausalLM` with
+  q/k/v-only attention biases (energy_lm.hf.llama);
 - causal ALiBi: refused (no stock class reproduces our models: BLOOM, whose slopes are
   ours, needs an embedding LayerNorm and tanh GELU, MPT a model without biases);
 - RoBERTa with its own LM head -> `RobertaForMaskedLM`; with a CLAP or linear head the
@@ -31,7 +34,7 @@ import torch
 from torch import Tensor
 
 from energy_lm.data.hf_vocabulary import DICT_FILE, MAP_FILE, VocabularyMap
-from energy_lm.hf import agreement, gpt2, roberta
+from energy_lm.hf import agreement, gpt2, llama, roberta
 from energy_lm.hf.dependency import require
 from energy_lm.hf.energy_head_file import (
     ENERGY_KEY,
@@ -101,6 +104,16 @@ def _vocabulary(model, data: Path, dictionary) -> Tuple[Optional[VocabularyMap],
     return None, torch.arange(len(dictionary))
 
 
+def _exporter(model, args):
+    """The family module whose stock class represents this model."""
+    if not hasattr(model, "decoder"):
+        return roberta.export
+    modern = (float(getattr(args, "rotary_fraction", 0.0) or 0.0) or
+              str(getattr(args, "norm", "layer")) != "layer" or
+              str(getattr(args, "gated_ffn", "none")) != "none")
+    return llama.export if modern else gpt2.export
+
+
 def _special_ids(vocab, dictionary) -> Dict[str, int]:
     """The HF ids of fairseq's special symbols (HF id = dictionary index without a map)."""
     if vocab is not None:
@@ -126,8 +139,7 @@ def convert(checkpoint: Path, out: Path, data: Optional[Path] = None, force: boo
     vocab, index = _vocabulary(model, data, dictionary)
     specials = _special_ids(vocab, dictionary)
     absent = count_absent(data, dictionary) if vocab is None else 0
-    hf, hf_state, extra = (gpt2.export if causal else roberta.export)(model, args, index,
-                                                                        specials, absent, mode)
+    hf, hf_state, extra = _exporter(model, args)(model, args, index, specials, absent, mode)
     missing, unexpected = hf.load_state_dict(hf_state, strict=False)
     missing = [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias"))]
     if missing or unexpected:
@@ -171,7 +183,7 @@ def _check(model, stage: Path, vocab, index: Tensor, dictionary, causal: bool, m
     arch = json.loads((stage / "config.json").read_text())["architectures"][0]
     specials = _special_ids(vocab, dictionary)
     if causal:
-        if arch == "GPT2LMHeadModel" and mode == "lm":
+        if arch in ("GPT2LMHeadModel", *llama.CLASSES) and mode == "lm":
             hf = AutoModelForCausalLM.from_pretrained(str(stage), dtype=torch.float32)
             return agreement.causal(model, hf, ids, specials["</s>"], index).check()
         hf = AutoModel.from_pretrained(str(stage), dtype=torch.float32)  # the trunk

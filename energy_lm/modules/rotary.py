@@ -53,7 +53,9 @@ class Rotary(nn.Module):
         if cached is None or cached[0].size(0) < length:
             size = max(length, 2 * cached[0].size(0) if cached is not None else 256)
             positions = torch.arange(size, device=device, dtype=torch.int64).float()
-            freqs = positions[:, None] * self.inv_freq.to(device)[None, :]  # (L, dims / 2)
+            # float32 angles whatever the model's dtype (a float64 model too), as
+            # transformers computes them
+            freqs = positions[:, None] * self.inv_freq.to(device).float()[None, :]  # (L, dims / 2)
             angles = torch.cat([freqs, freqs], dim=-1)  # (L, dims)
             cached = (angles.cos().to(dtype), angles.sin().to(dtype))
             self._tables[key] = cached

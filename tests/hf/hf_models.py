@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from energy_lm.hf.tiny_models import perturb, save_gpt2, save_roberta  # noqa: F401
+from energy_lm.hf.tiny_models import perturb, save_gpt2, save_llama, save_roberta  # noqa: F401
 
 
 def load_fairseq(out: Path):
@@ -36,5 +36,27 @@ def roberta_import(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("roberta")
     source = save_roberta(root / "src")
+    convert(str(root / "src"), root / "out")
+    return source, root / "src", root / "out"
+
+
+@pytest.fixture(scope="module")
+def llama_import(tmp_path_factory):
+    """A LlamaForCausalLM (untied, grouped heads, rope base 500) imported."""
+    from energy_lm.hf.from_hf import convert
+
+    root = tmp_path_factory.mktemp("llama")
+    source = save_llama(root / "src")
+    convert(str(root / "src"), root / "out")
+    return source, root / "src", root / "out"
+
+
+@pytest.fixture(scope="module")
+def qwen2_import(tmp_path_factory):
+    """A Qwen2ForCausalLM (tied, q/k/v biases, grouped heads) imported."""
+    from energy_lm.hf.from_hf import convert
+
+    root = tmp_path_factory.mktemp("qwen2")
+    source = save_llama(root / "src", qwen2=True)
     convert(str(root / "src"), root / "out")
     return source, root / "src", root / "out"

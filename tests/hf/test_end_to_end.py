@@ -1,8 +1,9 @@
 """The bridge end to end, through the console scripts as a user runs them: a Hugging Face
-GPT-2 comes in, its tokenizer binarizes a corpus, MonArc adapts it with the stock
-fairseq-train (the first update's LM loss is the source's cross-entropy: the energy
-starts at 0), it goes out to stock transformers with the same log-probs, and comes back
-with the same energies."""
+GPT-2 or Llama comes in, its tokenizer binarizes a corpus, MonArc adapts it with the
+stock fairseq-train (the first update's LM loss is the source's cross-entropy: the
+energy starts at 0), it goes out to stock transformers with the same log-probs, comes
+back with the same energies, and cached SIR sampling from it makes the choices of the
+recompute sampler."""
 
 import json
 
@@ -10,7 +11,9 @@ import pytest
 import torch
 
 from conftest import run_cli
-from hf_models import load_fairseq, save_gpt2
+from hf_models import load_fairseq, save_gpt2, save_llama
+
+from energy_lm.inference.sir_sampler import sir_sample
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +29,13 @@ def update_record(stdout: str, update: int) -> dict:
     raise AssertionError(f"no update-{update} record in:\n{stdout[-2000:]}")
 
 
-def test_import_prepare_adapt_export_reimport(corpus_dir, tmp_path):
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_import_prepare_adapt_export_reimport(corpus_dir, tmp_path, family):
     from transformers import AutoModelForCausalLM
 
-    save_gpt2(tmp_path / "gpt2")
-    imported = tmp_path / "gpt2-fairseq"
-    run_cli("energy-lm-from-hf", tmp_path / "gpt2", imported)
+    (save_gpt2 if family == "gpt2" else save_llama)(tmp_path / family)
+    imported = tmp_path / f"{family}-fairseq"
+    run_cli("energy-lm-from-hf", tmp_path / family, imported)
     corpus = tmp_path / "corpus"
     run_cli("energy-lm-prepare", "text", "--out", corpus, "--train", corpus_dir / "raw" / "train.txt",
             "--valid", corpus_dir / "raw" / "valid.txt", "--tokenizer-from", imported)
@@ -73,6 +77,13 @@ def test_import_prepare_adapt_export_reimport(corpus_dir, tmp_path):
     assert float(e_want[1].abs().max()) > 0  # MonArc moved the energy off 0
     for w, g in zip(e_want, e_got):
         assert torch.allclose(w, g, rtol=0, atol=1e-6)
+    # cached SIR (the decode cache: rotary angles and grouped heads for Llama) chooses as
+    # the recompute sampler does, from the same random numbers, on prompts of two lengths
+    prompts = [tokens[0, :5], tokens[0, :9]]
+    runs = [sir_sample(adapted.double(), prompts, 6, num_candidates=4, eos=None, pad=d.pad(),
+                       generator=torch.Generator().manual_seed(7), cached=cached)
+            for cached in (True, False)]
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
 def load_fairseq_checkpoint(path, data):

@@ -178,17 +178,18 @@ def test_the_hub_encodes_as_the_source_tokenizer(gpt2_import, roberta_import):
 
 
 def test_an_architecture_it_cannot_represent_is_one_line_and_writes_nothing(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import MixtralConfig, MixtralForCausalLM
 
-    src = tmp_path / "llama"
+    src = tmp_path / "mixtral"
     save_gpt2(tmp_path / "tok")  # any tokenizer: the config is refused first
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=2)
-    LlamaForCausalLM(cfg).save_pretrained(src)
+    cfg = MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                        sliding_window=16)
+    MixtralForCausalLM(cfg).save_pretrained(src)
     result = run_cli("energy-lm-from-hf", src, tmp_path / "out", check=False)
     line = error_line(result.stderr)
-    assert result.returncode == 1 and line.startswith("energy-lm-from-hf: error: LlamaForCausalLM")
-    for field in ("rope_parameters", "rms_norm_eps", "hidden_act='silu'", "num_key_value_heads=2"):
+    assert result.returncode == 1 and line.startswith("energy-lm-from-hf: error: MixtralForCausalLM")
+    for field in ("config.num_local_experts=4", "config.sliding_window=16", "LlamaForCausalLM"):
         assert field in line
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

@@ -163,6 +163,16 @@ def test_what_cannot_be_represented_is_refused_in_one_line(data_bin, tmp_path):
                               ["--arch", "transformer_lm_energy", *SMALL["lm"]])
     with pytest.raises(BridgeError, match="post-norm"):
         to_hf(path, tmp_path / "out", data=data_bin)
+    # Llama's trunk on a corpus whose dictionary lacks BPE tokens: no RMSNorm head row can
+    # give them probability 0 (a LayerNorm's can: GPT-2 above)
+    llama = tmp_path / "llama"
+    llama.mkdir()
+    _, path = _own_checkpoint(data_bin, llama, "language_modeling",
+                              ["--arch", "transformer_lm_llama_tiny", *SMALL["lm"]])
+    with pytest.raises(BridgeError, match="LlamaForCausalLM cannot represent .* BPE tokens "
+                                          "without a dictionary row .* --tokenizer-from"):
+        to_hf(path, tmp_path / "out", data=data_bin)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_checkpoint_without_its_dictionary_is_refused(gpt2_import, tmp_path):
