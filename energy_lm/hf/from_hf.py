@@ -21,7 +21,7 @@ from typing import Dict
 
 import torch
 
-from energy_lm.hf import agreement, fairseq_checkpoint, gpt2, llama, roberta
+from energy_lm.hf import agreement, fairseq_checkpoint, gpt2, llama, neox, roberta
 from energy_lm.hf.dependency import require
 from energy_lm.hf.energy_head_file import ENERGY_KEY, ENERGY_POSITION, read_energy_head
 from energy_lm.hf.errors import BridgeError
@@ -80,7 +80,7 @@ def convert(src: str, out: Path, force: bool = False) -> Dict:
     except (OSError, ValueError, KeyError) as err:
         raise BridgeError(f"{folder}/config.json: {str(err).splitlines()[0]}") from None
     arch = architecture_of(config)
-    family = {"gpt2": gpt2, "llama": llama, "roberta": roberta}[SUPPORTED[arch]]
+    family = {"gpt2": gpt2, "llama": llama, "neox": neox, "roberta": roberta}[SUPPORTED[arch]]
     causal = family is not roberta
     family.check_config(config)
     energy = getattr(config, ENERGY_KEY, None)

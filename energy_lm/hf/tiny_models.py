@@ -4,7 +4,7 @@ downloaded (the README's walk-through and the tests).
 
     python -m energy_lm.hf.tiny_models gpt2 tiny-gpt2
     python -m energy_lm.hf.tiny_models roberta tiny-roberta
-    python -m energy_lm.hf.tiny_models llama tiny-llama      (or qwen2)
+    python -m energy_lm.hf.tiny_models llama tiny-llama      (or qwen2, neox, stablelm)
 
 Every 1-d parameter (norm weights and biases, biases) is moved off its initial value and
 RoBERTa's token-type row is not zero, so that a converter which drops one, or maps it to
@@ -110,6 +110,39 @@ def save_llama(folder: Path, qwen2: bool = False, seed: int = 0, **config):
     return model
 
 
+def save_neox(folder: Path, stablelm: bool = False, seed: int = 0, **config):
+    """A GPTNeoXForCausalLM (parallel residual, a quarter of each head rotated, biases,
+    untied) or, with stablelm, a StableLmForCausalLM (LayerNorms, partial rotary, SwiGLU,
+    grouped heads, q/k/v biases); one end-of-text token first."""
+    from transformers import (
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        PreTrainedTokenizerFast,
+        StableLmConfig,
+        StableLmForCausalLM,
+    )
+
+    eot = "<|endoftext|>"
+    tok = _bpe([eot])
+    eos = tok.token_to_id(eot)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, bos_token=eot,
+                                   eos_token=eot, unk_token=eot)
+    rope = {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5}
+    fields = dict(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=48,
+                  num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                  layer_norm_eps=1e-5, initializer_range=INIT_RANGE, rope_parameters=rope,
+                  bos_token_id=eos, eos_token_id=eos, tie_word_embeddings=False)
+    if stablelm:
+        fields.update(num_key_value_heads=2, use_qkv_bias=True)
+    fields.update(config)
+    cfg = (StableLmConfig if stablelm else GPTNeoXConfig)(**fields)
+    torch.manual_seed(seed)
+    model = perturb((StableLmForCausalLM if stablelm else GPTNeoXForCausalLM)(cfg), seed).eval()
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return model
+
+
 def save_roberta(folder: Path, with_head: bool = True, seed: int = 0, **config):
     """A RobertaForMaskedLM (or, without head, a RobertaModel) with RoBERTa's special
     tokens: <s> <pad> </s> <unk> first, <mask> last."""
@@ -136,7 +169,8 @@ def save_roberta(folder: Path, with_head: bool = True, seed: int = 0, **config):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m energy_lm.hf.tiny_models",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("family", choices=("gpt2", "roberta", "llama", "qwen2"))
+    parser.add_argument("family", choices=("gpt2", "roberta", "llama", "qwen2", "neox",
+                                           "stablelm"))
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -151,6 +185,8 @@ def main(argv=None) -> None:
         parser.error(str(err))
     if args.family in ("llama", "qwen2"):
         save_llama(args.out, qwen2=args.family == "qwen2", seed=args.seed)
+    elif args.family in ("neox", "stablelm"):
+        save_neox(args.out, stablelm=args.family == "stablelm", seed=args.seed)
     else:
         (save_gpt2 if args.family == "gpt2" else save_roberta)(args.out, seed=args.seed)
     print(f"a tiny random {args.family} in {args.out}")

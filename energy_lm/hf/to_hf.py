@@ -7,9 +7,10 @@ log-probs; the energy head beside it (energy_lm.hf.energy_head_file).
   what GPT-2 does not have is folded exactly: the sqrt(d) embedding scale and the
   embeddings' L2 norm into the input rows, a CLAP head (beta * normalize(E)) into an
   untied `lm_head`;
-- causal LMs with rotary positions, RMSNorm and a SwiGLU FFN (transformer_lm_llama_*,
-  or a model imported from one) -> `LlamaForCausalLM`, or `Qwen2ForCausalLM` with
-  q/k/v-only attention biases (energy_lm.hf.llama);
+- causal LMs with rotary positions and a SwiGLU FFN (transformer_lm_llama_*, or a model
+  imported from one) -> `LlamaForCausalLM` (RMSNorm), `Qwen2ForCausalLM` (RMSNorm, q/k/v
+  biases) or `StableLmForCausalLM` (LayerNorm, partial rotary) (energy_lm.hf.llama);
+  with rotary positions and an ungated FFN -> `GPTNeoXForCausalLM` (energy_lm.hf.neox);
 - causal ALiBi: refused (no stock class reproduces our models: BLOOM, whose slopes are
   ours, needs an embedding LayerNorm and tanh GELU, MPT a model without biases);
 - RoBERTa with its own LM head -> `RobertaForMaskedLM`; with a CLAP or linear head the
@@ -34,7 +35,7 @@ import torch
 from torch import Tensor
 
 from energy_lm.data.hf_vocabulary import DICT_FILE, MAP_FILE, VocabularyMap
-from energy_lm.hf import agreement, gpt2, llama, roberta
+from energy_lm.hf import agreement, gpt2, llama, neox, roberta
 from energy_lm.hf.dependency import require
 from energy_lm.hf.energy_head_file import (
     ENERGY_KEY,
@@ -108,10 +109,13 @@ def _exporter(model, args):
     """The family module whose stock class represents this model."""
     if not hasattr(model, "decoder"):
         return roberta.export
-    modern = (float(getattr(args, "rotary_fraction", 0.0) or 0.0) or
-              str(getattr(args, "norm", "layer")) != "layer" or
-              str(getattr(args, "gated_ffn", "none")) != "none")
-    return llama.export if modern else gpt2.export
+    rotary = float(getattr(args, "rotary_fraction", 0.0) or 0.0)
+    gated = str(getattr(args, "gated_ffn", "none")) != "none"
+    if gated or str(getattr(args, "norm", "layer")) != "layer":
+        return llama.export  # Llama, Qwen2 or StableLM
+    if rotary or getattr(args, "parallel_residual", False):
+        return neox.export
+    return gpt2.export
 
 
 def _special_ids(vocab, dictionary) -> Dict[str, int]:
@@ -183,7 +187,7 @@ def _check(model, stage: Path, vocab, index: Tensor, dictionary, causal: bool, m
     arch = json.loads((stage / "config.json").read_text())["architectures"][0]
     specials = _special_ids(vocab, dictionary)
     if causal:
-        if arch in ("GPT2LMHeadModel", *llama.CLASSES) and mode == "lm":
+        if arch in ("GPT2LMHeadModel", *llama.CLASSES, *neox.CLASSES) and mode == "lm":
             hf = AutoModelForCausalLM.from_pretrained(str(stage), dtype=torch.float32)
             return agreement.causal(model, hf, ids, specials["</s>"], index).check()
         hf = AutoModel.from_pretrained(str(stage), dtype=torch.float32)  # the trunk

@@ -6,7 +6,8 @@ from typing import List
 from energy_lm.hf.errors import BridgeError
 
 SUPPORTED = {"GPT2LMHeadModel": "gpt2", "LlamaForCausalLM": "llama",
-             "Qwen2ForCausalLM": "llama", "RobertaForMaskedLM": "roberta",
+             "Qwen2ForCausalLM": "llama", "StableLmForCausalLM": "llama",
+             "GPTNeoXForCausalLM": "neox", "RobertaForMaskedLM": "roberta",
              "RobertaModel": "roberta"}
 
 

@@ -118,7 +118,9 @@ class DecoderLayer(TransformerDecoderLayerBase):
                                  attn_mask=self_attn_mask)
         ffn = self.activation_fn(self.fc1(self.final_layer_norm(x)))
         ffn = self.fc2(self.activation_dropout_module(ffn))
-        return x + self.dropout_module(attn) + self.dropout_module(ffn), None, None
+        # summed in transformers' order (ffn + attn + x): an import's float32 log-probs
+        # then match GPT-NeoX's to rounding
+        return self.dropout_module(ffn) + self.dropout_module(attn) + x, None, None
 
 
 def set_layer_norm_eps(module: nn.Module, eps: float) -> None:

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from energy_lm.hf.tiny_models import perturb, save_gpt2, save_llama, save_roberta  # noqa: F401
+from energy_lm.hf.tiny_models import (  # noqa: F401
+    perturb, save_gpt2, save_llama, save_neox, save_roberta)
 
 
 def load_fairseq(out: Path):
@@ -58,5 +59,27 @@ def qwen2_import(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("qwen2")
     source = save_llama(root / "src", qwen2=True)
+    convert(str(root / "src"), root / "out")
+    return source, root / "src", root / "out"
+
+
+@pytest.fixture(scope="module")
+def neox_import(tmp_path_factory):
+    """A GPTNeoXForCausalLM (parallel residual, half of each head rotated) imported."""
+    from energy_lm.hf.from_hf import convert
+
+    root = tmp_path_factory.mktemp("neox")
+    source = save_neox(root / "src")
+    convert(str(root / "src"), root / "out")
+    return source, root / "src", root / "out"
+
+
+@pytest.fixture(scope="module")
+def stablelm_import(tmp_path_factory):
+    """A StableLmForCausalLM (LayerNorms, partial rotary, grouped heads, q/k/v biases)."""
+    from energy_lm.hf.from_hf import convert
+
+    root = tmp_path_factory.mktemp("stablelm")
+    source = save_neox(root / "src", stablelm=True)
     convert(str(root / "src"), root / "out")
     return source, root / "src", root / "out"
