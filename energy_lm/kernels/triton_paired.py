@@ -6,44 +6,58 @@
 p = cand_pos[b, m] sees the data keys a data query at p would see, minus key p itself
 (causal: j < p; bidirectional: j != p), plus its OWN key k_c[m], v_c[m] with bias 0,
 and never another candidate. A causal candidate belongs to the document of row p - 1
-(the row whose proposal it stands in for) and may stand at p = N. A query that sees no key returns 0 with zero gradient.
+(the row whose proposal it stands in for) and may stand at p = N. A query that sees no
+key returns 0 with zero gradient.
 
-Supports: causal and bidirectional attention; ALiBi in the modes "causal", "symmetric"
-and "shifted", computed in the kernel from the (H,) slopes and the positions (no bias
-tensor in memory); packed documents (`segment_ids`); key padding; any M >= 0 (several
-candidates may share a position); any N >= 0; any head dim D (the tile is padded to the
-next power of two, at least 16, and masked); fp32, bf16 and fp16 inputs with fp32
-scores, softmax and accumulation; gradients for q, k, v, q_c, k_c, v_c (none for the
-ALiBi slopes, which are not parameters). The backward is deterministic (no atomics).
+Supports: causal and bidirectional attention; grouped-query attention (k, v, k_c, v_c
+with Hk heads, Hk dividing the H query heads: query head h reads key/value head h // G,
+G = H / Hk, through the key/value tensors' own strides, so the repeated heads are never
+stored and the K/V of a layer (and the candidates' own keys and values) stay H / Hk
+times smaller than repeated heads would be); ALiBi in the modes "causal", "symmetric"
+and "shifted", computed in the kernel from the per-query-head (H,) slopes and the
+positions (no bias tensor in memory); packed documents (`segment_ids`); key padding; any
+M >= 0 (several candidates may share a position); any N >= 0; any head dim D (the tile
+is padded to the next power of two, at least 16, and masked); fp32, bf16 and fp16 inputs
+with fp32 scores, softmax and accumulation; gradients for q, k, v, q_c, k_c, v_c (none
+for the ALiBi slopes, which are not parameters). The backward is deterministic (no
+atomics).
 
 Not supported: attention dropout (`dropout_p > 0` raises NotImplementedError: use the
 reference backend); float64 (raises ValueError: use the reference backend).
 
 Design: one query index space [data queries (N); candidate queries (M)] cut into tiles
-of BLOCK_M rows (a tile holds one stream only). The forward runs one program per
-(query tile, batch * head); it starts the online softmax of a candidate row from its
-own-key score (max = that score, sum = 1, accumulator = v_c), then streams the data key
-tiles, so the own key is the one extra score of the row; causal programs stop after the
-last key tile any of their rows can see. It stores the output and the base-2
-log-sum-exp of each row (+inf for a row that sees no key, so that its recomputed
-probabilities are all 0). The backward recomputes the probabilities: one kernel per
-data key tile accumulates dK, dV over the data query tiles and then over the candidate
-query tiles (one K/V load serves both streams); one kernel per query tile accumulates
-dQ over the key tiles and, for candidate rows, adds the own-key terms and writes dk_c,
-dv_c. delta = rowsum(dO * O) is one fp32 PyTorch reduction. The kernels read each stream
-through its batch, head and row strides (unit stride along the head dim), so the layers'
-(T, B, H, D) projections permuted to (B, H, T, D) are not copied; a tensor laid out unlike
-its stream's first (e.g. an incoming gradient, or a slice of a fused projection) is.
-`candidate_attention_triton` is the same kernels started at the first candidate tile
-(and the dK/dV kernel without its data-query loop): a model's candidate pass, whose data
-stream ran already, pays only for the M candidate rows.
+of BLOCK_M rows (a tile holds one stream only). The forward runs one program per (query
+tile, batch * query head), reading its key/value head; it starts the online softmax of a
+candidate row from its own-key score (max = that score, sum = 1, accumulator = v_c),
+then streams the data key tiles, so the own key is the one extra score of the row;
+causal programs stop after the last key tile any of their rows can see. It stores the
+output and the base-2 log-sum-exp of each row (+inf for a row that sees no key, so that
+its recomputed probabilities are all 0). The backward recomputes the probabilities and
+runs one program per (tile, batch * key/value head), which loops over the H / Hk query
+heads that read that head (one head when Hk = H), so each sum over a group is owned by
+one program (no atomics): one kernel per data key tile accumulates dK, dV over the data
+query tiles and then over the candidate query tiles of every query head of the group
+(one K/V load serves both streams and the whole group); one kernel per query tile
+accumulates dQ of each query head of the group over the key tiles and, for candidate
+rows, adds the own-key terms, summing dk_c, dv_c over the group before it writes them.
+delta = rowsum(dO * O) is one fp32 PyTorch reduction. The kernels read four stride sets,
+data queries (q, out, dq), data keys and values (k, v, dk, dv), candidate queries and
+candidate keys and values, each through its batch, head and row strides (unit stride
+along the head dim), so the layers' (T, B, H, D) projections permuted to (B, H, T, D)
+are not copied; a tensor laid out unlike the first dense one of its set (e.g. an
+incoming gradient, or a slice of a fused projection) is. `candidate_attention_triton` is
+the same kernels started at the first candidate tile (and the dK/dV kernel without its
+data-query loop): a model's candidate pass, whose data stream ran already, pays only for
+the M candidate rows.
 
 Tested: only under the Triton CPU interpreter (TRITON_INTERPRET=1, Triton 3.9), against
-the reference in fp32, bf16 and fp16, forward and all six gradients
-(tests/kernels/test_paired_triton.py). It has NOT been run on a GPU yet: the three
-kernels compile ahead of time to cubin for sm_80 and sm_90 (Triton's bundled ptxas; each
-dtype, four mask/ALiBi combinations, head-dim tiles 16/64/128/256, the tile sizes of
-`_config`), but GPU results, speed and the tile sizes are unmeasured.
+the reference in fp32, bf16 and fp16, forward and all six gradients, with equal heads
+and with 6 query heads on 2 or 1 key/value heads (tests/kernels/test_paired_triton.py).
+It has NOT been run on a GPU yet: the three kernels compile ahead of time to cubin for
+sm_80 and sm_90 (Triton's bundled ptxas; each dtype, four mask/ALiBi combinations,
+head-dim tiles 16/64/128/256, the tile sizes of `_config`; the grouped-heads kernels
+for sm_90 in bf16 and fp32, head-dim tiles 64/128, group 1 and > 1, and for sm_80 in
+bf16), but GPU results, speed and the tile sizes are unmeasured.
 
 Caveats:
 - CPU tensors run only under the interpreter, and Triton reads TRITON_INTERPRET when a
@@ -55,6 +69,9 @@ Caveats:
   inputs use input_precision="ieee", not TF32). The two agree up to summation order.
 - As in flash-attention, probabilities and dS are rounded to the input dtype before
   their matrix products (bf16/fp16), and delta uses the rounded output.
+- With grouped heads the backward has H / Hk times fewer programs than the forward
+  (each loops over its group), and the dQ kernel reloads each K/V tile per query head
+  of the group; unmeasured on a GPU.
 - Candidate query tiles are not sorted by position: the causal dK/dV kernel skips a
   candidate tile only when all of its positions lie at or before the key tile; callers
   with candidates sorted by position (K per position, in order) get the most skipping.
@@ -134,31 +151,24 @@ def _query_segment(SEG, b, N, pos, row_ok, is_cand, CAUSAL: tl.constexpr, HAS_SE
 
 
 @triton.jit
-def _query_tile(pid_m, bh, H, N, M, D, S_B, S_H, S_T, SC_B, SC_H, SC_T, CP, SEG, SLOPES,
-                CAUSAL: tl.constexpr,
-                ALIBI: tl.constexpr, HAS_SEG: tl.constexpr, BLOCK_M: tl.constexpr,
-                BLOCK_D: tl.constexpr):
-    """What the forward and the dq kernels know of query tile pid_m of head row bh:
-    (b, is_cand, local, row_ok, pos) of `_query_rows`, the head-dim offsets and mask, the
-    element offsets `rows` of its (BLOCK_M, BLOCK_D) tile in its own stream (candidates
-    or data: q, o, do share the stream's strides), the head's ALiBi slope and each row's
-    document."""
-    b = bh // H
-    h = bh % H
+def _query_tile(pid_m, b, N, M, D, CP, SEG, CAUSAL: tl.constexpr, HAS_SEG: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """What the forward and the dq kernels know of query tile pid_m of batch row b, alike
+    for every head: (is_cand, local, row_ok, pos) of `_query_rows`, the head-dim offsets
+    and masks, and each row's document."""
     is_cand, local, row_ok, pos = _query_rows(pid_m, b, N, M, CP, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d[None, :] < D
     row_mask = row_ok[:, None] & d_ok
-    if is_cand == 1:
-        rows = (b * SC_B + h * SC_H + local.to(tl.int64) * SC_T)[:, None] + offs_d[None, :]
-    else:
-        rows = (b * S_B + h * S_H + local.to(tl.int64) * S_T)[:, None] + offs_d[None, :]
-    if ALIBI != 0:
-        slope = tl.load(SLOPES + bh % H)
-    else:
-        slope = 0.0
     seg_q = _query_segment(SEG, b, N, pos, row_ok, is_cand, CAUSAL, HAS_SEG)
-    return b, is_cand, local, row_ok, pos, offs_d, d_ok, row_mask, rows, slope, seg_q
+    return is_cand, local, row_ok, pos, offs_d, d_ok, row_mask, seg_q
+
+
+@triton.jit
+def _offsets(b, h, rows, offs_d, R_B, R_H, R_T):
+    """Element offsets (len(rows), BLOCK_D) of rows `rows` of head h of batch row b in a
+    tensor with batch, head and row strides R_B, R_H, R_T (unit stride along D)."""
+    return (b * R_B + h * R_H + rows.to(tl.int64) * R_T)[:, None] + offs_d[None, :]
 
 
 @triton.jit
@@ -198,27 +208,37 @@ def _tile_scores(q, k, pos, row_ok, seg_q, offs_n, b, is_cand, N, SEG, PAD, slop
 
 @triton.jit
 def _fwd_kernel(Q, K, V, QC, KC, VC, CP, SEG, PAD, SLOPES, O, OC, LSE,
-                H, N, M, D, S_B, S_H, S_T, SC_B, SC_H, SC_T, sm_scale, first_tile,
+                H, GROUP, N, M, D, S_B, S_H, S_T, SK_B, SK_H, SK_T, SC_B, SC_H, SC_T,
+                SKC_B, SKC_H, SKC_T, sm_scale, first_tile,
                 CAUSAL: tl.constexpr, ALIBI: tl.constexpr, HAS_SEG: tl.constexpr,
                 HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0) + first_tile  # first_tile > 0: candidate tiles only
-    bh = tl.program_id(1).to(tl.int64)
-    b, is_cand, local, row_ok, pos, offs_d, d_ok, row_mask, rows, slope, seg_q = _query_tile(
-        pid_m, bh, H, N, M, D, S_B, S_H, S_T, SC_B, SC_H, SC_T, CP, SEG, SLOPES, CAUSAL, ALIBI,
-        HAS_SEG, BLOCK_M, BLOCK_D)
+    bh = tl.program_id(1).to(tl.int64)  # (batch row, query head)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP  # the key/value head it reads
+    is_cand, local, row_ok, pos, offs_d, d_ok, row_mask, seg_q = _query_tile(
+        pid_m, b, N, M, D, CP, SEG, CAUSAL, HAS_SEG, BLOCK_M, BLOCK_D)
+    if ALIBI != 0:
+        slope = tl.load(SLOPES + h)
+    else:
+        slope = 0.0
 
     # initial online-softmax state: a candidate row holds its own key (bias 0)
     if is_cand == 1:
+        rows = _offsets(b, h, local, offs_d, SC_B, SC_H, SC_T)
+        own = _offsets(b, hk, local, offs_d, SKC_B, SKC_H, SKC_T)
         q = tl.load(QC + rows, mask=row_mask, other=0.0)
-        kc = tl.load(KC + rows, mask=row_mask, other=0.0).to(tl.float32)
-        vc = tl.load(VC + rows, mask=row_mask, other=0.0).to(tl.float32)
+        kc = tl.load(KC + own, mask=row_mask, other=0.0).to(tl.float32)
+        vc = tl.load(VC + own, mask=row_mask, other=0.0).to(tl.float32)
         m_i = tl.sum(q.to(tl.float32) * kc, 1) * (sm_scale * 1.4426950408889634)
         l_i = tl.full([BLOCK_M], 1.0, tl.float32)
         acc = vc
         out_ptrs = OC + rows
         lse_ptrs = LSE + bh * (N + M) + N + local
     else:
+        rows = _offsets(b, h, local, offs_d, S_B, S_H, S_T)
         q = tl.load(Q + rows, mask=row_mask, other=0.0)
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -232,7 +252,7 @@ def _fwd_kernel(Q, K, V, QC, KC, VC, CP, SEG, PAD, SLOPES, O, OC, LSE,
         hi = N
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_rows = (b * S_B + (bh % H) * S_H + offs_n.to(tl.int64) * S_T)[:, None] + offs_d[None, :]
+        kv_rows = _offsets(b, hk, offs_n, offs_d, SK_B, SK_H, SK_T)
         kv_mask = (offs_n[:, None] < N) & d_ok
         k = tl.load(K + kv_rows, mask=kv_mask, other=0.0)
         v = tl.load(V + kv_rows, mask=kv_mask, other=0.0)
@@ -268,6 +288,11 @@ def _fwd_kernel(Q, K, V, QC, KC, VC, CP, SEG, PAD, SLOPES, O, OC, LSE,
 # by the dQ kernel. A dead row (no key) has lse = +inf, so every recomputed P_j = 0 and
 # it contributes nothing (its output, hence delta, is 0 as well). The kernels recompute P
 # from the saved base-2 lse: P = exp2(s * log2(e) - lse2).
+# Grouped heads: key/value head g is read by query heads g * G .. g * G + G - 1
+# (G = H / Hk), so its dK, dV (and dk_c, dv_c) are the sums of the terms above over
+# those G heads. One program owns one key/value head's tile and loops over its G query
+# heads (the dK/dV kernel per key tile, the dQ kernel per query tile for the own-key
+# terms), so the sums need no atomics and keep one fixed order.
 
 
 @triton.jit
@@ -312,44 +337,48 @@ def _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, QS, DOS, LSE, DELTA, CP, SEG
 
 @triton.jit
 def _bwd_dkdv_kernel(Q, K, V, QC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPES, DK, DV,
-                     H, N, M, D, S_B, S_H, S_T, SC_B, SC_H, SC_T, sm_scale,
+                     H, GROUP, N, M, D, S_B, S_H, S_T, SK_B, SK_H, SK_T, SC_B, SC_H, SC_T,
+                     sm_scale,
                      CAUSAL: tl.constexpr, ALIBI: tl.constexpr, HAS_SEG: tl.constexpr,
                      HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                      WITH_DATA: tl.constexpr):
     pid_n = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
+    bhk = tl.program_id(1).to(tl.int64)  # (batch row, key/value head)
+    HK = H // GROUP
+    b = bhk // HK
+    hk = bhk % HK
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    kv_rows = (b * S_B + h * S_H + offs_n.to(tl.int64) * S_T)[:, None] + offs_d[None, :]
+    kv_rows = _offsets(b, hk, offs_n, offs_d, SK_B, SK_H, SK_T)
     kv_mask = (offs_n[:, None] < N) & (offs_d[None, :] < D)
     k = tl.load(K + kv_rows, mask=kv_mask, other=0.0)
     v = tl.load(V + kv_rows, mask=kv_mask, other=0.0)
-    if ALIBI != 0:
-        slope = tl.load(SLOPES + bh % H)
-    else:
-        slope = 0.0
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     if CAUSAL:  # data rows i < start_n see none of these keys
         start = (start_n // BLOCK_M) * BLOCK_M
     else:
         start = 0
-    lse_off = bh * (N + M)
-    if WITH_DATA:  # else the candidates alone (a model's candidate pass)
-        dk, dv = _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, Q, DO, LSE, DELTA, CP, SEG,
-                                  PAD, b, h, lse_off, N, start, N, M, D, S_B, S_H, S_T,
+    for g in range(0, GROUP):  # the query heads that read this key/value head
+        h = hk * GROUP + g
+        if ALIBI != 0:
+            slope = tl.load(SLOPES + h)
+        else:
+            slope = 0.0
+        lse_off = (b * H + h) * (N + M)
+        if WITH_DATA:  # else the candidates alone (a model's candidate pass)
+            dk, dv = _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, Q, DO, LSE, DELTA, CP,
+                                      SEG, PAD, b, h, lse_off, N, start, N, M, D, S_B, S_H,
+                                      S_T, slope, sm_scale,
+                                      0, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC,
+                                      BLOCK_M, BLOCK_D)
+        dk, dv = _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, QC, DOC, LSE, DELTA, CP, SEG,
+                                  PAD, b, h, lse_off + N, M, 0, N, M, D, SC_B, SC_H, SC_T,
                                   slope, sm_scale,
-                                  0, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC,
+                                  1, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC,
                                   BLOCK_M, BLOCK_D)
-    dk, dv = _bwd_dkdv_stream(dk, dv, k, v, start_n, offs_n, QC, DOC, LSE, DELTA, CP, SEG, PAD,
-                              b, h, lse_off + N, M, 0, N, M, D, SC_B, SC_H, SC_T,
-                              slope, sm_scale,
-                              1, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC,
-                              BLOCK_M, BLOCK_D)
     tl.store(DK + kv_rows, _cast(dk * sm_scale, DK.dtype.element_ty, UPCAST), mask=kv_mask)
     tl.store(DV + kv_rows, _cast(dv, DV.dtype.element_ty, UPCAST), mask=kv_mask)
 
@@ -357,60 +386,83 @@ def _bwd_dkdv_kernel(Q, K, V, QC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPES, DK,
 @triton.jit
 def _bwd_dq_kernel(Q, K, V, QC, KC, VC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPES,
                    DQ, DQC, DKC, DVC,
-                   H, N, M, D, S_B, S_H, S_T, SC_B, SC_H, SC_T, sm_scale, first_tile,
+                   H, GROUP, N, M, D, S_B, S_H, S_T, SK_B, SK_H, SK_T, SC_B, SC_H, SC_T,
+                   SKC_B, SKC_H, SKC_T, sm_scale, first_tile,
                    CAUSAL: tl.constexpr, ALIBI: tl.constexpr, HAS_SEG: tl.constexpr,
                    HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0) + first_tile  # first_tile > 0: candidate tiles only
-    bh = tl.program_id(1).to(tl.int64)
-    b, is_cand, local, row_ok, pos, offs_d, d_ok, row_mask, rows, slope, seg_q = _query_tile(
-        pid_m, bh, H, N, M, D, S_B, S_H, S_T, SC_B, SC_H, SC_T, CP, SEG, SLOPES, CAUSAL, ALIBI,
-        HAS_SEG, BLOCK_M, BLOCK_D)
+    bhk = tl.program_id(1).to(tl.int64)  # (batch row, key/value head)
+    HK = H // GROUP
+    b = bhk // HK
+    hk = bhk % HK
+    is_cand, local, row_ok, pos, offs_d, d_ok, row_mask, seg_q = _query_tile(
+        pid_m, b, N, M, D, CP, SEG, CAUSAL, HAS_SEG, BLOCK_M, BLOCK_D)
+    own = _offsets(b, hk, local, offs_d, SKC_B, SKC_H, SKC_T)  # candidate rows' own keys
     if is_cand == 1:
-        q = tl.load(QC + rows, mask=row_mask, other=0.0)
-        do = tl.load(DOC + rows, mask=row_mask, other=0.0)
-        row_off = bh * (N + M) + N + local
+        kc = tl.load(KC + own, mask=row_mask, other=0.0).to(tl.float32)
+        vc = tl.load(VC + own, mask=row_mask, other=0.0).to(tl.float32)
     else:
-        q = tl.load(Q + rows, mask=row_mask, other=0.0)
-        do = tl.load(DO + rows, mask=row_mask, other=0.0)
-        row_off = bh * (N + M) + local
-    lse = tl.load(LSE + row_off, mask=row_ok, other=0.0)
-    delta = tl.load(DELTA + row_off, mask=row_ok, other=0.0)
-
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        kc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        vc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dkc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)  # own-key terms summed over the group
+    dvc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if CAUSAL:
         hi = tl.minimum(tl.max(tl.where(row_ok, pos, 0), 0) + 1, N)
     else:
         hi = N
-    for start_n in range(0, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_rows = (b * S_B + (bh % H) * S_H + offs_n.to(tl.int64) * S_T)[:, None] + offs_d[None, :]
-        kv_mask = (offs_n[:, None] < N) & d_ok
-        k = tl.load(K + kv_rows, mask=kv_mask, other=0.0)
-        v = tl.load(V + kv_rows, mask=kv_mask, other=0.0)
-        s = _tile_scores(q, k, pos, row_ok, seg_q, offs_n, b, is_cand, N, SEG, PAD, slope,
-                         sm_scale, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC)
-        p = tl.exp2(s - lse[:, None])
-        dp = _mm(do, tl.trans(v), UPCAST, PREC)
-        ds = p * (dp - delta[:, None])
-        dq += _mm(_cast(ds, k.dtype, UPCAST), k, UPCAST, PREC)
 
-    if is_cand == 1:  # the own key: row-local terms (see the derivation above)
-        kc = tl.load(KC + rows, mask=row_mask, other=0.0).to(tl.float32)
-        vc = tl.load(VC + rows, mask=row_mask, other=0.0).to(tl.float32)
-        qf = q.to(tl.float32)
-        dof = do.to(tl.float32)
-        s_own = tl.sum(qf * kc, 1) * (sm_scale * 1.4426950408889634)
-        p_own = tl.where(row_ok, tl.exp2(s_own - lse), 0.0)
-        ds_own = p_own * (tl.sum(dof * vc, 1) - delta)
-        dq += ds_own[:, None] * kc
-        tl.store(DKC + rows, _cast(ds_own[:, None] * qf * sm_scale, DKC.dtype.element_ty, UPCAST),
-                 mask=row_mask)
-        tl.store(DVC + rows, _cast(p_own[:, None] * dof, DVC.dtype.element_ty, UPCAST),
-                 mask=row_mask)
-        tl.store(DQC + rows, _cast(dq * sm_scale, DQC.dtype.element_ty, UPCAST), mask=row_mask)
-    else:
-        tl.store(DQ + rows, _cast(dq * sm_scale, DQ.dtype.element_ty, UPCAST), mask=row_mask)
+    for g in range(0, GROUP):  # the query heads that read this key/value head
+        h = hk * GROUP + g
+        bh = b * H + h
+        if ALIBI != 0:
+            slope = tl.load(SLOPES + h)
+        else:
+            slope = 0.0
+        if is_cand == 1:
+            rows = _offsets(b, h, local, offs_d, SC_B, SC_H, SC_T)
+            q = tl.load(QC + rows, mask=row_mask, other=0.0)
+            do = tl.load(DOC + rows, mask=row_mask, other=0.0)
+            row_off = bh * (N + M) + N + local
+        else:
+            rows = _offsets(b, h, local, offs_d, S_B, S_H, S_T)
+            q = tl.load(Q + rows, mask=row_mask, other=0.0)
+            do = tl.load(DO + rows, mask=row_mask, other=0.0)
+            row_off = bh * (N + M) + local
+        lse = tl.load(LSE + row_off, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + row_off, mask=row_ok, other=0.0)
+
+        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for start_n in range(0, hi, BLOCK_N):
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            kv_rows = _offsets(b, hk, offs_n, offs_d, SK_B, SK_H, SK_T)
+            kv_mask = (offs_n[:, None] < N) & d_ok
+            k = tl.load(K + kv_rows, mask=kv_mask, other=0.0)
+            v = tl.load(V + kv_rows, mask=kv_mask, other=0.0)
+            s = _tile_scores(q, k, pos, row_ok, seg_q, offs_n, b, is_cand, N, SEG, PAD, slope,
+                             sm_scale, CAUSAL, ALIBI, HAS_SEG, HAS_PAD, UPCAST, PREC)
+            p = tl.exp2(s - lse[:, None])
+            dp = _mm(do, tl.trans(v), UPCAST, PREC)
+            ds = p * (dp - delta[:, None])
+            dq += _mm(_cast(ds, k.dtype, UPCAST), k, UPCAST, PREC)
+
+        if is_cand == 1:  # the own key: row-local terms (see the derivation above)
+            qf = q.to(tl.float32)
+            dof = do.to(tl.float32)
+            s_own = tl.sum(qf * kc, 1) * (sm_scale * 1.4426950408889634)
+            p_own = tl.where(row_ok, tl.exp2(s_own - lse), 0.0)
+            ds_own = p_own * (tl.sum(dof * vc, 1) - delta)
+            dq += ds_own[:, None] * kc
+            dkc += ds_own[:, None] * qf
+            dvc += p_own[:, None] * dof
+            tl.store(DQC + rows, _cast(dq * sm_scale, DQC.dtype.element_ty, UPCAST),
+                     mask=row_mask)
+        else:
+            tl.store(DQ + rows, _cast(dq * sm_scale, DQ.dtype.element_ty, UPCAST), mask=row_mask)
+
+    if is_cand == 1:
+        tl.store(DKC + own, _cast(dkc * sm_scale, DKC.dtype.element_ty, UPCAST), mask=row_mask)
+        tl.store(DVC + own, _cast(dvc, DVC.dtype.element_ty, UPCAST), mask=row_mask)
 
 
 # --------------------------------------------------------------------------- launcher
@@ -446,15 +498,6 @@ def _launch_options(q: Tensor, cfg: dict) -> dict:
     return dict(num_warps=8 if cfg["BLOCK_M"] == 64 else 4)
 
 
-def _dense(t: Tensor) -> Tensor:
-    """t itself when it is a dense (B, H, T, D) layout with unit stride along D (a
-    permutation of a contiguous tensor, as the layers' split heads are), else a
-    contiguous copy: `empty_like` of it then has its strides."""
-    if t.stride(-1) == 1 and _is_dense(t):
-        return t
-    return t.contiguous()
-
-
 def _is_dense(t: Tensor) -> bool:
     """Whether t's elements fill its storage span without gaps or overlaps: its strides,
     sorted, are those of some order of its dims laid out contiguously."""
@@ -467,34 +510,49 @@ def _is_dense(t: Tensor) -> bool:
 
 
 def _like(t: Tensor, ref: Tensor) -> Tensor:
-    """t with ref's strides: the kernels take one set of strides per stream, so a
-    tensor laid out otherwise (e.g. an incoming gradient) is copied; usually none is."""
+    """t with ref's strides: the kernels take one set of strides per stride set (see
+    `_strides`), so a tensor laid out otherwise (e.g. an incoming gradient) is copied;
+    usually none is."""
     if t.stride() == ref.stride():
         return t
     return torch.empty_like(ref).copy_(t)
 
 
-def _streams(data: Tensor, cand: Tensor, data_tensors, cand_tensors):
-    """The reference tensors of the data and candidate streams (dense) and every other
-    tensor of each stream laid out as its reference."""
-    data, cand = _dense(data), _dense(cand)
-    return (data, cand, [_like(t, data) for t in data_tensors],
-            [_like(t, cand) for t in cand_tensors])
+def _stride_set(*tensors: Tensor):
+    """Tensors of one shape read through one set of strides: the first that is a dense
+    (B, H, T, D) layout with unit stride along D (a permutation of a contiguous tensor,
+    as the layers' split heads are) as it is, and every other laid out as it; when none
+    is, the first is copied contiguous. `empty_like` of any of them has their strides."""
+    ref = next((t for t in tensors if t.stride(-1) == 1 and _is_dense(t)), None)
+    if ref is None:
+        tensors = (tensors[0].contiguous(), *tensors[1:])
+        ref = tensors[0]
+    return [_like(t, ref) for t in tensors]
 
 
-def _strides(data: Tensor, cand: Tensor) -> Tuple[int, ...]:
-    """(S_B, S_H, S_T, SC_B, SC_H, SC_T): batch, head and row strides of each stream
-    (the head dim is unit-stride in both)."""
-    return (*data.stride()[:3], *cand.stride()[:3])
+def _strides(q: Tensor, k: Tensor, q_c: Tensor, k_c: Tensor) -> Tuple[int, ...]:
+    """(S_B, S_H, S_T, SK_B, SK_H, SK_T, SC_B, SC_H, SC_T, SKC_B, SKC_H, SKC_T): batch, head
+    and row strides of the four stride sets, data queries (q, out, d_out, dq), data keys
+    and values (k, v, dk, dv), candidate queries (q_c, out_c, d_out_c, dq_c) and
+    candidate keys and values (k_c, v_c, dk_c, dv_c); the head dim is unit-stride in all.
+    Keys and values have their own strides because they may have fewer heads."""
+    return (*q.stride()[:3], *k.stride()[:3], *q_c.stride()[:3], *k_c.stride()[:3])
+
+
+def _heads(q_c: Tensor, k: Tensor) -> Tuple[int, int]:
+    """(H, G): query heads, and how many of them read each of the H / G key/value heads."""
+    return q_c.size(1), q_c.size(1) // k.size(1)
 
 
 def _forward(q, k, v, q_c, k_c, v_c, aux, flags, with_data: bool):
-    """Run the forward kernel. with_data=False serves the candidate rows alone (q is
-    then only a shape/dtype donor: no data query is read and no data output written).
+    """Run the forward kernel, one program per (query tile, batch row, query head).
+    with_data=False serves the candidate rows alone (q is then only a donor of k's
+    strides: no data query is read and no data output written).
 
     Returns (out or None, out_c, lse (B, H, N + M) base 2; data rows unset without data).
     """
-    b, h, n, d = k.shape
+    b, _, n, d = k.shape
+    h, group = _heads(q_c, k)
     m = q_c.size(2)
     out = torch.empty_like(q) if with_data else None  # (B, H, N, D)
     out_c = torch.empty_like(q_c)  # (B, H, M, D)
@@ -506,48 +564,55 @@ def _forward(q, k, v, q_c, k_c, v_c, aux, flags, with_data: bool):
     if n > 0 and tiles > 0:
         _fwd_kernel[(tiles, b * h)](q, k, v, q_c, k_c, v_c, *aux,
                                     out if with_data else out_c, out_c, lse,
-                                    h, n, m, d, *_strides(k, q_c), d ** -0.5, first,
-                                    **flags, **cfg,
+                                    h, group, n, m, d, *_strides(q, k, q_c, k_c), d ** -0.5,
+                                    first, **flags, **cfg,
                                     **_launch_options(k, cfg))
+    elif n == 0:  # no data key: every candidate sees its own key alone
+        out_c.unflatten(1, (h // group, group)).copy_(v_c.unsqueeze(2))  # (B, Hk, G, M, D)
     return out, out_c, lse
 
 
 def _backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, aux, flags, d_out, d_out_c,
               with_data: bool):
-    """The six gradients (dq None without data); see the derivation above the kernels."""
-    b, h, n, d = k.shape
+    """The six gradients (dq None without data); see the derivation above the kernels.
+    Both kernels run one program per (tile, batch row, key/value head), looping over the
+    group's query heads."""
+    b, hk, n, d = k.shape
+    h, group = _heads(q_c, k)
     m = q_c.size(2)
     d_out_c = _like(d_out_c, q_c)
     # delta = rowsum(dO * O) per query row, fp32, rows [data; candidates]
     delta_c = (d_out_c.float() * out_c.float()).sum(-1)  # (B, H, M)
     if with_data:
-        d_out = _like(d_out, k)
+        d_out = _like(d_out, q)
         delta = torch.cat([(d_out.float() * out.float()).sum(-1), delta_c], dim=2)
     else:
         delta = torch.cat([delta_c.new_zeros(b, h, n), delta_c], dim=2)  # (B, H, N + M)
         d_out = d_out_c  # a placeholder the kernels never read
     dq = torch.empty_like(q) if with_data else None
-    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)  # (B, Hk, N, D)
     dq_c, dk_c, dv_c = (torch.empty_like(t) for t in (q_c, k_c, v_c))
     cfg = _config(k)
     scale = d ** -0.5
     opts = _launch_options(k, cfg)
-    strides = _strides(k, q_c)
+    strides = _strides(q, k, q_c, k_c)
     if n > 0:
-        _bwd_dkdv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), b * h)](
-            q, k, v, q_c, d_out, d_out_c, lse, delta, *aux, dk, dv, h, n, m, d, *strides,
-            scale,
+        _bwd_dkdv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), b * hk)](
+            q, k, v, q_c, d_out, d_out_c, lse, delta, *aux, dk, dv, h, group, n, m, d,
+            *strides[:9], scale,
             **flags, **cfg, WITH_DATA=with_data, **opts)
         data_tiles = triton.cdiv(n, cfg["BLOCK_M"])
         first = 0 if with_data else data_tiles
         tiles = (data_tiles - first) + triton.cdiv(m, cfg["BLOCK_M"])
         if tiles > 0:
-            _bwd_dq_kernel[(tiles, b * h)](
+            _bwd_dq_kernel[(tiles, b * hk)](
                 q, k, v, q_c, k_c, v_c, d_out, d_out_c, lse, delta, *aux,
-                dq if with_data else dq_c, dq_c, dk_c, dv_c, h, n, m, d, *strides, scale, first,
-                **flags, **cfg, **opts)
+                dq if with_data else dq_c, dq_c, dk_c, dv_c, h, group, n, m, d, *strides,
+                scale, first, **flags, **cfg, **opts)
     else:  # no data key: every candidate sees its own key alone, out_c = v_c
-        dq_c.zero_(), dk_c.zero_(), dv_c.copy_(d_out_c)
+        dq_c.zero_(), dk_c.zero_()
+        # dv_c sums d_out_c over each key/value head's query heads
+        dv_c.copy_(d_out_c.unflatten(1, (hk, group)).sum(2))
         if dq is not None:
             dq.zero_()
     return dq, dk, dv, dq_c, dk_c, dv_c
@@ -556,9 +621,10 @@ def _backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, aux, flags, d_out, d_out_
 class _PairedAttentionTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, q_c, k_c, v_c, cand_pos, causal, slopes, alibi_code, seg, pad):
-        # one set of strides per stream: k, v as q; k_c, v_c as q_c (no copy when the
+        # one set of strides per stride set: q; k, v; q_c; k_c, v_c (no copy when the
         # layers' permuted views already agree, as they do)
-        q, q_c, (k, v), (k_c, v_c) = _streams(q, q_c, (k, v), (k_c, v_c))
+        (q,), (k, v), (q_c,), (k_c, v_c) = (_stride_set(*ts) for ts in
+                                             ((q,), (k, v), (q_c,), (k_c, v_c)))
         flags = dict(CAUSAL=causal, ALIBI=alibi_code, HAS_SEG=seg is not None,
                      HAS_PAD=pad is not None)
         aux = _aux_tensors(k, cand_pos, slopes, seg, pad)
@@ -580,7 +646,7 @@ class _CandidateAttentionTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q_c, k_c, v_c, k, v, cand_pos, causal, slopes, alibi_code, seg, pad):
-        k, q_c, (v,), (k_c, v_c) = _streams(k, q_c, (v,), (k_c, v_c))
+        (k, v), (q_c,), (k_c, v_c) = (_stride_set(*ts) for ts in ((k, v), (q_c,), (k_c, v_c)))
         flags = dict(CAUSAL=causal, ALIBI=alibi_code, HAS_SEG=seg is not None,
                      HAS_PAD=pad is not None)
         aux = _aux_tensors(k, cand_pos, slopes, seg, pad)
@@ -635,8 +701,9 @@ def _layout_args(layout: PairedLayout) -> tuple:
 def paired_attention_triton(q: Tensor, k: Tensor, v: Tensor, q_c: Tensor, k_c: Tensor,
                             v_c: Tensor, layout: PairedLayout,
                             dropout_p: float = 0.0) -> Tuple[Tensor, Tensor]:
-    """(B, H, N, D) data and (B, H, M, D) candidates -> (out, out_c), as
-    `paired_attention_reference` (inputs assumed checked by `paired_attention`)."""
+    """(B, H, N, D) data and (B, H, M, D) candidates, keys and values with H or Hk heads
+    -> (out, out_c), as `paired_attention_reference` (inputs assumed checked by
+    `paired_attention`)."""
     code = _check(q, layout, dropout_p)
     cand_pos, causal, slopes, seg, pad = _layout_args(layout)
     return _PairedAttentionTriton.apply(q, k, v, q_c, k_c, v_c, cand_pos, causal, slopes,
@@ -646,7 +713,8 @@ def paired_attention_triton(q: Tensor, k: Tensor, v: Tensor, q_c: Tensor, k_c: T
 def candidate_attention_triton(q_c: Tensor, k_c: Tensor, v_c: Tensor, k: Tensor, v: Tensor,
                                layout: PairedLayout, dropout_p: float = 0.0) -> Tensor:
     """The candidate rows of `paired_attention_triton` alone: (B, H, M, D), with
-    gradients to q_c, k_c, v_c, k, v (as `candidate_attention_reference`)."""
+    gradients to q_c, k_c, v_c, k, v (as `candidate_attention_reference`; k_c, v_c, k, v
+    with H or Hk heads)."""
     code = _check(k, layout, dropout_p)
     cand_pos, causal, slopes, seg, pad = _layout_args(layout)
     return _CandidateAttentionTriton.apply(q_c, k_c, v_c, k, v, cand_pos, causal, slopes,

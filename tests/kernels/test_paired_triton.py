@@ -39,8 +39,10 @@ NAMES = ["out", "out_c", "dq", "dk", "dv", "dq_c", "dk_c", "dv_c"]
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def make_case(b, h, n, d, cand, masks="none", dtype=torch.float32, seed=0, causal=False):
-    """Six random (B, H, ., D) tensors, cand_pos (B, M) and the optional masks.
+def make_case(b, h, n, d, cand, masks="none", dtype=torch.float32, seed=0, causal=False,
+              kv_heads=0):
+    """Six random (B, H, ., D) tensors (keys and values with kv_heads heads when given),
+    cand_pos (B, M) and the optional masks.
 
     cand: "m0" no candidates; "kK" K candidates at every position (M = K * N); an int M:
     M random positions, with repeats, always including positions 0 and N - 1 (causal: N,
@@ -55,7 +57,7 @@ def make_case(b, h, n, d, cand, masks="none", dtype=torch.float32, seed=0, causa
         cand_pos = torch.randint(0, n, (b, cand), generator=g)
         cand_pos[:, 0], cand_pos[:, -1] = 0, n if causal else n - 1
     six, seg, pad = paired_tensors(b, h, n, d, cand_pos, masks, dtype, segment_rate=0.15,
-                                   generator=g)
+                                   generator=g, kv_heads=kv_heads)
     return six, cand_pos, seg, pad
 
 
@@ -167,6 +169,68 @@ def test_fp16_error_at_most_twice_the_reference_in_fp16(name, b, h, n, d, cand, 
     assert_within_low_precision_error(got, ref32, ref_low, eps=torch.finfo(torch.float16).eps)
 
 
+# Grouped-query attention: H = 6 query heads read Hk = 2 or 1 key/value heads (query head
+# h reads h // (6 / Hk)), never repeated in memory. The ALiBi slopes are per query head,
+# and the dk, dv (and own-key dk_c, dv_c) of a key/value head sum the terms of its
+# group's query heads, so a wrong head mapping or a lost group member fails.
+# (name, B, H, Hk, N, D, candidates, causal, ALiBi mode, masks); N = 37 and 35 cross two
+# key and query tiles.
+GQA_CASES = [
+    ("h6-kv2-n37-m19-causal-alibi-both", 2, 6, 2, 37, 24, 19, True, "causal", "both"),
+    ("h6-kv1-n37-m19-causal-segments", 1, 6, 1, 37, 24, 19, True, None, "segments"),
+    ("h6-kv2-n35-m21-bidir-shifted-padding", 1, 6, 2, 35, 24, 21, False, "shifted", "padding"),
+    ("h6-kv1-n7-k2-bidir-symmetric-both", 3, 6, 1, 7, 24, "k2", False, "symmetric", "both"),
+    ("h6-kv2-n5-m0-bidir-both", 1, 6, 2, 5, 24, "m0", False, None, "both"),
+]
+GQA_ARGS = "name,b,h,kv,n,d,cand,causal,mode,masks"
+GQA_IDS = [c[0] for c in GQA_CASES]
+
+
+@pytest.mark.parametrize(GQA_ARGS, GQA_CASES, ids=GQA_IDS)
+def test_grouped_heads_fp32_match_reference_forward_and_all_grads(name, b, h, kv, n, d, cand,
+                                                                  causal, mode, masks):
+    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks, causal=causal, kv_heads=kv)
+    upstream = upstream_for(six)
+    kwargs = keywords(h, causal, mode, seg, pad)
+    got = run(triton_paired.paired_attention_triton, six, cand_pos, upstream, **kwargs)
+    want = run(paired_attention_reference, [t.double() for t in six], cand_pos, upstream, **kwargs)
+    for label, x, y, t in zip(NAMES, got, want, [six[0], six[3], *six]):
+        assert x.dtype == torch.float32 and x.shape == y.shape == t.shape, label
+        torch.testing.assert_close(x.double(), y, atol=2e-5, rtol=1e-4,
+                                   msg=lambda s, label=label: f"{label}: {s}")
+
+
+@pytest.mark.parametrize(GQA_ARGS, [GQA_CASES[i] for i in (0, 2, 3)],
+                         ids=[GQA_IDS[i] for i in (0, 2, 3)])
+def test_grouped_heads_bf16_error_at_most_twice_the_reference_in_bf16(name, b, h, kv, n, d,
+                                                                      cand, causal, mode, masks):
+    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks, dtype=torch.bfloat16,
+                                        causal=causal, kv_heads=kv)
+    upstream = upstream_for(six)
+    kwargs = keywords(h, causal, mode, seg, pad)
+    got = run(triton_paired.paired_attention_triton, six, cand_pos, upstream, **kwargs)
+    ref32 = run(paired_attention_reference, [t.float() for t in six], cand_pos, upstream, **kwargs)
+    ref_low = run(paired_attention_reference, six, cand_pos, upstream, **kwargs)
+    assert_within_low_precision_error(got, ref32, ref_low, eps=torch.finfo(torch.bfloat16).eps)
+
+
+@pytest.mark.parametrize("kv", [2, 1])
+def test_grouped_heads_without_data_keys(kv):
+    """N = 0 (causal candidates at p = 0 see only their own key): out_c of query head h is
+    v_c of its key/value head, and dv_c sums the group's upstream gradients."""
+    cand_pos = torch.zeros(2, 5, dtype=torch.long)
+    six, _, _ = paired_tensors(2, 6, 0, 24, cand_pos, kv_heads=kv, seed=3)
+    upstream = upstream_for(six)
+    got = run(triton_paired.paired_attention_triton, six, cand_pos, upstream, causal=True)
+    want = run(paired_attention_reference, [t.double() for t in six], cand_pos, upstream,
+               causal=True)
+    torch.testing.assert_close(got[1], six[5].repeat_interleave(6 // kv, dim=1))
+    for label, x, y in zip(NAMES, got, want):
+        assert x.shape == y.shape, label
+        torch.testing.assert_close(x.double(), y, atol=2e-5, rtol=1e-4,
+                                   msg=lambda s, label=label: f"{label}: {s}")
+
+
 @pytest.mark.parametrize("causal,mode", [(True, "causal"), (False, None)], ids=["causal", "bidir"])
 def test_query_with_no_visible_key_returns_zero_without_nan(causal, mode):
     six, cand_pos, _, _ = make_case(3, 2, 7, 24, "k2")
@@ -188,10 +252,13 @@ def test_query_with_no_visible_key_returns_zero_without_nan(causal, mode):
                                    msg=lambda s, label=label: f"{label}: {s}")
 
 
-def test_strided_inputs_and_bf16_backward_are_deterministic():
-    """Two runs give bitwise-equal outputs and gradients (no atomics in the backward);
-    the inputs are non-contiguous views."""
-    six, cand_pos, seg, pad = make_case(1, 2, 40, 24, 30, "both", dtype=torch.bfloat16)
+@pytest.mark.parametrize("kv_heads", [0, 1], ids=["equal-heads", "grouped-heads"])
+def test_strided_inputs_and_bf16_backward_are_deterministic(kv_heads):
+    """Two runs give bitwise-equal outputs and gradients (no atomics in the backward: with
+    grouped heads one program sums a key/value head's query heads in a fixed order); the
+    inputs are non-contiguous views."""
+    six, cand_pos, seg, pad = make_case(1, 2, 40, 24, 30, "both", dtype=torch.bfloat16,
+                                        kv_heads=kv_heads)
     six = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in six]  # (B, H, ., D) views
     assert not six[0].is_contiguous()
     upstream = upstream_for(six)
@@ -214,12 +281,15 @@ def _as_layers_hand_them(t, fused=False):
     return base.contiguous().permute(1, 2, 0, 3)
 
 
+@pytest.mark.parametrize("kv_heads", [0, 1], ids=["equal-heads", "grouped-heads"])
 @pytest.mark.parametrize("fused", [False, True], ids=["layer-views", "fused-slice"])
-def test_permuted_inputs_are_read_through_their_strides(fused):
-    """The layers' permuted views go to the kernels as they are (no copy of any input),
-    a non-dense k is copied, and both match the reference (fp32 vs fp64), forward and all
-    six gradients, with an upstream gradient laid out unlike the outputs."""
-    six, cand_pos, seg, pad = make_case(2, 2, 37, 24, 19, "both", causal=True)
+def test_permuted_inputs_are_read_through_their_strides(fused, kv_heads):
+    """The layers' permuted views go to the kernels as they are (no copy of any input:
+    grouped keys and values are kept with their Hk heads, never repeated), a non-dense k
+    is copied (with v's strides), and both match the reference (fp32 vs fp64), forward
+    and all six gradients, with an upstream gradient laid out unlike the outputs."""
+    six, cand_pos, seg, pad = make_case(2, 2, 37, 24, 19, "both", causal=True,
+                                        kv_heads=kv_heads)
     views = [_as_layers_hand_them(t, fused=fused and i == 1) for i, t in enumerate(six)]
     assert not any(t.is_contiguous() for t in views)
     leaves = [t.detach().requires_grad_() for t in views]
@@ -228,6 +298,7 @@ def test_permuted_inputs_are_read_through_their_strides(fused):
     kept = out.grad_fn.saved_tensors[:6]  # the six inputs as the kernels read them
     copied = [i for i in range(6) if kept[i].data_ptr() != leaves[i].data_ptr()]
     assert copied == ([1] if fused else [])
+    assert [t.shape for t in kept] == [t.shape for t in leaves]  # (B, Hk, ., D) kept so
     upstream = [u.transpose(0, 1).contiguous().transpose(0, 1) for u in upstream_for(six)]
     got = torch.autograd.grad((out * upstream[0]).sum() + (out_c * upstream[1]).sum(), leaves)
     want = run(paired_attention_reference, [t.double() for t in six], cand_pos, upstream_for(six),
@@ -346,15 +417,19 @@ def test_monarc_loss_and_gradients_inside_a_model_equal_the_reference(data_bin, 
         torch.testing.assert_close(tri_grads[name], ref_grads[name], atol=1e-5, rtol=1e-3, msg=name)
 
 
-@pytest.mark.parametrize("name,b,h,n,d,cand,causal,mode,masks",
-                         [CASES[i] for i in (2, 3, 7, 9)], ids=[CASES[i][0] for i in (2, 3, 7, 9)])
-def test_candidates_only_entry_matches_the_reference(name, b, h, n, d, cand, causal, mode,
+ENTRY_CASES = ([(*CASES[i][:3], 0, *CASES[i][3:]) for i in (2, 3, 7, 9)]
+               + [GQA_CASES[i] for i in (0, 3)])
+
+
+@pytest.mark.parametrize(GQA_ARGS, ENTRY_CASES, ids=[c[0] for c in ENTRY_CASES])
+def test_candidates_only_entry_matches_the_reference(name, b, h, kv, n, d, cand, causal, mode,
                                                      masks):
     """`candidate_attention_triton` (data query tiles skipped): out_c and the gradients of
-    q_c, k_c, v_c, k, v equal the full reference's candidate rows (fp32 vs fp64)."""
+    q_c, k_c, v_c, k, v equal the full reference's candidate rows (fp32 vs fp64), with
+    equal and with grouped key/value heads."""
     from energy_lm.kernels.reference import candidate_attention_reference
 
-    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks, causal=causal)
+    six, cand_pos, seg, pad = make_case(b, h, n, d, cand, masks, causal=causal, kv_heads=kv)
     u_c = upstream_for(six)[1]
     kwargs = keywords(h, causal, mode, seg, pad)
 
@@ -371,4 +446,5 @@ def test_candidates_only_entry_matches_the_reference(name, b, h, n, d, cand, cau
     got = grads(triton_paired.candidate_attention_triton, [six[i] for i in order])
     want = grads(candidate_attention_reference, [six[i].double() for i in order])
     for label, x, y in zip(["out_c", "dq_c", "dk_c", "dv_c", "dk", "dv"], got, want):
+        assert x.shape == y.shape, label
         torch.testing.assert_close(x, y, atol=2e-5, rtol=1e-4, msg=lambda s, label=label: f"{label}: {s}")
