@@ -6,7 +6,9 @@ signature, written here once:
     full(q, k, v, q_c, k_c, v_c, layout, dropout_p) -> (out, out_c)
     candidates(q_c, k_c, v_c, k, v, layout, dropout_p) -> out_c     (optional)
 
-q, k, v (B, H, N, D) data stream, q_c, k_c, v_c (B, H, M, D) candidates, `layout` an
+q, k, v (B, H, N, D) data stream, q_c, k_c, v_c (B, H, M, D) candidates (a backend that
+declares `grouped_heads` also takes keys and values with Hk heads, Hk dividing H: query
+head h reads key/value head h // (H / Hk)), `layout` an
 `energy_lm.kernels.layout.PairedLayout` (validated), inputs already checked against it by
 `energy_lm.kernels.paired_attention`. `candidates` serves the candidate rows alone (a
 model's candidate stage, whose data stream ran already); a backend without it runs in
@@ -113,10 +115,10 @@ register(Backend("reference", paired_attention_reference, candidate_attention_re
                  grouped_heads=True))
 register(Backend("triton", _triton, _triton_candidates, auto_device_types=("cuda",),
                  auto_dtypes=(torch.float32, torch.bfloat16, torch.float16), dropout=False,
-                 requires="triton"))
+                 grouped_heads=True, requires="triton"))
 # FlexAttention: forward only on the CPU (torch 2.13); not chosen by auto (not yet run
 # on a GPU)
-register(Backend("flex", _flex, dropout=False))
+register(Backend("flex", _flex, dropout=False, grouped_heads=True))
 
 __all__ = ["Backend", "BACKENDS", "PairedLayout", "auto_choice", "check_name", "get", "names",
            "register"]

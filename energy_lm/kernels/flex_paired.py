@@ -6,14 +6,21 @@ data query i sees data j <= i or any j, candidate at p sees data j < p or j != p
 its own key; same segment, not padding) and a `score_mod` adds the ALiBi bias of the
 row's position (0 for the own key).
 
+Grouped-query attention: keys and values may have Hk heads, Hk dividing the H query
+heads (query head h reads key/value head h // (H / Hk)); they go to `flex_attention`
+with `enable_gqa=True`, which indexes the shared head, so the repeated heads are never
+stored: the K/V of a layer (and their candidate keys and values) stay H / Hk times
+smaller than with repeated heads.
+
 The BlockMask depends only on the layout (positions, segments, padding), not on the
 layer: it is kept on the `PairedLayout` (a model's candidate stage hands one layout to
 all its layers), so the first layer builds it and every other one reuses it.
 On CUDA, `flex_attention` is called through `torch.compile` (that is what makes it a
 fused kernel); on the CPU it runs eagerly.
 
-Supports what the reference supports except dropout (`dropout_p > 0` raises). Tested:
-forward against the reference on the CPU, and the mask cache (tests/kernels/
+Supports what the reference supports (grouped heads included) except dropout
+(`dropout_p > 0` raises). Tested: forward against the reference on the CPU (equal and
+grouped heads), and the mask cache (tests/kernels/
 test_paired_flex.py); torch 2.13 has no FlexAttention backward on the CPU ("FlexAttention
 does not support backward on CPU"), so gradients are tested only with CUDA and this is a
 GPU backend. Not yet run on a GPU.
@@ -66,8 +73,9 @@ def _batch_layout(layout: PairedLayout, device: torch.device):
 def paired_attention_flex(q: Tensor, k: Tensor, v: Tensor, q_c: Tensor, k_c: Tensor,
                           v_c: Tensor, layout: PairedLayout,
                           dropout_p: float = 0.0) -> Tuple[Tensor, Tensor]:
-    """As `paired_attention_reference`; the BlockMask is built once per layout (kept on
-    it) and reused by every layer handed the same layout."""
+    """As `paired_attention_reference` (keys and values with H or Hk heads); the BlockMask
+    is built once per layout (kept on it) and reused by every layer handed the same
+    layout."""
     if dropout_p > 0.0:
         raise NotImplementedError("the flex paired-attention backend has no dropout; use "
                                   "backend='reference'")
@@ -77,5 +85,6 @@ def paired_attention_flex(q: Tensor, k: Tensor, v: Tensor, q_c: Tensor, k_c: Ten
     score_mod = None if layout.alibi is None else layout.alibi.score_mod(row_pos, n, q.device)
     out = _flex_attention(q.device.type)(
         torch.cat([q, q_c], 2), torch.cat([k, k_c], 2), torch.cat([v, v_c], 2),
-        score_mod=score_mod, block_mask=block_mask)  # (B, H, L, D)
+        score_mod=score_mod, block_mask=block_mask,
+        enable_gqa=k.size(1) != q.size(1))  # (B, H, L, D); score_mod's head is q's
     return out[:, :, :n], out[:, :, n:]

@@ -3,9 +3,11 @@
 The first time `auto` would run a fused backend (per process, for one device, dtype and
 head-dim class), a small problem runs through it and through the exact reference:
 causal with causal ALiBi and candidates at p = N, and bidirectional with symmetric
-ALiBi, both with packed documents and key padding; the forward outputs and the
-gradients of all six inputs, of the full call and of the candidates-only call a model
-makes. The backend is used only if all of them agree within the kernel tests'
+ALiBi, both with packed documents and key padding, with 2 query heads on 2 key/value
+heads and, for a backend that declares grouped heads, again with 4 query heads on 2
+(every call then runs on a checked kernel, whichever heads it has); the forward outputs
+and the gradients of all six inputs, of the full call and of the candidates-only call a
+model makes. The backend is used only if all of them agree within the kernel tests'
 tolerances (tests/kernels/test_paired_triton.py):
   fp32:       |x - exact| <= 2e-5 + 1e-4 |exact| elementwise, exact = the reference in fp64;
   bf16, fp16: max |x - exact| <= 2 x the reference's own max error in that precision
@@ -14,6 +16,7 @@ Otherwise `auto` logs one warning with the measured error and runs the reference
 that class from then on. ENERGY_LM_SKIP_KERNEL_CHECK=1 trusts the backend unchecked.
 """
 
+import itertools
 import logging
 import os
 from typing import Callable, Dict, List, Optional
@@ -21,6 +24,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import Tensor
 
+from energy_lm.kernels import backends
 from energy_lm.kernels.alibi import alibi_slopes
 from energy_lm.kernels.layout import Alibi, PairedLayout
 from energy_lm.kernels.reference import candidate_attention_reference, paired_attention_reference
@@ -37,12 +41,16 @@ def head_dim_class(head_dim: int) -> int:
     return 1 << max(head_dim - 1, 0).bit_length()
 
 
-def _case(causal: bool, head_dim: int, device: torch.device, dtype: torch.dtype):
+def _case(causal: bool, head_dim: int, device: torch.device, heads: int = 2,
+          kv_heads: int = 2):
+    """A check problem: heads query heads reading kv_heads key/value heads."""
     g = torch.Generator().manual_seed(20261130)
-    b, h, n, m = 2, 2, 19, 11
+    b, h, n, m = 2, heads, 19, 11
     cand_pos = torch.randint(0, n, (b, m), generator=g)
     cand_pos[:, 0], cand_pos[:, -1] = 0, n if causal else n - 1
-    six = [torch.randn(b, h, length, head_dim, generator=g) for length in (n, n, n, m, m, m)]
+    six = [torch.randn(b, hh, length, head_dim, generator=g)
+           for hh, length in ((h, n), (kv_heads, n), (kv_heads, n), (h, m), (kv_heads, m),
+                              (kv_heads, m))]
     upstream = (torch.randn(b, h, n, head_dim, generator=g),
                 torch.randn(b, h, m, head_dim, generator=g))
     layout = PairedLayout.build(
@@ -91,12 +99,13 @@ def _worst(got: List[Tensor], exact: List[Tensor], lowp: Optional[List[Tensor]],
 
 
 def measure(full_fn: Callable, candidates_fn: Optional[Callable], device: torch.device,
-            dtype: torch.dtype, head_dim: int) -> Optional[str]:
-    """None if the backend agrees with the reference on the check problems, else a
-    description of its worst disagreement."""
+            dtype: torch.dtype, head_dim: int, grouped: bool = False) -> Optional[str]:
+    """None if the backend agrees with the reference on the check problems (grouped:
+    those with grouped heads too), else a description of its worst disagreement."""
+    heads = [(2, 2), (4, 2)] if grouped else [(2, 2)]
     with torch.enable_grad(), torch.autocast(device.type, enabled=False):
-        for causal in (True, False):
-            six, layout, upstream = _case(causal, head_dim, device, dtype)
+        for (h, kv_heads), causal in itertools.product(heads, (True, False)):
+            six, layout, upstream = _case(causal, head_dim, device, h, kv_heads)
             calls = [(full_fn, paired_attention_reference, False)]
             if candidates_fn is not None:
                 calls.append((candidates_fn, candidate_attention_reference, True))
@@ -108,20 +117,24 @@ def measure(full_fn: Callable, candidates_fn: Optional[Callable], device: torch.
                 worst = _worst(got, exact, lowp, dtype)
                 if worst:
                     kind = "candidates-only call" if candidates_only else "full call"
+                    if h != kv_heads:
+                        kind += f" ({h} query heads on {kv_heads} key/value heads)"
                     return f"{'causal' if causal else 'bidirectional'} {kind}, {worst}"
     return None
 
 
 def backend_agrees(name: str, full_fn: Callable, candidates_fn: Optional[Callable],
                    device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
-    """The verdict for (backend, device, dtype, head-dim class), measured once."""
+    """The verdict for (backend, device, dtype, head-dim class), measured once (with
+    grouped heads too when the registered backend declares them)."""
     key = (name, device.type, device.index, dtype, head_dim_class(head_dim))
     if key not in _verdicts:
         if os.environ.get(SKIP_ENV) == "1":
             _verdicts[key] = True
         else:
             try:
-                problem = measure(full_fn, candidates_fn, device, dtype, head_dim)
+                grouped = name in backends.BACKENDS and backends.get(name).grouped_heads
+                problem = measure(full_fn, candidates_fn, device, dtype, head_dim, grouped)
             except Exception as err:  # a kernel that fails to compile or launch
                 problem = f"it raised {type(err).__name__}: {err}"
             _verdicts[key] = problem is None

@@ -159,12 +159,29 @@ def test_grouped_heads_match_naive_forward_and_grads(causal, mode, dtype, tol, c
                        candidates_only=candidates_only)
 
 
-@pytest.mark.parametrize("backend", ["flex", "triton"])
-def test_a_backend_without_grouped_heads_refuses_them_in_one_line(backend):
+def test_a_backend_without_grouped_heads_refuses_them_in_one_line(monkeypatch):
+    """Every shipped backend takes grouped heads; one that does not declare them (a fake
+    "plain" one, which auto may pick for CPU float32) is refused in one line when asked
+    for by name, and auto passes over it to the reference, for grouped heads only."""
+    from energy_lm.kernels import backends
+    from energy_lm.kernels.reference import paired_attention_reference
+
+    assert all(backends.get(name).grouped_heads for name in ("reference", "triton", "flex"))
+    monkeypatch.setitem(backends.BACKENDS, "plain", backends.Backend(
+        "plain", paired_attention_reference, auto_device_types=("cpu",),
+        auto_dtypes=(torch.float32,)))
     tensors, cand_pos, seg, pad = make_case("m5", "none", heads=6, kv_heads=2)
     layout = layout_of(cand_pos, tensors[0].size(2), causal=False)
-    with pytest.raises(ValueError, match=f"the {backend} backend has no grouped key/value heads"):
-        paired_attention(*tensors, layout, backend=backend)
+    with pytest.raises(ValueError, match="the plain backend has no grouped key/value heads") \
+            as info:
+        paired_attention(*tensors, layout, backend="plain")
+    assert "\n" not in str(info.value)
+    assert backends.auto_choice("cpu", torch.float32, 0.0, grouped=False)[0] == "plain"
+    assert backends.auto_choice("cpu", torch.float32, 0.0, grouped=True) == (
+        "reference", "grouped key/value heads (the Plain kernel has none)")
+    equal = make_case("m5", "none", heads=6)[0]  # the same call with equal heads runs
+    out, out_c = paired_attention(*equal, layout_of(cand_pos, 13, causal=False), backend="plain")
+    assert out.shape == equal[0].shape and out_c.shape == equal[3].shape
 
 
 # bf16 inputs: the reference keeps scores and softmax in fp32 only on the ALiBi path

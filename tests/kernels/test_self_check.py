@@ -120,3 +120,33 @@ def test_an_explicit_backend_is_never_replaced(fake_fused):
     six, cand_pos, kw = problem()
     _, out_c = pa.paired_attention(*six, layout(cand_pos, **kw), backend="triton")
     assert not self_check._verdicts and fake_fused["calls"] == 1
+
+
+@pytest.mark.parametrize("declares", [True, False], ids=["declares-grouped", "equal-only"])
+def test_a_kernel_wrong_only_for_grouped_heads_is_caught_when_it_declares_them(
+        fake_fused, monkeypatch, caplog, declares):
+    """A backend that declares grouped heads is checked with them too (4 query heads on 2
+    key/value heads), on its first call whatever its heads: a kernel right for equal heads
+    and wrong for grouped ones is caught there, and the reference runs. Not declaring
+    them, the same kernel is checked (and used) with equal heads only."""
+    def full(q, k, v, q_c, k_c, v_c, *rest):
+        fake_fused["calls"] += 1
+        out, out_c = paired_attention_reference(q, k, v, q_c, k_c, v_c, *rest)
+        return out, out_c * (1 + 1e-3 * (k.size(1) != q.size(1)))
+
+    monkeypatch.setitem(backends.BACKENDS, "triton",
+                        backends.Backend("triton", full, grouped_heads=declares))
+    six, cand_pos, kw = problem()  # equal heads
+    with caplog.at_level(logging.INFO, logger="energy_lm.kernels"):
+        out, out_c = pa.paired_attention(*six, layout(cand_pos, **kw), backend="auto")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    calls = fake_fused["calls"]
+    pa.paired_attention(*six, layout(cand_pos, **kw), backend="auto")
+    if declares:
+        assert len(warnings) == 1, warnings
+        assert "(4 query heads on 2 key/value heads), out_c: max error" in warnings[0]
+        assert fake_fused["calls"] == calls  # the reference runs from then on
+    else:
+        assert not warnings
+        assert fake_fused["calls"] == calls + 1  # the kernel runs
+
