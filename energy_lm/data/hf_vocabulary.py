@@ -20,7 +20,7 @@ read it back. (In data/, below the bridge: preparing a corpus needs it too.)
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor
@@ -42,12 +42,19 @@ class VocabularyMap:
     size: int
     specials: Dict[str, int] = field(default_factory=dict)
     pad_to: int = 1
+    # the source ids its tokenizer puts before a document's text (Llama's BOS), which
+    # energy-lm-prepare --tokenizer-from puts before each document: fairseq then reads
+    # `</s> BOS text ... </s>` where the source was trained on `BOS text ... EOS`
+    document_prefix: Tuple[int, ...] = ()
 
     def __post_init__(self):
         ids = list(self.specials.values())
         unknown = set(self.specials) - set(FAIRSEQ_SPECIALS) - {MASK}
         if unknown:
             raise PrepareError(f"no fairseq symbol for {sorted(unknown)}")
+        if any(not 0 <= i < self.size for i in self.document_prefix):
+            raise PrepareError(f"document prefix {list(self.document_prefix)} is not made of "
+                               f"ids of a {self.size}-token vocabulary")
         if len(set(ids)) != len(ids) or any(not 0 <= i < self.size for i in ids):
             raise PrepareError(f"special token ids {self.specials} are not distinct ids of a "
                               f"{self.size}-token vocabulary")
@@ -96,8 +103,8 @@ class VocabularyMap:
     def save(self, folder: Path) -> None:
         (folder / DICT_FILE).write_text("\n".join(self.dict_lines()) + "\n")
         (folder / MAP_FILE).write_text(json.dumps(
-            {"size": self.size, "specials": self.specials, "pad_to": self.pad_to},
-            indent=1) + "\n")
+            {"size": self.size, "specials": self.specials, "pad_to": self.pad_to,
+             "document_prefix": list(self.document_prefix)}, indent=1) + "\n")
 
     @classmethod
     def load(cls, folder: Path) -> "VocabularyMap":
@@ -106,7 +113,22 @@ class VocabularyMap:
             raise PrepareError(f"{folder} has no {MAP_FILE} (made by energy-lm-from-hf)")
         saved = json.loads(path.read_text())
         return cls(int(saved["size"]), {k: int(v) for k, v in saved["specials"].items()},
-                   int(saved.get("pad_to", 1)))
+                   int(saved.get("pad_to", 1)),
+                   tuple(int(i) for i in saved.get("document_prefix", ())))
+
+    def with_prefix(self, prefix) -> "VocabularyMap":
+        return VocabularyMap(self.size, dict(self.specials), self.pad_to, tuple(prefix))
+
+    def source_ids(self, symbols) -> List[int]:
+        """The source ids of dictionary symbols (fairseq's specials by the map); symbols
+        that stand for no source token (fillers, an unmapped <pad>) are left out."""
+        ids = []
+        for symbol in symbols:
+            if symbol.isdigit():
+                ids.append(int(symbol))
+            elif symbol in self.specials:
+                ids.append(self.specials[symbol])
+        return ids
 
     @classmethod
     def of_dictionary(cls, dictionary, specials: Dict[str, int]) -> "VocabularyMap":

@@ -288,8 +288,12 @@ def tokenizer_encoder(folder: Path):
                            f"made by energy-lm-from-hf has them)")
     vocab = VocabularyMap.load(folder)
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    return (lambda text: vocab.symbols(tokenizer.encode(text, add_special_tokens=False).ids),
-            folder / DICT_FILE)
+    prefix = list(vocab.document_prefix)  # a document starts as the source was trained
+
+    def encode(text: str) -> List[str]:
+        return vocab.symbols(prefix + tokenizer.encode(text, add_special_tokens=False).ids)
+
+    return encode, folder / DICT_FILE
 
 
 def copy_tokenizer_files(folder: Path, data_bin: Path) -> None:

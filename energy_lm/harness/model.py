@@ -112,11 +112,16 @@ class EnergyLMEval(TemplateLM):
     @staticmethod
     def _bpe_defaults(data: Path, kwargs: dict) -> dict:
         """The embedded corpus's byte-level BPE when DATA_BIN has its files (as
-        energy-lm-fill-mask does); otherwise what the caller gave."""
-        if "bpe" not in kwargs and (data / "vocab.json").is_file() and \
-                (data / "merges.txt").is_file():
+        energy-lm-fill-mask does), else an imported tokenizer's tokenizer.json (data
+        prepared with --tokenizer-from); otherwise what the caller gave."""
+        if "bpe" in kwargs:
+            return kwargs
+        if (data / "vocab.json").is_file() and (data / "merges.txt").is_file():
             return dict(kwargs, bpe="energy_byte_bpe", bpe_vocab=str(data / "vocab.json"),
                         bpe_merges=str(data / "merges.txt"))
+        if (data / "tokenizer.json").is_file() and (data / "hf-vocab.json").is_file():
+            return dict(kwargs, bpe="energy_hf_tokenizer",
+                        hf_tokenizer_json=str(data / "tokenizer.json"))
         return kwargs
 
     @property

@@ -5,7 +5,10 @@ hub id downloaded first where a network exists) -> fairseq's hub layout in OUT:
     dict.txt        the source's token ids as symbols (energy_lm.hf.vocabulary)
     hf-vocab.json   which fairseq symbols stand for which source special tokens
     tokenizer.json, tokenizer_config.json   the source's tokenizer, as it was
-    vocab.json, merges.txt                  the same BPE for fairseq's hub (energy_byte_bpe)
+    vocab.json, merges.txt                  the same BPE for fairseq's hub (energy_byte_bpe),
+                                            for a GPT-2-style byte-level BPE; any other
+                                            tokenizer goes through tokenizer.json
+                                            (energy_hf_tokenizer)
     train-args.txt  the fairseq-train flags that rebuild the architecture
 
 `--restore-file OUT/model.pt` continues it (e.g. with `--criterion monarc`: the energy
@@ -29,6 +32,8 @@ from energy_lm.hf.folders import check_target, staged_folder
 from energy_lm.hf.tokenizer_files import (
     check_byte_level_bpe,
     copy_tokenizer,
+    document_prefix,
+    gpt2_byte_level,
     read_tokenizer,
     tokenizer_folder,
 )
@@ -87,8 +92,14 @@ def convert(src: str, out: Path, force: bool = False) -> Dict:
     with staged_folder(Path(out), force) as stage:
         tok_dir = tokenizer_folder(folder, stage / "tokenizer-scratch")
         tokenizer = read_tokenizer(tok_dir)
-        check_byte_level_bpe(tokenizer)
         vocab = family.vocabulary(config, tokenizer)
+        if causal:  # any tokenizer; a document starts as its post-processor starts one
+            vocab = vocab.with_prefix(document_prefix(tokenizer, vocab.size))
+        else:
+            check_byte_level_bpe(tokenizer)
+        bpe_args = BPE_ARGS if gpt2_byte_level(tokenizer) and not vocab.document_prefix else \
+            ["--bpe", "energy_hf_tokenizer", "--hf-tokenizer-json",
+             str(Path(out).resolve() / "tokenizer.json")]
         vocab.save(stage)
         copy_tokenizer(tok_dir, stage, tokenizer)
         if tok_dir != folder:
@@ -103,7 +114,7 @@ def convert(src: str, out: Path, force: bool = False) -> Dict:
         if causal:
             length, rows = family.positions_of(config)
             model, cfg = fairseq_checkpoint.build(stage, "language_modeling", args, length,
-                                                  BPE_ARGS)
+                                                  bpe_args)
             index = vocab.fairseq_index(model.decoder.dictionary)
             state = family.to_fairseq(source.state_dict(), config, index,
                                       len(model.decoder.dictionary), rows)

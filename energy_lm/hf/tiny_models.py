@@ -74,9 +74,10 @@ def save_gpt2(folder: Path, eos_first: bool = True, seed: int = 0, **config):
 
 
 def save_llama(folder: Path, qwen2: bool = False, seed: int = 0, **config):
-    """A LlamaForCausalLM (untied head, Llama's <unk> <s> </s> first) or, with qwen2, a
-    Qwen2ForCausalLM (tied, one end-of-text token last): grouped-query attention (2
-    key/value heads for 4), a rope base unlike the default; config: fields to override."""
+    """A LlamaForCausalLM (untied head; Llama's kind of tokenizer: SentencePiece-style BPE,
+    <unk> <s> </s> first, <s> before each text) or, with qwen2, a Qwen2ForCausalLM (tied,
+    byte-level BPE, one end-of-text token last): grouped-query attention (2 key/value
+    heads for 4), a rope base unlike the default; config: fields to override."""
     from transformers import (
         LlamaConfig,
         LlamaForCausalLM,
@@ -91,9 +92,16 @@ def save_llama(folder: Path, qwen2: bool = False, seed: int = 0, **config):
         bos = eos = tok.token_to_id(eot)
         fast = PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, eos_token=eot,
                                        pad_token=eot)
-    else:
-        tok = _bpe(["<unk>", "<s>", "</s>"])
+    else:  # Llama's kind: SentencePiece-style BPE (no byte level), BOS before each text
+        from tokenizers import SentencePieceBPETokenizer
+        from tokenizers.processors import TemplateProcessing
+
+        tok = SentencePieceBPETokenizer()
+        tok.train_from_iterator(prose(), vocab_size=VOCAB, min_frequency=2,
+                                show_progress=False, special_tokens=["<unk>", "<s>", "</s>"])
         bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+        tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A",
+                                                           special_tokens=[("<s>", bos)])
         fast = PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, bos_token="<s>",
                                        eos_token="</s>", unk_token="<unk>")
     fields = dict(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=48,

@@ -4,7 +4,9 @@ Hugging Face keeps a tokenizer as `tokenizer.json` (the `tokenizers` library's f
 transformers 5 writes nothing else); fairseq's hub BPE (`energy_byte_bpe`) reads a
 byte-level BPE as `vocab.json` + `merges.txt`, which fairseq's `from_pretrained` finds in
 the model folder by those names. Only byte-level BPE (GPT-2's and RoBERTa's kind) is
-both: any other tokenizer is refused with the field that says so.
+both; a causal model's other tokenizers (Llama's SentencePiece-style BPE, a byte-level BPE
+with its own split rule) go through their tokenizer.json (`--bpe energy_hf_tokenizer`),
+and RoBERTa's must be byte-level BPE (refused otherwise, with the field that says so).
 """
 
 import json
@@ -69,6 +71,33 @@ def check_byte_level_bpe(tokenizer: Dict) -> None:
                           f"so fairseq would tokenize differently")
 
 
+def gpt2_byte_level(tokenizer: Dict) -> bool:
+    """Whether fairseq's byte-level BPE (energy_byte_bpe: GPT-2's split rule, no prefix
+    space, from vocab.json + merges.txt) tokenizes as this tokenizer.json does; other
+    tokenizers of a causal model go through their tokenizer.json (energy_hf_tokenizer)."""
+    try:
+        check_byte_level_bpe(tokenizer)
+    except BridgeError:
+        return False
+    pre = tokenizer.get("pre_tokenizer") or {}
+    return (pre.get("type") == "ByteLevel" and not pre.get("add_prefix_space", False)
+            and pre.get("use_regex", True) is not False)
+
+
+def document_prefix(tokenizer: Dict, size: int) -> List[int]:
+    """The ids the tokenizer's post-processor puts before a text (Llama's BOS; none for
+    GPT-2), read off its own output."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_str(json.dumps(tokenizer))
+    bare = tok.encode("a b", add_special_tokens=False).ids
+    full = tok.encode("a b", add_special_tokens=True).ids
+    for start in range(len(full) - len(bare) + 1):
+        if full[start:start + len(bare)] == bare:
+            return [i for i in full[:start] if i < size]
+    return []
+
+
 def added_token_id(tokenizer: Dict, content: str) -> Optional[int]:
     for token in tokenizer.get("added_tokens", []) or []:
         if token.get("content") == content:
@@ -92,11 +121,12 @@ def write_bpe_files(tokenizer: Dict, folder: Path) -> None:
 
 
 def copy_tokenizer(src: Path, dest: Path, tokenizer: Dict) -> None:
-    """tokenizer.json (as read), the files transformers keeps beside it, vocab.json and
-    merges.txt."""
+    """tokenizer.json (as read), the files transformers keeps beside it, and for a
+    GPT-2-style byte-level BPE vocab.json and merges.txt."""
     (dest / TOKENIZER_JSON).write_text(json.dumps(tokenizer, ensure_ascii=False),
                                        encoding="utf-8")
     for name in TOKENIZER_EXTRAS:
         if (Path(src) / name).is_file():
             shutil.copy(Path(src) / name, dest / name)
-    write_bpe_files(tokenizer, dest)
+    if gpt2_byte_level(tokenizer):
+        write_bpe_files(tokenizer, dest)

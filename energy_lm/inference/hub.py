@@ -21,6 +21,18 @@ from energy_lm.inference.sir_sampler import sir_sample
 
 
 class EnergyLMHubInterface(GeneratorHubInterface):
+    def encode(self, sentence: str) -> torch.LongTensor:
+        """fairseq's encode, a document's text starting as the source model's did: an
+        imported tokenizer's document prefix (Llama's BOS; `--bpe energy_hf_tokenizer`
+        keeps it in its vocabulary map) goes first, as energy-lm-prepare puts it."""
+        tokens = super().encode(sentence)
+        vocab = getattr(self.bpe, "vocab", None)
+        prefix = list(getattr(vocab, "document_prefix", ()) or ())
+        if not prefix:
+            return tokens
+        first = tokens.new_tensor([self.src_dict.index(s) for s in vocab.symbols(prefix)])
+        return torch.cat([first, tokens])
+
     def prompt_tokens(self, sentence: str) -> torch.LongTensor:
         """A document starts after </s> (as in the binarized data): </s> + the BPE ids."""
         ids = self.encode(sentence)[:-1]  # fairseq's encode appends </s>

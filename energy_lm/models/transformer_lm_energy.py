@@ -12,6 +12,7 @@ themselves (`--task energy_language_modeling --document-attention`).
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field, make_dataclass
 from typing import Optional
 
@@ -287,6 +288,12 @@ class TransformerLMEnergyModel(EnergyModelMixin, TransformerLanguageModel):
         """fairseq's loader, returning `energy_lm.inference.hub.EnergyLMHubInterface` (SIR sampling)."""
         from fairseq import hub_utils
 
+        # an import's tokenizer (--bpe energy_hf_tokenizer) is the folder's tokenizer.json
+        # wherever the folder now is (fairseq's hub finds vocab.json and merges.txt alike;
+        # a checkpoint with another BPE ignores the setting)
+        tokenizer = os.path.join(str(model_name_or_path), "tokenizer.json")
+        if os.path.isfile(tokenizer):
+            kwargs.setdefault("hf_tokenizer_json", tokenizer)
         x = hub_utils.from_pretrained(model_name_or_path, checkpoint_file, data_name_or_path,
                                       archive_map=cls.hub_models(), **kwargs)
         return EnergyLMHubInterface(x["args"], x["task"], x["models"])

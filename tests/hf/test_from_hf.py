@@ -199,8 +199,9 @@ def test_refusals_name_the_field(tmp_path):
     save_gpt2(tmp_path / "cross", add_cross_attention=True)
     with pytest.raises(BridgeError, match="config.add_cross_attention"):
         convert(str(tmp_path / "cross"), tmp_path / "o1")
-    # a WordPiece tokenizer beside a GPT-2: not byte-level BPE
-    save_gpt2(tmp_path / "wp")
+    # a WordPiece tokenizer beside a RoBERTa: not byte-level BPE (a causal model's
+    # tokenizer may be anything: tests/hf/test_prepare_with_import.py)
+    save_roberta(tmp_path / "wp")
     tok = json.loads((tmp_path / "wp" / "tokenizer.json").read_text())
     tok["model"]["type"] = "WordPiece"
     (tmp_path / "wp" / "tokenizer.json").write_text(json.dumps(tok))
