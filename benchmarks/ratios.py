@@ -23,6 +23,9 @@ failing it (1: a ratio missed its target beyond its interval; 0: every ratio met
 | CWT / CE | 6 x 512, V = 50k | <= 0.7 (0.61) |
 | CLAP head / tied softmax | 12 x 768, N = 1024, CE | <= 1.03 |
 | ALiBi / learned positions | 12 x 768, N = 1024, CE | <= 1.1 |
+| Llama MonArc / CE | transformer_lm_llama at 12 x 768 (12 heads, 6 key/value heads) | <= 1.9 |
+| Llama CE / transformers' CE | our Llama trunk's CE step / LlamaForCausalLM's on the same config and batch | <= 1.1 |
+| grouped / full heads | the Llama trunk's CE step with 6 / 12 key/value heads (the memory ratio: what grouped heads save) | <= 1.05 |
 
 --quick runs every measure with a 6 x 512 trunk, the full set's 1,024 tokens per step
 (B = 2 blocks of 512) and fewer steps, against the same targets: per-step costs (the
@@ -79,6 +82,18 @@ def gpt_style(dim: int) -> Tuple[str, ...]:
             "--decoder-output-dim", str(dim))
 
 
+def llama_size(layers: int, dim: int, kv_heads: Optional[int] = None) -> Tuple[str, ...]:
+    """transformer_lm_llama_* at this size: heads of 64 dims, half as many key/value heads,
+    the SwiGLU width of the presets (8 d / 3 rounded up to 64)."""
+    heads = dim // 64
+    return ("--decoder-layers", str(layers), "--decoder-embed-dim", str(dim),
+            "--decoder-ffn-embed-dim", str(-(-8 * dim // 3 // 64) * 64),
+            "--decoder-attention-heads", str(heads), "--kv-heads", str(kv_heads or heads // 2))
+
+
+HF_LLAMA = "transformers:LlamaForCausalLM"  # a side that is transformers' own model
+
+
 def measures(quick: bool) -> List[Tuple[Measure, int, int]]:
     """(measure, block length, batch) of every row."""
     layers, dim = (6, 512) if quick else (12, 768)
@@ -91,6 +106,7 @@ def measures(quick: bool) -> List[Tuple[Measure, int, int]]:
     lm, mlm = "transformer_lm_zero_clap_tiny", "roberta_zero_clap_tiny"  # sized by the flags
     bare = "transformer_lm_energy"
     learned = gpt_style(dim) + ("--decoder-learned-pos",)
+    llama, llama_big = "transformer_lm_llama_tiny", llama_size(layers, dim)  # sized by the flags
     return [
         (Measure("causal MonArc / CE", False, Side(lm, "monarc", big),
                  Side(lm, "cross_entropy", big), 1.9, 1.71), n_lm, batch_lm),
@@ -106,6 +122,13 @@ def measures(quick: bool) -> List[Tuple[Measure, int, int]]:
         (Measure("ALiBi / learned positions", False,
                  Side(bare, "cross_entropy", big + gpt_style(dim) + ("--alibi", "causal")),
                  Side(bare, "cross_entropy", big + learned), 1.1, None), n_lm, batch_lm),
+        (Measure("Llama MonArc / CE", False, Side(llama, "monarc", llama_big),
+                 Side(llama, "cross_entropy", llama_big), 1.9, None), n_lm, batch_lm),
+        (Measure("Llama CE / transformers' CE", False, Side(llama, "cross_entropy", llama_big),
+                 Side(HF_LLAMA, "cross_entropy", llama_big), 1.1, None), n_lm, batch_lm),
+        (Measure("grouped / full heads", False, Side(llama, "cross_entropy", llama_big),
+                 Side(llama, "cross_entropy", llama_size(layers, dim, dim // 64)), 1.05, None),
+         n_lm, batch_lm),
     ]
 
 
@@ -117,6 +140,8 @@ def build(data: str, side: Side, masked: bool, length: int, device):
     from fairseq.criterions import build_criterion
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
+    if side.arch == HF_LLAMA:
+        return hf_llama(data, side, length, device)
     task = ["--task", "masked_lm"] if masked else ["--task", "language_modeling"]
     argv = [data, *task, "--arch", side.arch, "--criterion", side.criterion,
             "--tokens-per-sample", str(length), "--dropout", "0.1", "--attention-dropout", "0",
@@ -127,6 +152,38 @@ def build(data: str, side: Side, masked: bool, length: int, device):
     torch.manual_seed(1)
     model = task_obj.build_model(cfg.model).to(device).train()
     return model, build_criterion(cfg.criterion, task_obj), task_obj
+
+
+class HFCrossEntropy:
+    """fairseq's cross_entropy criterion on a transformers causal LM: the summed token
+    NLL of the same batch (log-softmax in float32, as fairseq's)."""
+
+    def __call__(self, model, sample):
+        logits = model(input_ids=sample["net_input"]["src_tokens"]).logits
+        lprobs = torch.log_softmax(logits.float(), dim=-1)
+        loss = torch.nn.functional.nll_loss(lprobs.view(-1, lprobs.size(-1)),
+                                            sample["target"].view(-1), reduction="sum")
+        return loss, 1, {}
+
+
+def hf_llama(data: str, side: Side, length: int, device):
+    """transformers' LlamaForCausalLM with the configuration our Llama trunk has under
+    these flags (no biases, tied embeddings, SDPA attention, dropout 0: transformers'
+    Llama has none but attention dropout), and the same vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    ours, _, task = build(data, Side("transformer_lm_llama_tiny", "cross_entropy", side.extra),
+                          False, length, torch.device("cpu"))
+    dec = ours.decoder
+    attn = dec.layers[0].self_attn
+    config = LlamaConfig(vocab_size=len(task.source_dictionary), hidden_size=dec.embed_dim,
+                         intermediate_size=dec.layers[0].fc2.in_features,
+                         num_hidden_layers=len(dec.layers), num_attention_heads=attn.num_heads,
+                         num_key_value_heads=attn.kv_heads, max_position_embeddings=length + 1,
+                         tie_word_embeddings=True, attention_bias=False, mlp_bias=False,
+                         attn_implementation="sdpa")
+    torch.manual_seed(1)
+    return LlamaForCausalLM(config).to(device).train(), HFCrossEntropy(), task
 
 
 def batches(masked: bool, count: int, batch: int, length: int, mask_idx: int, pad: int, device):
