@@ -145,6 +145,7 @@ class SelfAttention(MultiheadAttention):
             raise ValueError(f"--kv-heads {self.kv_heads} must divide the {num_heads} "
                              f"attention heads")
         kv_dim = self.kv_heads * self.head_dim
+        rebuilt = kv_dim != embed_dim or not qkv_bias or not out_bias
         if kv_dim != embed_dim or not qkv_bias:
             def linear(out_dim: int, bias: bool) -> nn.Module:
                 return quant_noise(nn.Linear(embed_dim, out_dim, bias=bias), q_noise,
@@ -156,7 +157,9 @@ class SelfAttention(MultiheadAttention):
         if not out_bias:
             self.out_proj = quant_noise(nn.Linear(embed_dim, embed_dim, bias=False), q_noise,
                                         qn_block_size)
-        self.reset_parameters()  # fairseq's initialisation of the rebuilt projections
+        if rebuilt:  # fairseq's initialisation of the rebuilt projections (only then: a
+            # fairseq-shaped layer draws its weights exactly as before)
+            self.reset_parameters()
 
     def extra_repr(self) -> str:
         return f"kv_heads={self.kv_heads}" if self.kv_heads != self.num_heads else ""

@@ -146,7 +146,8 @@ def test_incremental_decoding_equals_the_full_pass(data_bin, flags):
 
 
 def test_a_left_padded_row_scores_its_tokens_as_alone(data_bin):
-    """Rotary angles count the pad: only distances matter, so a shifted row agrees."""
+    """Rotary angles count the pad: only distances matter, so a shifted row agrees (to the
+    float32 precision of the angles, computed in float32 as transformers computes them)."""
     model, task = build(data_bin)
     perturb(model)
     model = model.double()
@@ -155,7 +156,7 @@ def test_a_left_padded_row_scores_its_tokens_as_alone(data_bin):
     padded = torch.cat([torch.full((1, 3), pad), tokens], dim=1)
     alone = model(tokens)[0]
     shifted = model(padded)[0][:, 3:]
-    torch.testing.assert_close(shifted, alone, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(shifted, alone, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("flags,match", [
