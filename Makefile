@@ -10,7 +10,7 @@ FAIRSEQ_DIST ?= fairseq-fixed==0.12.3.1
 DEMO_DIR ?= demo
 DEMO_UPDATES ?= 900
 
-.PHONY: install demo lint test test-fast fairseq-tests gpu-check clean
+.PHONY: install demo lint test test-fast fairseq-tests kernel-compile-check gpu-check clean
 
 install: $(STAMP)
 
@@ -70,6 +70,11 @@ test-fast: $(STAMP)
 # energy_lm: fails if the package breaks one that passes with bare fairseq (CI runs it)
 fairseq-tests: $(STAMP)
 	$(BIN)/python tools/fairseq_tests.py
+
+# Every paired-attention kernel launch compiled for A100 and H100 without a GPU (shared
+# memory, scratch, spills against tools/kernel_compile_baseline.json, tensor cores)
+kernel-compile-check: $(STAMP)
+	$(BIN)/python tools/kernel_compile_check.py
 
 # The GPU check (benchmarks/gpu_check.py): kernel tests compiled, kernel benchmark, the
 # MonArc/LM step on triton, triton vs reference training curves; exits 0 without CUDA.
