@@ -37,6 +37,7 @@ class Backend:
     auto_dtypes: Tuple[torch.dtype, ...] = ()
     dropout: bool = True
     grouped_heads: bool = False  # keys/values with fewer heads than the queries (GQA)
+    max_head_dim: Optional[int] = None  # the widest head it holds (None: any)
     requires: Optional[str] = None  # a module that must be importable
 
 
@@ -68,7 +69,7 @@ def check_name(name: str, flag: str) -> None:
 
 
 def auto_choice(device_type: str, dtype: torch.dtype, dropout_p: float,
-                grouped: bool = False) -> Tuple[str, str]:
+                grouped: bool = False, head_dim: int = 0) -> Tuple[str, str]:
     """(backend, why) that "auto" stands for: the first backend that declares it runs
     these tensors, else the exact reference (CPU, float64, attention dropout, grouped
     heads a kernel lacks, a backend whose module is missing)."""
@@ -80,6 +81,9 @@ def auto_choice(device_type: str, dtype: torch.dtype, dropout_p: float,
             why = f"{dtype} is not a {backend.name.capitalize()} kernel dtype"
         elif dropout_p > 0.0 and not backend.dropout:
             why = f"attention dropout (the {backend.name.capitalize()} kernel has none)"
+        elif backend.max_head_dim is not None and head_dim > backend.max_head_dim:
+            why = (f"head dim {head_dim} > {backend.max_head_dim} (the {backend.name.capitalize()} "
+                   f"kernel's widest)")
         elif grouped and not backend.grouped_heads:
             why = f"grouped key/value heads (the {backend.name.capitalize()} kernel has none)"
         elif backend.requires and importlib.util.find_spec(backend.requires) is None:
@@ -113,9 +117,11 @@ def _flex(*args):
 
 register(Backend("reference", paired_attention_reference, candidate_attention_reference,
                  grouped_heads=True))
+# max_head_dim: wider heads exceed a GPU's shared memory (fp32 D = 320: 397,568 B on
+# sm_80, limit 166,912; tools/kernel_compile_check.py)
 register(Backend("triton", _triton, _triton_candidates, auto_device_types=("cuda",),
                  auto_dtypes=(torch.float32, torch.bfloat16, torch.float16), dropout=False,
-                 grouped_heads=True, requires="triton"))
+                 grouped_heads=True, max_head_dim=256, requires="triton"))
 # FlexAttention: forward only on the CPU (torch 2.13); not chosen by auto (not yet run
 # on a GPU)
 register(Backend("flex", _flex, dropout=False, grouped_heads=True))

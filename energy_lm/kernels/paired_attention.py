@@ -30,7 +30,8 @@ def resolve_backend(backend: str, q: Tensor, dropout_p: float,
             raise LayoutError(f"the {backend} backend has no grouped key/value heads "
                               f"(--kv-heads); use the reference (auto picks it)")
     else:
-        chosen, why = backends.auto_choice(q.device.type, q.dtype, dropout_p, grouped)
+        chosen, why = backends.auto_choice(q.device.type, q.dtype, dropout_p, grouped,
+                                           q.size(-1))
         if chosen != "reference":
             entry = backends.get(chosen)
             if not self_check.backend_agrees(chosen, entry.full, entry.candidates, q.device,

@@ -16,8 +16,9 @@ stored and the K/V of a layer (and the candidates' own keys and values) stay H /
 times smaller than repeated heads would be); ALiBi in the modes "causal", "symmetric"
 and "shifted", computed in the kernel from the per-query-head (H,) slopes and the
 positions (no bias tensor in memory); packed documents (`segment_ids`); key padding; any
-M >= 0 (several candidates may share a position); any N >= 0; any head dim D (the tile
-is padded to the next power of two, at least 16, and masked); fp32, bf16 and fp16 inputs
+M >= 0 (several candidates may share a position); any N >= 0; head dims D up to 256 (the
+tile is padded to the next power of two, at least 16, and masked; wider heads are
+refused: they would not fit a GPU's shared memory); fp32, bf16 and fp16 inputs
 with fp32 scores, softmax and accumulation; gradients for q, k, v, q_c, k_c, v_c (none
 for the ALiBi slopes, which are not parameters). The backward is deterministic (no
 atomics).
@@ -53,11 +54,10 @@ the M candidate rows.
 Tested: only under the Triton CPU interpreter (TRITON_INTERPRET=1, Triton 3.9), against
 the reference in fp32, bf16 and fp16, forward and all six gradients, with equal heads
 and with 6 query heads on 2 or 1 key/value heads (tests/kernels/test_paired_triton.py).
-It has NOT been run on a GPU yet: the three kernels compile ahead of time to cubin for
-sm_80 and sm_90 (Triton's bundled ptxas; each dtype, four mask/ALiBi combinations,
-head-dim tiles 16/64/128/256, the tile sizes of `_config`; the grouped-heads kernels
-for sm_90 in bf16 and fp32, head-dim tiles 64/128, group 1 and > 1, and for sm_80 in
-bf16), but GPU results, speed and the tile sizes are unmeasured.
+It has NOT been run on a GPU yet: every launch the host code makes compiles for sm_80
+and sm_90 (`make kernel-compile-check`, tools/kernel_compile_check.py: shared memory,
+spills and tensor cores per kernel, dtype, head dim and grouping; docs/kernels-compile.md),
+but GPU results and speed are unmeasured.
 
 Caveats:
 - CPU tensors run only under the interpreter, and Triton reads TRITON_INTERPRET when a
@@ -84,6 +84,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from energy_lm.kernels import backends
 from energy_lm.kernels.layout import PairedLayout
 
 _ALIBI_CODES = {None: 0, "causal": 1, "symmetric": 2, "shifted": 3}
@@ -476,26 +477,53 @@ def _interpreting() -> bool:
     return all(isinstance(f, InterpretedFunction) for f in (_fwd_kernel, tl.cdiv))
 
 
-def _config(q: Tensor) -> dict:
-    """Compile-time switches and tile sizes shared by the three kernels.
+# GPU tiles (BLOCK_M, BLOCK_N, warps, stages) of 16-bit inputs, per target and kernel, for
+# D <= 64 and for 64 < D <= 128, chosen from ptxas reports (tools/kernel_compile_check.py;
+# docs/kernels-compile.md) as the largest tiles that spill no register with the heaviest
+# flag set (causal, ALiBi, segments, padding), with grouped heads or not. The forward
+# keeps 64 x 64 on 8 warps; the backward kernels hold two (BLOCK, D) fp32 accumulators (dk
+# and dv, or dq and the candidates' own-key terms) and spilled at 64 x 64 (dkdv 1,008 B
+# and dq 24-816 B on sm_80, dq 200-2,960 B on sm_90), so their tiles are narrower.
+_GPU_TILES = {
+    90: {"fwd": ((64, 64, 8, 3), (64, 64, 8, 3)), "dkdv": ((32, 64, 8, 3), (32, 64, 8, 3)),
+         "dq": ((32, 64, 8, 3), (32, 32, 8, 3))},
+    80: {"fwd": ((64, 64, 8, 3), (64, 64, 8, 3)), "dkdv": ((64, 32, 8, 3), (64, 32, 8, 3)),
+         "dq": ((32, 64, 8, 3), (16, 64, 8, 3))},
+}
 
-    GPU tiles are chosen from ptxas register/spill reports for sm_90 (no timing yet):
-    16-bit inputs with D <= 128 use 64 x 64 tiles on 8 warps (no spills for D <= 64);
-    fp32 (IEEE products, for checking rather than speed) and D > 128 use 32 x 32 tiles.
+
+def _target_arch(device: torch.device) -> int:
+    """The GPU's compute capability as 80, 90, ...; the compile check stands in for it."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
+def _config(q: Tensor, kernel: str = "fwd") -> dict:
+    """Compile-time switches, tile sizes and launch options of one kernel ("fwd", "dkdv"
+    or "dq") for q's device and dtype.
+
+    On the CPU (the interpreter) 32 x 32 tiles with upcast products (see the module
+    docstring). On a GPU, 16-bit inputs with D <= 128 take the tiles of `_GPU_TILES`
+    (sm_90 and later: the sm_90 row; earlier: the sm_80 row); fp32 (IEEE products, for
+    checking rather than speed) and D > 128 narrower tiles on two stages
+    (docs/kernels-compile.md has what each spills).
     """
     d = q.size(-1)
     block_d = max(16, triton.next_power_of_2(d))
     upcast = q.device.type == "cpu"  # the interpreter: see the module docstring
-    big = not upcast and q.dtype != torch.float32 and block_d <= 128
-    block = 64 if big else 32
-    return dict(UPCAST=upcast, PREC="ieee" if q.dtype == torch.float32 else "tf32",
-                BLOCK_M=block, BLOCK_N=block, BLOCK_D=block_d)
-
-
-def _launch_options(q: Tensor, cfg: dict) -> dict:
-    if q.device.type == "cpu":
-        return {}
-    return dict(num_warps=8 if cfg["BLOCK_M"] == 64 else 4)
+    cfg = dict(UPCAST=upcast, PREC="ieee" if q.dtype == torch.float32 else "tf32",
+               BLOCK_D=block_d)
+    if upcast:
+        return dict(cfg, BLOCK_M=32, BLOCK_N=32)
+    arch = _target_arch(q.device)
+    if q.dtype != torch.float32 and block_d <= 128:
+        narrow, wide = _GPU_TILES[90 if arch >= 90 else 80][kernel]
+        block_m, block_n, warps, stages = narrow if block_d <= 64 else wide
+    elif arch >= 90 and block_d <= 64:  # fp32: 32 x 32 spills nothing on sm_90 up to D = 64
+        block_m, block_n, warps, stages = 32, 32, 8, 2
+    else:  # fp32 wider heads, any D > 128: the narrowest tiles, two stages (shared memory)
+        block_m, block_n, warps, stages = 16, 32, 8, 2
+    return dict(cfg, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
 
 
 def _is_dense(t: Tensor) -> bool:
@@ -557,7 +585,7 @@ def _forward(q, k, v, q_c, k_c, v_c, aux, flags, with_data: bool):
     out = torch.empty_like(q) if with_data else None  # (B, H, N, D)
     out_c = torch.empty_like(q_c)  # (B, H, M, D)
     lse = torch.empty(b, h, n + m, device=k.device, dtype=torch.float32)
-    cfg = _config(k)
+    cfg = _config(k, "fwd")
     data_tiles = triton.cdiv(n, cfg["BLOCK_M"])
     first = 0 if with_data else data_tiles
     tiles = (data_tiles - first) + triton.cdiv(m, cfg["BLOCK_M"])
@@ -565,8 +593,7 @@ def _forward(q, k, v, q_c, k_c, v_c, aux, flags, with_data: bool):
         _fwd_kernel[(tiles, b * h)](q, k, v, q_c, k_c, v_c, *aux,
                                     out if with_data else out_c, out_c, lse,
                                     h, group, n, m, d, *_strides(q, k, q_c, k_c), d ** -0.5,
-                                    first, **flags, **cfg,
-                                    **_launch_options(k, cfg))
+                                    first, **flags, **cfg)
     elif n == 0:  # no data key: every candidate sees its own key alone
         out_c.unflatten(1, (h // group, group)).copy_(v_c.unsqueeze(2))  # (B, Hk, G, M, D)
     return out, out_c, lse
@@ -592,15 +619,15 @@ def _backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, aux, flags, d_out, d_out_
     dq = torch.empty_like(q) if with_data else None
     dk, dv = torch.empty_like(k), torch.empty_like(v)  # (B, Hk, N, D)
     dq_c, dk_c, dv_c = (torch.empty_like(t) for t in (q_c, k_c, v_c))
-    cfg = _config(k)
     scale = d ** -0.5
-    opts = _launch_options(k, cfg)
     strides = _strides(q, k, q_c, k_c)
     if n > 0:
+        cfg = _config(k, "dkdv")
         _bwd_dkdv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), b * hk)](
             q, k, v, q_c, d_out, d_out_c, lse, delta, *aux, dk, dv, h, group, n, m, d,
             *strides[:9], scale,
-            **flags, **cfg, WITH_DATA=with_data, **opts)
+            **flags, **cfg, WITH_DATA=with_data)
+        cfg = _config(k, "dq")
         data_tiles = triton.cdiv(n, cfg["BLOCK_M"])
         first = 0 if with_data else data_tiles
         tiles = (data_tiles - first) + triton.cdiv(m, cfg["BLOCK_M"])
@@ -608,7 +635,7 @@ def _backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, aux, flags, d_out, d_out_
             _bwd_dq_kernel[(tiles, b * hk)](
                 q, k, v, q_c, k_c, v_c, d_out, d_out_c, lse, delta, *aux,
                 dq if with_data else dq_c, dq_c, dk_c, dv_c, h, group, n, m, d, *strides,
-                scale, first, **flags, **cfg, **opts)
+                scale, first, **flags, **cfg)
     else:  # no data key: every candidate sees its own key alone, out_c = v_c
         dq_c.zero_(), dk_c.zero_()
         # dv_c sums d_out_c over each key/value head's query heads
@@ -686,6 +713,10 @@ def _check(q: Tensor, layout: PairedLayout, dropout_p: float) -> int:
     if q.dtype not in _SUPPORTED_DTYPES:
         raise ValueError(f"paired_attention_triton: dtype {q.dtype} is not supported "
                          f"(float32, bfloat16, float16); use backend='reference'")
+    limit = backends.get("triton").max_head_dim
+    if q.size(-1) > limit:
+        raise ValueError(f"paired_attention_triton: head dim {q.size(-1)} > {limit}: its tiles "
+                         f"would not fit a GPU's shared memory; use backend='reference'")
     if q.device.type == "cpu" and not _interpreting():
         raise ValueError("paired_attention_triton: CPU tensors need the Triton interpreter "
                          "(TRITON_INTERPRET=1 set before triton is first imported)")

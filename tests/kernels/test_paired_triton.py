@@ -448,3 +448,17 @@ def test_candidates_only_entry_matches_the_reference(name, b, h, kv, n, d, cand,
     for label, x, y in zip(["out_c", "dq_c", "dk_c", "dv_c", "dk", "dv"], got, want):
         assert x.shape == y.shape, label
         torch.testing.assert_close(x, y, atol=2e-5, rtol=1e-4, msg=lambda s, label=label: f"{label}: {s}")
+
+
+def test_a_head_wider_than_the_kernels_hold_is_refused_in_one_line_and_auto_falls_back():
+    """D > 256 would not fit a GPU's shared memory (tools/kernel_compile_check.py: fp32
+    D = 320 needs 397,568 B on sm_80): asked for, one line; auto takes the reference."""
+    from energy_lm.kernels import backends, paired_attention
+
+    cand_pos = torch.tensor([[0, 3]])
+    six, _, _ = paired_tensors(1, 2, 4, 264, cand_pos)
+    with pytest.raises(ValueError, match="head dim 264 > 256"):
+        paired_attention(*six, layout_of(cand_pos, 4, causal=False), backend="triton")
+    choice, why = backends.auto_choice("cuda", torch.bfloat16, 0.0, False, 264)
+    assert choice == "reference" and "head dim 264 > 256" in why
+    assert backends.auto_choice("cuda", torch.bfloat16, 0.0, False, 256)[0] == "triton"
