@@ -22,13 +22,19 @@ _logged_choices: Set[Tuple[str, str]] = set()
 
 def resolve_backend(backend: str, q: Tensor, dropout_p: float,
                     grouped: bool = False) -> backends.Backend:
-    """The backend a call runs: the one asked for (unchecked but for grouped heads), or
-    what "auto" stands for on q's device and dtype (the choice is logged once)."""
+    """The backend a call runs: the one asked for (unchecked but for grouped heads and its
+    widest head), or what "auto" stands for on q's device and dtype (the choice is logged
+    once)."""
     if backend != "auto":
         chosen, why = backends.get(backend).name, "asked for"
         if grouped and not backends.get(backend).grouped_heads:
             raise LayoutError(f"the {backend} backend has no grouped key/value heads "
                               f"(--kv-heads); use the reference (auto picks it)")
+        limit = backends.get(backend).max_head_dim
+        if limit is not None and q.size(-1) > limit:
+            raise LayoutError(f"the {backend} backend: head dim {q.size(-1)} > {limit}, its "
+                              f"tiles would not fit a GPU's shared memory; use the reference "
+                              f"(auto picks it)")
     else:
         chosen, why = backends.auto_choice(q.device.type, q.dtype, dropout_p, grouped,
                                            q.size(-1))

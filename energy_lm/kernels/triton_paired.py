@@ -84,7 +84,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from energy_lm.kernels import backends
 from energy_lm.kernels.layout import PairedLayout
 
 _ALIBI_CODES = {None: 0, "causal": 1, "symmetric": 2, "shifted": 3}
@@ -713,10 +712,6 @@ def _check(q: Tensor, layout: PairedLayout, dropout_p: float) -> int:
     if q.dtype not in _SUPPORTED_DTYPES:
         raise ValueError(f"paired_attention_triton: dtype {q.dtype} is not supported "
                          f"(float32, bfloat16, float16); use backend='reference'")
-    limit = backends.get("triton").max_head_dim
-    if q.size(-1) > limit:
-        raise ValueError(f"paired_attention_triton: head dim {q.size(-1)} > {limit}: its tiles "
-                         f"would not fit a GPU's shared memory; use backend='reference'")
     if q.device.type == "cpu" and not _interpreting():
         raise ValueError("paired_attention_triton: CPU tensors need the Triton interpreter "
                          "(TRITON_INTERPRET=1 set before triton is first imported)")
