@@ -77,9 +77,10 @@ Caveats:
   with candidates sorted by position (K per position, in order) get the most skipping.
 """
 
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -571,7 +572,8 @@ def _heads(q_c: Tensor, k: Tensor) -> Tuple[int, int]:
     return q_c.size(1), q_c.size(1) // k.size(1)
 
 
-def _forward(q, k, v, q_c, k_c, v_c, aux, flags, with_data: bool):
+def _forward(q, k, v, q_c, k_c, v_c, aux, flags, with_data: bool,
+             head_dim: Optional[int] = None):
     """Run the forward kernel, one program per (query tile, batch row, query head).
     with_data=False serves the candidate rows alone (q is then only a donor of k's
     strides: no data query is read and no data output written).
@@ -591,7 +593,8 @@ def _forward(q, k, v, q_c, k_c, v_c, aux, flags, with_data: bool):
     if n > 0 and tiles > 0:
         _fwd_kernel[(tiles, b * h)](q, k, v, q_c, k_c, v_c, *aux,
                                     out if with_data else out_c, out_c, lse,
-                                    h, group, n, m, d, *_strides(q, k, q_c, k_c), d ** -0.5,
+                                    h, group, n, m, d, *_strides(q, k, q_c, k_c),
+                                    (head_dim or d) ** -0.5,
                                     first, **flags, **cfg)
     elif n == 0:  # no data key: every candidate sees its own key alone
         out_c.unflatten(1, (h // group, group)).copy_(v_c.unsqueeze(2))  # (B, Hk, G, M, D)
@@ -599,7 +602,7 @@ def _forward(q, k, v, q_c, k_c, v_c, aux, flags, with_data: bool):
 
 
 def _backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, aux, flags, d_out, d_out_c,
-              with_data: bool):
+              with_data: bool, head_dim: Optional[int] = None):
     """The six gradients (dq None without data); see the derivation above the kernels.
     Both kernels run one program per (tile, batch row, key/value head), looping over the
     group's query heads."""
@@ -618,7 +621,7 @@ def _backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, aux, flags, d_out, d_out_
     dq = torch.empty_like(q) if with_data else None
     dk, dv = torch.empty_like(k), torch.empty_like(v)  # (B, Hk, N, D)
     dq_c, dk_c, dv_c = (torch.empty_like(t) for t in (q_c, k_c, v_c))
-    scale = d ** -0.5
+    scale = (head_dim or d) ** -0.5  # the true head dim's, whatever columns were padded
     strides = _strides(q, k, q_c, k_c)
     if n > 0:
         cfg = _config(k, "dkdv")
@@ -646,7 +649,8 @@ def _backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, aux, flags, d_out, d_out_
 
 class _PairedAttentionTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, q_c, k_c, v_c, cand_pos, causal, slopes, alibi_code, seg, pad):
+    def forward(ctx, q, k, v, q_c, k_c, v_c, cand_pos, causal, slopes, alibi_code, seg, pad,
+                head_dim):
         # one set of strides per stride set: q; k, v; q_c; k_c, v_c (no copy when the
         # layers' permuted views already agree, as they do)
         (q,), (k, v), (q_c,), (k_c, v_c) = (_stride_set(*ts) for ts in
@@ -654,39 +658,58 @@ class _PairedAttentionTriton(torch.autograd.Function):
         flags = dict(CAUSAL=causal, ALIBI=alibi_code, HAS_SEG=seg is not None,
                      HAS_PAD=pad is not None)
         aux = _aux_tensors(k, cand_pos, slopes, seg, pad)
-        out, out_c, lse = _forward(q, k, v, q_c, k_c, v_c, aux, flags, with_data=True)
+        out, out_c, lse = _forward(q, k, v, q_c, k_c, v_c, aux, flags, with_data=True,
+                                   head_dim=head_dim)
         ctx.save_for_backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, *aux)
-        ctx.flags = flags
+        ctx.flags, ctx.head_dim = flags, head_dim
         return out, out_c
 
     @staticmethod
     def backward(ctx, d_out, d_out_c):
         q, k, v, q_c, k_c, v_c, out, out_c, lse, *aux = ctx.saved_tensors
         grads = _backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, aux, ctx.flags,
-                          d_out, d_out_c, with_data=True)
-        return (*grads, None, None, None, None, None, None)
+                          d_out, d_out_c, with_data=True, head_dim=ctx.head_dim)
+        return (*grads, None, None, None, None, None, None, None)
 
 
 class _CandidateAttentionTriton(torch.autograd.Function):
     """The candidate rows alone: the data query tiles are neither run nor stored."""
 
     @staticmethod
-    def forward(ctx, q_c, k_c, v_c, k, v, cand_pos, causal, slopes, alibi_code, seg, pad):
+    def forward(ctx, q_c, k_c, v_c, k, v, cand_pos, causal, slopes, alibi_code, seg, pad,
+                head_dim):
         (k, v), (q_c,), (k_c, v_c) = (_stride_set(*ts) for ts in ((k, v), (q_c,), (k_c, v_c)))
         flags = dict(CAUSAL=causal, ALIBI=alibi_code, HAS_SEG=seg is not None,
                      HAS_PAD=pad is not None)
         aux = _aux_tensors(k, cand_pos, slopes, seg, pad)
-        _, out_c, lse = _forward(k, k, v, q_c, k_c, v_c, aux, flags, with_data=False)
+        _, out_c, lse = _forward(k, k, v, q_c, k_c, v_c, aux, flags, with_data=False,
+                                 head_dim=head_dim)
         ctx.save_for_backward(q_c, k_c, v_c, k, v, out_c, lse, *aux)
-        ctx.flags = flags
+        ctx.flags, ctx.head_dim = flags, head_dim
         return out_c
 
     @staticmethod
     def backward(ctx, d_out_c):
         q_c, k_c, v_c, k, v, out_c, lse, *aux = ctx.saved_tensors
         _, dk, dv, dq_c, dk_c, dv_c = _backward(k, k, v, q_c, k_c, v_c, None, out_c, lse, aux,
-                                                ctx.flags, None, d_out_c, with_data=False)
-        return dq_c, dk_c, dv_c, dk, dv, None, None, None, None, None, None
+                                                ctx.flags, None, d_out_c, with_data=False,
+                                                head_dim=ctx.head_dim)
+        return dq_c, dk_c, dv_c, dk, dv, None, None, None, None, None, None, None
+
+
+def _head_padding(d: int, device: torch.device) -> int:
+    """Zero columns that make a GPU head dim a multiple of 16: at other head dims every
+    kernel spills registers (D = 72: 24-1,304 B, while D = 80 spills none;
+    docs/kernels-compile.md). Zero columns add nothing to q . k and give zero output
+    columns, which are cut off; the scale stays that of the true D. The CPU interpreter
+    takes D as it is."""
+    return 0 if device.type == "cpu" or d % 16 == 0 else 16 - d % 16
+
+
+def _padded(tensors, extra: int) -> List[Tensor]:
+    """The tensors with `extra` zero columns on the head dim (differentiable: the
+    gradients of the real columns pass through)."""
+    return [F.pad(t, (0, extra)) for t in tensors] if extra else list(tensors)
 
 
 def _aux_tensors(q: Tensor, cand_pos: Tensor, slopes, seg, pad) -> Tuple[Tensor, ...]:
@@ -732,8 +755,12 @@ def paired_attention_triton(q: Tensor, k: Tensor, v: Tensor, q_c: Tensor, k_c: T
     `paired_attention`)."""
     code = _check(q, layout, dropout_p)
     cand_pos, causal, slopes, seg, pad = _layout_args(layout)
-    return _PairedAttentionTriton.apply(q, k, v, q_c, k_c, v_c, cand_pos, causal, slopes,
-                                        code, seg, pad)
+    d = q.size(-1)
+    extra = _head_padding(d, q.device)
+    q, k, v, q_c, k_c, v_c = _padded((q, k, v, q_c, k_c, v_c), extra)
+    out, out_c = _PairedAttentionTriton.apply(q, k, v, q_c, k_c, v_c, cand_pos, causal,
+                                              slopes, code, seg, pad, d)
+    return (out[..., :d], out_c[..., :d]) if extra else (out, out_c)
 
 
 def candidate_attention_triton(q_c: Tensor, k_c: Tensor, v_c: Tensor, k: Tensor, v: Tensor,
@@ -743,5 +770,9 @@ def candidate_attention_triton(q_c: Tensor, k_c: Tensor, v_c: Tensor, k: Tensor,
     with H or Hk heads)."""
     code = _check(k, layout, dropout_p)
     cand_pos, causal, slopes, seg, pad = _layout_args(layout)
-    return _CandidateAttentionTriton.apply(q_c, k_c, v_c, k, v, cand_pos, causal, slopes,
-                                           code, seg, pad)
+    d = q_c.size(-1)
+    extra = _head_padding(d, q_c.device)
+    q_c, k_c, v_c, k, v = _padded((q_c, k_c, v_c, k, v), extra)
+    out_c = _CandidateAttentionTriton.apply(q_c, k_c, v_c, k, v, cand_pos, causal, slopes,
+                                            code, seg, pad, d)
+    return out_c[..., :d] if extra else out_c

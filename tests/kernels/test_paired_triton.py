@@ -462,3 +462,48 @@ def test_a_head_wider_than_the_kernels_hold_is_refused_in_one_line_and_auto_fall
     choice, why = backends.auto_choice("cuda", torch.bfloat16, 0.0, False, 264)
     assert choice == "reference" and "head dim 264 > 256" in why
     assert backends.auto_choice("cuda", torch.bfloat16, 0.0, False, 256)[0] == "triton"
+
+
+@pytest.mark.parametrize("candidates_only", [False, True])
+def test_a_head_dim_off_sixteen_is_padded_as_on_a_gpu_and_stays_exact(monkeypatch, candidates_only):
+    """On a GPU a head dim that is not a multiple of 16 runs with zero columns added (the
+    kernels spill registers otherwise: docs/kernels-compile.md); here the CPU takes the
+    GPU's path, and forward and all gradients still equal the reference's, the scale being
+    the true D's."""
+    calls = []
+
+    def padding(d, device):
+        calls.append(d)
+        return 0 if d % 16 == 0 else 16 - d % 16
+
+    monkeypatch.setattr(triton_paired, "_head_padding", padding)
+    cand_pos = torch.tensor([[0, 5, 5, 9], [3, 1, 9, 2]])
+    six, seg, pad = paired_tensors(2, 6, 9, 24, cand_pos, "both", kv_heads=2, seed=4)
+    layout = layout_of(cand_pos, 9, causal=True, alibi_slopes=alibi_slopes(6),
+                       segment_ids=seg, key_padding_mask=pad)
+    g = torch.Generator().manual_seed(2)
+    up = torch.randn(2, 6, 4, 24, generator=g)
+
+    def run(fn):
+        leaves = [t.detach().clone().requires_grad_() for t in six]
+        if candidates_only:
+            q, k, v, q_c, k_c, v_c = leaves
+            out_c = fn(q_c, k_c, v_c, k, v)
+        else:
+            out_c = fn(*leaves)[1]
+        (out_c * up).sum().backward()
+        return out_c.detach(), [t.grad if t.grad is not None else torch.zeros_like(t)
+                                for t in leaves]
+
+    if candidates_only:
+        from energy_lm.kernels.reference import candidate_attention_reference as ref_fn
+        got = run(lambda *a: triton_paired.candidate_attention_triton(*a, layout))
+        want = run(lambda *a: ref_fn(*a, layout))
+    else:
+        got = run(lambda *a: triton_paired.paired_attention_triton(*a, layout))
+        want = run(lambda *a: paired_attention_reference(*a, layout))
+    assert calls and calls[0] == 24  # the padded path ran (24 -> 32 columns)
+    torch.testing.assert_close(got[0], want[0], atol=2e-5, rtol=1e-4)
+    for a, b in zip(got[1], want[1]):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
