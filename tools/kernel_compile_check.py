@@ -220,6 +220,10 @@ def main(argv=None) -> int:
     parser.add_argument("--record-baseline", action="store_true",
                         help="write today's spills as the allowed ones (after a reviewed change)")
     args = parser.parse_args(argv)
+    # before Triton is imported, here and in the workers (they inherit the environment)
+    os.environ.pop("TRITON_INTERPRET", None)  # real compilation, whatever the caller set
+    os.environ.setdefault("TRITON_CACHE_DIR", str(ROOT / ".cache" / "triton-compile-check"))
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     baseline = json.loads(BASELINE.read_text()) if BASELINE.is_file() else {}
     dtypes = ("bfloat16", "float32") if args.quick else DTYPES
     dims = HEAD_DIMS
@@ -250,10 +254,6 @@ def main(argv=None) -> int:
     return 0
 
 
-# set before Triton is imported, in this process and in the workers it spawns
-os.environ.pop("TRITON_INTERPRET", None)  # real compilation, whatever the caller set
-os.environ.setdefault("TRITON_CACHE_DIR", str(ROOT / ".cache" / "triton-compile-check"))
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 sys.path.insert(0, str(ROOT))
 
 if __name__ == "__main__":
