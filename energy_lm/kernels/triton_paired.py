@@ -28,13 +28,13 @@ reference backend); float64 (raises ValueError: use the reference backend).
 
 Design: one query index space [data queries (N); candidate queries (M)] cut into tiles
 of BLOCK_M rows (a tile holds one stream only). The forward runs one program per (query
-tile, batch * query head), reading its key/value head; it starts the online softmax of a
+tile, query head, batch row), reading its key/value head; it starts the online softmax of a
 candidate row from its own-key score (max = that score, sum = 1, accumulator = v_c),
 then streams the data key tiles, so the own key is the one extra score of the row;
 causal programs stop after the last key tile any of their rows can see. It stores the
 output and the base-2 log-sum-exp of each row (+inf for a row that sees no key, so that
 its recomputed probabilities are all 0). The backward recomputes the probabilities and
-runs one program per (tile, batch * key/value head), which loops over the H / Hk query
+runs one program per (tile, key/value head, batch row), which loops over the H / Hk query
 heads that read that head (one head when Hk = H), so each sum over a group is owned by
 one program (no atomics): one kernel per data key tile accumulates dK, dV over the data
 query tiles and then over the candidate query tiles of every query head of the group
@@ -215,9 +215,11 @@ def _fwd_kernel(Q, K, V, QC, KC, VC, CP, SEG, PAD, SLOPES, O, OC, LSE,
                 HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0) + first_tile  # first_tile > 0: candidate tiles only
-    bh = tl.program_id(1).to(tl.int64)  # (batch row, query head)
-    b = bh // H
-    h = bh % H
+    # heads and batch rows on axes 1 and 2 (each may hold 65,535 on a GPU; their product,
+    # one axis before, could not)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    bh = b * H + h  # (batch row, query head)
     hk = h // GROUP  # the key/value head it reads
     is_cand, local, row_ok, pos, offs_d, d_ok, row_mask, seg_q = _query_tile(
         pid_m, b, N, M, D, CP, SEG, CAUSAL, HAS_SEG, BLOCK_M, BLOCK_D)
@@ -345,10 +347,8 @@ def _bwd_dkdv_kernel(Q, K, V, QC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPES, DK,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                      WITH_DATA: tl.constexpr):
     pid_n = tl.program_id(0)
-    bhk = tl.program_id(1).to(tl.int64)  # (batch row, key/value head)
-    HK = H // GROUP
-    b = bhk // HK
-    hk = bhk % HK
+    hk = tl.program_id(1).to(tl.int64)  # the key/value head
+    b = tl.program_id(2).to(tl.int64)  # the batch row
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -393,10 +393,8 @@ def _bwd_dq_kernel(Q, K, V, QC, KC, VC, DO, DOC, LSE, DELTA, CP, SEG, PAD, SLOPE
                    HAS_PAD: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0) + first_tile  # first_tile > 0: candidate tiles only
-    bhk = tl.program_id(1).to(tl.int64)  # (batch row, key/value head)
-    HK = H // GROUP
-    b = bhk // HK
-    hk = bhk % HK
+    hk = tl.program_id(1).to(tl.int64)  # the key/value head
+    b = tl.program_id(2).to(tl.int64)  # the batch row
     is_cand, local, row_ok, pos, offs_d, d_ok, row_mask, seg_q = _query_tile(
         pid_m, b, N, M, D, CP, SEG, CAUSAL, HAS_SEG, BLOCK_M, BLOCK_D)
     own = _offsets(b, hk, local, offs_d, SKC_B, SKC_H, SKC_T)  # candidate rows' own keys
@@ -591,7 +589,7 @@ def _forward(q, k, v, q_c, k_c, v_c, aux, flags, with_data: bool,
     first = 0 if with_data else data_tiles
     tiles = (data_tiles - first) + triton.cdiv(m, cfg["BLOCK_M"])
     if n > 0 and tiles > 0:
-        _fwd_kernel[(tiles, b * h)](q, k, v, q_c, k_c, v_c, *aux,
+        _fwd_kernel[(tiles, h, b)](q, k, v, q_c, k_c, v_c, *aux,
                                     out if with_data else out_c, out_c, lse,
                                     h, group, n, m, d, *_strides(q, k, q_c, k_c),
                                     (head_dim or d) ** -0.5,
@@ -625,7 +623,7 @@ def _backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, aux, flags, d_out, d_out_
     strides = _strides(q, k, q_c, k_c)
     if n > 0:
         cfg = _config(k, "dkdv")
-        _bwd_dkdv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), b * hk)](
+        _bwd_dkdv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), hk, b)](
             q, k, v, q_c, d_out, d_out_c, lse, delta, *aux, dk, dv, h, group, n, m, d,
             *strides[:9], scale,
             **flags, **cfg, WITH_DATA=with_data)
@@ -634,7 +632,7 @@ def _backward(q, k, v, q_c, k_c, v_c, out, out_c, lse, aux, flags, d_out, d_out_
         first = 0 if with_data else data_tiles
         tiles = (data_tiles - first) + triton.cdiv(m, cfg["BLOCK_M"])
         if tiles > 0:
-            _bwd_dq_kernel[(tiles, b * hk)](
+            _bwd_dq_kernel[(tiles, hk, b)](
                 q, k, v, q_c, k_c, v_c, d_out, d_out_c, lse, delta, *aux,
                 dq if with_data else dq_c, dq_c, dk_c, dv_c, h, group, n, m, d, *strides,
                 scale, first, **flags, **cfg)
@@ -727,6 +725,9 @@ def _aux_tensors(q: Tensor, cand_pos: Tensor, slopes, seg, pad) -> Tuple[Tensor,
 # --------------------------------------------------------------------------- public
 
 
+_GRID_AXIS_LIMIT = 65_535  # CUDA's grid axes 1 and 2 (heads, batch rows)
+
+
 def _check(q: Tensor, layout: PairedLayout, dropout_p: float) -> int:
     """Refuse what the kernels do not do; return the ALiBi code."""
     if dropout_p > 0.0:
@@ -735,6 +736,9 @@ def _check(q: Tensor, layout: PairedLayout, dropout_p: float) -> int:
     if q.dtype not in _SUPPORTED_DTYPES:
         raise ValueError(f"paired_attention_triton: dtype {q.dtype} is not supported "
                          f"(float32, bfloat16, float16); use backend='reference'")
+    if q.size(0) > _GRID_AXIS_LIMIT or q.size(1) > _GRID_AXIS_LIMIT:
+        raise ValueError(f"paired_attention_triton: {q.size(0)} batch rows x {q.size(1)} heads: "
+                         f"a GPU grid axis holds {_GRID_AXIS_LIMIT} of each; split the batch")
     if q.device.type == "cpu" and not _interpreting():
         raise ValueError("paired_attention_triton: CPU tensors need the Triton interpreter "
                          "(TRITON_INTERPRET=1 set before triton is first imported)")

@@ -507,3 +507,13 @@ def test_a_head_dim_off_sixteen_is_padded_as_on_a_gpu_and_stays_exact(monkeypatc
     for a, b in zip(got[1], want[1]):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+def test_a_batch_beyond_a_gpu_grid_axis_is_refused_in_one_line():
+    """Heads and batch rows are grid axes 1 and 2 (B * H may exceed 65,535; each alone
+    may not): a larger batch stops before any launch."""
+    cand_pos = torch.zeros(65_536, 1, dtype=torch.long)
+    six = [torch.zeros(65_536, 1, 1, 16) for _ in range(6)]
+    layout = layout_of(cand_pos, 1, causal=False)
+    with pytest.raises(ValueError, match="65536 batch rows x 1 heads: a GPU grid axis holds 65535"):
+        triton_paired.paired_attention_triton(*six, layout)
