@@ -103,16 +103,20 @@ class PairedLayout:
             if t is not None and t.shape != (b, n):
                 raise LayoutError(f"{name} must have shape (B, N) = {(b, n)}, got "
                                   f"{tuple(t.shape)}")
-        # the range check reads values: free on the CPU, a host sync on an accelerator,
-        # where training must not wait for it (there an out-of-range index fails in the
-        # kernel); once per layout, not once per layer
+        # the range check reads values: free on the CPU (one line), a host sync on an
+        # accelerator, where training must not wait for it: there a device-side assert
+        # that fails the next synchronising call (a kernel would otherwise read out of
+        # bounds silently); once per layout, not once per layer
+        top = n + 1 if causal else n  # causal: p = N scores the target after the last token
         if cand_pos.numel() > 0 and cand_pos.device.type == "cpu":
             lo, hi = int(cand_pos.min()), int(cand_pos.max())
-            top = n + 1 if causal else n  # causal: p = N scores the target after the last token
             if lo < 0 or hi >= top:
                 raise LayoutError(f"cand_pos must lie in [0, {top}) "
                                   f"({'causal: p <= N' if causal else 'p < N'}), got values "
                                   f"in [{lo}, {hi}]")
+        elif cand_pos.numel() > 0 and cand_pos.device.type != "meta":
+            torch._assert_async(((cand_pos >= 0) & (cand_pos < top)).all(),
+                                f"cand_pos must lie in [0, {top})")
         return cls(cand_pos, n, bool(causal), alibi, segment_ids, key_padding_mask)
 
     @property
