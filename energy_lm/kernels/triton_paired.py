@@ -496,16 +496,24 @@ def _target_arch(device: torch.device) -> int:
     return 10 * major + minor
 
 
+def _gpu_tiles(dtype: torch.dtype, block_d: int, arch: int, kernel: str) -> tuple:
+    """(BLOCK_M, BLOCK_N, warps, stages) of one kernel on a GPU of compute capability
+    `arch`: 16-bit inputs with D <= 128 take the tiles of `_GPU_TILES` (sm_90 and later:
+    the sm_90 row; earlier: the sm_80 row); fp32 (IEEE products, for checking rather than
+    speed) and D > 128 narrower tiles on two stages (docs/kernels-compile.md has what each
+    spills)."""
+    if dtype != torch.float32 and block_d <= 128:
+        narrow, wide = _GPU_TILES[90 if arch >= 90 else 80][kernel]
+        return narrow if block_d <= 64 else wide
+    if arch >= 90 and block_d <= 64:  # fp32: 32 x 32 spills nothing on sm_90 up to D = 64
+        return 32, 32, 8, 2
+    return 16, 32, 8, 2  # fp32 wider heads, any D > 128: the narrowest tiles, two stages
+
+
 def _config(q: Tensor, kernel: str = "fwd") -> dict:
     """Compile-time switches, tile sizes and launch options of one kernel ("fwd", "dkdv"
-    or "dq") for q's device and dtype.
-
-    On the CPU (the interpreter) 32 x 32 tiles with upcast products (see the module
-    docstring). On a GPU, 16-bit inputs with D <= 128 take the tiles of `_GPU_TILES`
-    (sm_90 and later: the sm_90 row; earlier: the sm_80 row); fp32 (IEEE products, for
-    checking rather than speed) and D > 128 narrower tiles on two stages
-    (docs/kernels-compile.md has what each spills).
-    """
+    or "dq") for q's device and dtype: on the CPU (the interpreter) 32 x 32 tiles with
+    upcast products (see the module docstring), on a GPU those of `_gpu_tiles`."""
     d = q.size(-1)
     block_d = max(16, triton.next_power_of_2(d))
     upcast = q.device.type == "cpu"  # the interpreter: see the module docstring
@@ -513,14 +521,8 @@ def _config(q: Tensor, kernel: str = "fwd") -> dict:
                BLOCK_D=block_d)
     if upcast:
         return dict(cfg, BLOCK_M=32, BLOCK_N=32)
-    arch = _target_arch(q.device)
-    if q.dtype != torch.float32 and block_d <= 128:
-        narrow, wide = _GPU_TILES[90 if arch >= 90 else 80][kernel]
-        block_m, block_n, warps, stages = narrow if block_d <= 64 else wide
-    elif arch >= 90 and block_d <= 64:  # fp32: 32 x 32 spills nothing on sm_90 up to D = 64
-        block_m, block_n, warps, stages = 32, 32, 8, 2
-    else:  # fp32 wider heads, any D > 128: the narrowest tiles, two stages (shared memory)
-        block_m, block_n, warps, stages = 16, 32, 8, 2
+    block_m, block_n, warps, stages = _gpu_tiles(q.dtype, block_d, _target_arch(q.device),
+                                                 kernel)
     return dict(cfg, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
 
 

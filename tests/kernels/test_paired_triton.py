@@ -517,3 +517,44 @@ def test_a_batch_beyond_a_gpu_grid_axis_is_refused_in_one_line():
     layout = layout_of(cand_pos, 1, causal=False)
     with pytest.raises(ValueError, match="65536 batch rows x 1 heads: a GPU grid axis holds 65535"):
         triton_paired.paired_attention_triton(*six, layout)
+
+
+GPU_CONFIGS = [(arch, dtype, d) for arch in (80, 90) for dtype in (torch.float32, torch.bfloat16)
+               for d in (24, 128)]
+
+
+@pytest.mark.parametrize("arch,dtype,d", GPU_CONFIGS,
+                         ids=[f"sm{a}-{str(t)[6:]}-D{d}" for a, t, d in GPU_CONFIGS])
+def test_the_gpu_tiles_run_here_and_match_the_reference(monkeypatch, arch, dtype, d):
+    """Each GPU's tile sizes (per kernel: 64 x 64, 32 x 64, 64 x 32, 32 x 32, 16 x 64,
+    16 x 32; `_gpu_tiles`) run in the interpreter, so their masks and tile boundaries
+    (odd N and M, a partial last tile) have executed before a GPU sees them. fp32 runs
+    the GPU's own products (no upcast); bf16 keeps the interpreter's upcast (it cannot
+    multiply bf16 tiles). Against the float64 reference: fp32 2e-5, bf16 5e-2."""
+    def gpu_config(q, kernel="fwd"):
+        block_d = max(16, triton.next_power_of_2(q.size(-1)))
+        block_m, block_n, _, _ = triton_paired._gpu_tiles(q.dtype, block_d, arch, kernel)
+        return dict(UPCAST=q.dtype != torch.float32,
+                    PREC="ieee" if q.dtype == torch.float32 else "tf32",
+                    BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n)
+
+    monkeypatch.setattr(triton_paired, "_config", gpu_config)
+    cand_pos = torch.tensor([[0, 36, 5, 5, 37, 12, 1, 30, 9, 22, 37],
+                             [3, 1, 9, 2, 37, 0, 0, 17, 33, 8, 4]])
+    six, seg, pad = paired_tensors(2, 4, 37, d, cand_pos, "both", dtype=dtype, kv_heads=2, seed=6)
+    layout = layout_of(cand_pos, 37, causal=True, alibi_slopes=alibi_slopes(4),
+                       segment_ids=seg, key_padding_mask=pad)
+    g = torch.Generator().manual_seed(3)
+    ups = (torch.randn(2, 4, 37, d, generator=g), torch.randn(2, 4, 11, d, generator=g))
+
+    def run(fn):
+        leaves = [t.detach().clone().requires_grad_() for t in six]
+        out, out_c = fn(*leaves)
+        ((out.float() * ups[0]).sum() + (out_c.float() * ups[1]).sum()).backward()
+        return [out.float(), out_c.float()] + [t.grad.float() for t in leaves]
+
+    got = run(lambda *a: triton_paired.paired_attention_triton(*a, layout))
+    want = run(lambda *a: paired_attention_reference(*[t.double() for t in a], layout))
+    tol = 2e-5 if dtype == torch.float32 else 5e-2
+    for name, a, b in zip(["out", "out_c", "dq", "dk", "dv", "dq_c", "dk_c", "dv_c"], got, want):
+        torch.testing.assert_close(a, b.float(), atol=tol, rtol=tol, msg=lambda m, n=name: f"{n}: {m}")
