@@ -223,7 +223,6 @@ def main(argv=None) -> int:
     # before Triton is imported, here and in the workers (they inherit the environment)
     os.environ.pop("TRITON_INTERPRET", None)  # real compilation, whatever the caller set
     os.environ.setdefault("TRITON_CACHE_DIR", str(ROOT / ".cache" / "triton-compile-check"))
-    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     baseline = json.loads(BASELINE.read_text()) if BASELINE.is_file() else {}
     dtypes = ("bfloat16", "float32") if args.quick else DTYPES
     dims = HEAD_DIMS

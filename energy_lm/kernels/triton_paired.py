@@ -523,7 +523,10 @@ def _config(q: Tensor, kernel: str = "fwd") -> dict:
         return dict(cfg, BLOCK_M=32, BLOCK_N=32)
     block_m, block_n, warps, stages = _gpu_tiles(q.dtype, block_d, _target_arch(q.device),
                                                  kernel)
-    return dict(cfg, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+    # fused multiply-adds stated, not left to Triton's default (on in 3.9, off from 3.10):
+    # the kernels were compiled and checked with them (tools/kernel_compile_check.py)
+    return dict(cfg, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
+                enable_fp_fusion=True)
 
 
 def _is_dense(t: Tensor) -> bool:
