@@ -290,6 +290,8 @@ def test_permuted_inputs_are_read_through_their_strides(fused, kv_heads):
     and all six gradients, with an upstream gradient laid out unlike the outputs."""
     six, cand_pos, seg, pad = make_case(2, 2, 37, 24, 19, "both", causal=True,
                                         kv_heads=kv_heads)
+    six = [t.to(DEVICE) for t in six]  # the kernels' device (CUDA when there is one)
+    cand_pos, seg, pad = (t.to(DEVICE) for t in (cand_pos, seg, pad))
     views = [_as_layers_hand_them(t, fused=fused and i == 1) for i, t in enumerate(six)]
     assert not any(t.is_contiguous() for t in views)
     leaves = [t.detach().requires_grad_() for t in views]
@@ -479,10 +481,11 @@ def test_a_head_dim_off_sixteen_is_padded_as_on_a_gpu_and_stays_exact(monkeypatc
     monkeypatch.setattr(triton_paired, "_head_padding", padding)
     cand_pos = torch.tensor([[0, 5, 5, 9], [3, 1, 9, 2]])
     six, seg, pad = paired_tensors(2, 6, 9, 24, cand_pos, "both", kv_heads=2, seed=4)
-    layout = layout_of(cand_pos, 9, causal=True, alibi_slopes=alibi_slopes(6),
+    six, cand_pos, seg, pad = [t.to(DEVICE) for t in six], *(t.to(DEVICE) for t in (cand_pos, seg, pad))
+    layout = layout_of(cand_pos, 9, causal=True, alibi_slopes=alibi_slopes(6).to(DEVICE),
                        segment_ids=seg, key_padding_mask=pad)
     g = torch.Generator().manual_seed(2)
-    up = torch.randn(2, 6, 4, 24, generator=g)
+    up = torch.randn(2, 6, 4, 24, generator=g).to(DEVICE)
 
     def run(fn):
         leaves = [t.detach().clone().requires_grad_() for t in six]
@@ -542,10 +545,11 @@ def test_the_gpu_tiles_run_here_and_match_the_reference(monkeypatch, arch, dtype
     cand_pos = torch.tensor([[0, 36, 5, 5, 37, 12, 1, 30, 9, 22, 37],
                              [3, 1, 9, 2, 37, 0, 0, 17, 33, 8, 4]])
     six, seg, pad = paired_tensors(2, 4, 37, d, cand_pos, "both", dtype=dtype, kv_heads=2, seed=6)
-    layout = layout_of(cand_pos, 37, causal=True, alibi_slopes=alibi_slopes(4),
+    six, cand_pos, seg, pad = [t.to(DEVICE) for t in six], *(t.to(DEVICE) for t in (cand_pos, seg, pad))
+    layout = layout_of(cand_pos, 37, causal=True, alibi_slopes=alibi_slopes(4).to(DEVICE),
                        segment_ids=seg, key_padding_mask=pad)
     g = torch.Generator().manual_seed(3)
-    ups = (torch.randn(2, 4, 37, d, generator=g), torch.randn(2, 4, 11, d, generator=g))
+    ups = tuple(torch.randn(2, 4, n, d, generator=g).to(DEVICE) for n in (37, 11))
 
     def run(fn):
         leaves = [t.detach().clone().requires_grad_() for t in six]
