@@ -90,8 +90,10 @@ def main(argv=None) -> int:
     sections = [f"# GPU check on {name} (torch {torch.__version__})\n"]
     python = sys.executable
     env = {"TRITON_INTERPRET": "0"}
-    sections.append(part("1. kernel tests, compiled", [python, "-m", "pytest", "-q", "-x",
-                                                          "tests/kernels"], 900, env))
+    # every kernel test, and a line per failure (no -x: one failure must not hide the rest)
+    sections.append(part("1. kernel tests, compiled", [python, "-m", "pytest", "-q", "-rfE",
+                                                          "--tb=line", "tests/kernels"],
+                         900, env))
     sections.append(part("2. paired attention, bf16", [python, "benchmarks/paired_attention.py",
                                                        "--step-arch", "none"], 900))
     sections.append(part("3. MonArc / LM step, 12 x 768, N = 1024, triton",
