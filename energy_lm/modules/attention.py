@@ -195,11 +195,13 @@ class SelfAttention(MultiheadAttention):
         saved = self._get_input_buffer(incremental_state) if incremental_state is not None else {}
         if self.rotary is not None:
             if isinstance(stage, CandidateStage):
-                positions = stage.rotary_pos  # (B, M)
+                positions = stage.rotary_pos  # (B, M), each <= N (validated by the layout)
+                bound = stage.layout.num_data + 1
             else:  # this call's tokens follow the cached ones (row index, padding counted)
                 start = saved["prev_key"].size(2) if "prev_key" in saved else 0
                 positions = torch.arange(start, start + tq, device=q.device)
-            q, k = self.rotary(q, positions), self.rotary(k, positions)
+                bound = start + tq
+            q, k = self.rotary(q, positions, bound), self.rotary(k, positions, bound)
 
         if isinstance(stage, CandidateStage):  # query is the candidate stream (M, B, C)
             stage.keep(self, k, v)

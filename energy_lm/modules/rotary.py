@@ -14,7 +14,7 @@ One `Rotary` is shared by every attention layer of a model; its (cos, sin) table
 grown on demand and kept per device and dtype.
 """
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -61,13 +61,17 @@ class Rotary(nn.Module):
             self._tables[key] = cached
         return cached
 
-    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x (B, H, T, D) rotated at positions: (T,) shared by the batch, or (B, T)."""
+    def forward(self, x: Tensor, positions: Tensor, bound: Optional[int] = None) -> Tensor:
+        """x (B, H, T, D) rotated at positions: (T,) shared by the batch, or (B, T), each in
+        [0, bound). The model passes the bound it knows (no read of the positions: on a
+        GPU that read would wait for the device in every layer); without one it is read."""
         if positions.numel() == 0:
             return x
-        if positions.min() < 0:
-            raise ValueError("rotary positions must be >= 0")
-        cos, sin = self._table(int(positions.max()) + 1, x.device, x.dtype)
+        if bound is None:
+            if positions.min() < 0:
+                raise ValueError("rotary positions must be >= 0")
+            bound = int(positions.max()) + 1
+        cos, sin = self._table(bound, x.device, x.dtype)
         cos, sin = cos[positions], sin[positions]  # (T, dims) or (B, T, dims)
         if positions.dim() == 2:
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, dims)
