@@ -4,7 +4,7 @@ folded), the head's rows (a CLAP head's beta * normalize(E), a linear or tied he
 fresh head energy-lm-add-head would give a headless model, and head rows that give a token
 probability 0 behind a LayerNorm (GPT-2 has no head bias)."""
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -56,3 +56,21 @@ def absent_head_rows(norm_weight: Tensor, norm_bias: Tensor, rows: int) -> Tenso
                           "dictionary row cannot be given probability 0")
     row = (ABSENT_LOGIT / total) / g
     return row.to(norm_weight.dtype).expand(rows, -1).clone()
+
+
+def trunk_refusals(trunk, args, mode: str) -> List[str]:
+    """What no rotary stock class (Llama, Qwen2, StableLM, GPT-NeoX) represents, whatever
+    the family: post-norm layers, a width projection, an embedding norm, a handicapped
+    proposal, a fresh head for a headless model."""
+    found = []
+    if not args.decoder_normalize_before:
+        found.append("post-norm layers")
+    if trunk.project_in_dim is not None or trunk.project_out_dim is not None:
+        found.append("a projection between the embedding width and the layers' width")
+    if trunk.layernorm_embedding is not None:
+        found.append("an embedding norm (--layernorm-embedding)")
+    if float(getattr(args, "proposal_uniform_mix", 0.0) or 0.0):
+        found.append("--proposal-uniform-mix (a handicapped proposal, for tests)")
+    if mode == "add_head":
+        found.append("--mode add_head (a CWT model of this architecture; not yet)")
+    return found

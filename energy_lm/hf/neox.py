@@ -20,7 +20,7 @@ from torch import Tensor
 from energy_lm.data.hf_vocabulary import VocabularyMap
 from energy_lm.hf import gpt2
 from energy_lm.hf.errors import BridgeError
-from energy_lm.hf.fairseq_heads import input_rows, output_rows
+from energy_lm.hf.fairseq_heads import input_rows, output_rows, trunk_refusals
 from energy_lm.hf.unsupported import refuse
 
 CLASSES = ("GPTNeoXForCausalLM",)
@@ -140,19 +140,10 @@ def export(model, args, index: Tensor, specials: Dict[str, int], absent: int, mo
         reasons.append("grouped key/value heads")
     if args.activation_fn not in gpt2.TO_HF_ACTIVATION:
         reasons.append(f"activation {args.activation_fn}")
-    if not args.decoder_normalize_before:
-        reasons.append("post-norm layers")
-    if dec.project_in_dim is not None or dec.project_out_dim is not None:
-        reasons.append("a projection between the embedding width and the layers' width")
-    if dec.layernorm_embedding is not None:
-        reasons.append("an embedding norm (--layernorm-embedding)")
-    if float(getattr(args, "proposal_uniform_mix", 0.0) or 0.0):
-        reasons.append("--proposal-uniform-mix (a handicapped proposal, for tests)")
+    reasons += trunk_refusals(dec, args, mode)
     if absent:
         reasons.append(f"{absent} BPE tokens without a dictionary row (prepare the data with "
                        f"energy-lm-prepare --tokenizer-from, which gives every token a row)")
-    if mode == "add_head":
-        reasons.append("--mode add_head (a CWT model of this architecture; not yet)")
     if reasons:
         raise BridgeError("GPTNeoXForCausalLM cannot represent " + "; ".join(reasons))
     layers, d = len(dec.layers), dec.embed_dim
