@@ -41,45 +41,35 @@ def roberta_import(tmp_path_factory):
     return source, root / "src", root / "out"
 
 
+def _imported(tmp_path_factory, name: str, save):
+    """(source model, its folder, the imported folder) of the model `save` writes."""
+    from energy_lm.hf.from_hf import convert
+
+    root = tmp_path_factory.mktemp(name)
+    source = save(root / "src")
+    convert(str(root / "src"), root / "out")
+    return source, root / "src", root / "out"
+
+
 @pytest.fixture(scope="module")
 def llama_import(tmp_path_factory):
     """A LlamaForCausalLM (untied, grouped heads, rope base 500) imported."""
-    from energy_lm.hf.from_hf import convert
-
-    root = tmp_path_factory.mktemp("llama")
-    source = save_llama(root / "src")
-    convert(str(root / "src"), root / "out")
-    return source, root / "src", root / "out"
+    return _imported(tmp_path_factory, "llama", save_llama)
 
 
 @pytest.fixture(scope="module")
 def qwen2_import(tmp_path_factory):
     """A Qwen2ForCausalLM (tied, q/k/v biases, grouped heads) imported."""
-    from energy_lm.hf.from_hf import convert
-
-    root = tmp_path_factory.mktemp("qwen2")
-    source = save_llama(root / "src", qwen2=True)
-    convert(str(root / "src"), root / "out")
-    return source, root / "src", root / "out"
+    return _imported(tmp_path_factory, "qwen2", lambda path: save_llama(path, qwen2=True))
 
 
 @pytest.fixture(scope="module")
 def neox_import(tmp_path_factory):
     """A GPTNeoXForCausalLM (parallel residual, half of each head rotated) imported."""
-    from energy_lm.hf.from_hf import convert
-
-    root = tmp_path_factory.mktemp("neox")
-    source = save_neox(root / "src")
-    convert(str(root / "src"), root / "out")
-    return source, root / "src", root / "out"
+    return _imported(tmp_path_factory, "neox", save_neox)
 
 
 @pytest.fixture(scope="module")
 def stablelm_import(tmp_path_factory):
     """A StableLmForCausalLM (LayerNorms, partial rotary, grouped heads, q/k/v biases)."""
-    from energy_lm.hf.from_hf import convert
-
-    root = tmp_path_factory.mktemp("stablelm")
-    source = save_neox(root / "src", stablelm=True)
-    convert(str(root / "src"), root / "out")
-    return source, root / "src", root / "out"
+    return _imported(tmp_path_factory, "stablelm", lambda path: save_neox(path, stablelm=True))
